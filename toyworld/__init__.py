@@ -1,0 +1,91 @@
+"""The toy world: arithmetic word problems, a character tokenizer, and tiny models.
+
+It lets `python omniopd.py` run the whole method offline on a CPU in minutes.
+Problems are two-step word problems on single-digit numbers with a worked
+solution ending in a GSM8K-style `#### n` line, e.g.
+
+    Question: Ann has 7 pens. She gets 5 more, then gives 3 away. How many pens now?
+    Answer: 7+5=12. 12-3=9.
+    #### 9
+
+Train and test sets are disjoint by construction: a problem belongs to the test
+split exactly when a hash of its text says so, so no seed can leak one into the
+other. The teacher and student checkpoints in `toyworld/models/` were made by
+`python -m toyworld.build` (see that file); they are ordinary Hugging Face
+folders loaded through the same `from_pretrained` path as hub models.
+"""
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+TEACHER_DIR = MODELS_DIR / "teacher"
+STUDENT_DIR = MODELS_DIR / "student"
+
+NAMES = [("Ann", "She"), ("Ben", "He"), ("Cal", "He"), ("Dee", "She"), ("Eve", "She"),
+         ("Fay", "She"), ("Gus", "He"), ("Hal", "He"), ("Ivy", "She"), ("Jon", "He")]
+OBJECTS = ["pens", "cats", "eggs", "cups", "hats", "keys", "toys", "bags", "jars", "fish"]
+GAIN_VERBS = ["gets {n} more", "buys {n} more", "finds {n} more"]
+LOSS_VERBS = ["gives {n} away", "loses {n}", "sells {n}"]
+
+# Every character the tokenizer knows; anything else maps to <unk>.
+CHARACTERS = sorted(set(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 \n.,?!:;#+-*/=()'\"$%"))
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<eos>"]
+
+
+def make_problem(rng: random.Random) -> dict:
+    """One two-step problem as a dataset row: {"question", "answer"} (GSM8K style)."""
+    name, pronoun = rng.choice(NAMES)
+    obj = rng.choice(OBJECTS)
+    start = rng.randint(1, 9)
+    steps, total, equations = [], start, []
+    for _ in range(2):
+        amount = rng.randint(1, 9)
+        if rng.random() < 0.5 or amount > total:   # never go below zero
+            steps.append(rng.choice(GAIN_VERBS).format(n=amount))
+            equations.append(f"{total}+{amount}={total + amount}.")
+            total += amount
+        else:
+            steps.append(rng.choice(LOSS_VERBS).format(n=amount))
+            equations.append(f"{total}-{amount}={total - amount}.")
+            total -= amount
+    question = (f"{name} has {start} {obj}. {pronoun} {steps[0]}, then {steps[1]}. "
+                f"How many {obj} now?")
+    return {"question": question, "answer": " ".join(equations) + f"\n#### {total}"}
+
+
+def is_test_problem(question: str) -> bool:
+    """The split is a property of the text: 1 problem in 8 is test, whatever the seed."""
+    return hashlib.sha256(question.encode()).digest()[0] % 8 == 0
+
+
+def make_problems(n: int, split: str, seed: int) -> list[dict]:
+    """n distinct problems from one split ("train" or "test"), reproducible from seed."""
+    rng, rows, seen = random.Random(f"{split}-{seed}"), [], set()
+    while len(rows) < n:
+        row = make_problem(rng)
+        if is_test_problem(row["question"]) == (split == "test") and row["question"] not in seen:
+            seen.add(row["question"])
+            rows.append(row)
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: Path) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def build_char_tokenizer():
+    """A character-level tokenizer saved and loaded as a real Hugging Face tokenizer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
+                                   eos_token="<eos>", clean_up_tokenization_spaces=False,
+                                   padding_side="left")

@@ -1,0 +1,96 @@
+"""Build the toy world's teacher and student: `python -m toyworld.build` (about 25 minutes on 2 CPU cores).
+
+Both are Qwen2 models made from a config, with the character tokenizer, trained by
+next-token NLL on worked solutions (omniopd.completion_nll) and saved with
+save_pretrained into toyworld/models/, where `--teacher toy` and `--student toy`
+find them. The teacher trains until it is strong (≥ 90 % on held-out problems);
+the student is smaller and stops early, as soon as its accuracy on a validation
+sample reaches --student-target, so it has room to learn from the teacher.
+"""
+
+import argparse
+import json
+import random
+import time
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+import omniopd
+import toyworld
+
+TEMPLATE = omniopd.Config.prompt_template
+
+
+def new_model(tokenizer, hidden, layers):
+    """A Qwen2 decoder from a config; tied embeddings keep it small."""
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    return Qwen2ForCausalLM(config)
+
+
+def accuracy(model, tokenizer, rows):
+    cfg = omniopd.Config(max_new_tokens=48)
+    return omniopd.evaluate(model, tokenizer, rows, cfg)[0]
+
+
+def train(model, tokenizer, train_rows, valid_rows, max_steps, lr, eval_every, stop_at=None, batch_size=64):
+    """AdamW with warm-up and linear decay; returns the step it stopped at and its validation accuracy."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 50) * max(0.05, 1 - s / max_steps))
+    started, score = time.time(), 0.0
+    for step in range(1, max_steps + 1):
+        rows = random.Random(step).sample(train_rows, batch_size)
+        loss = omniopd.completion_nll(model, tokenizer, [r["question"] for r in rows],
+                                      [r["answer"] for r in rows], TEMPLATE)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        if step % eval_every == 0 or step == max_steps:
+            score = accuracy(model, tokenizer, valid_rows)
+            print(f"step {step} loss {loss.item():.4f} valid {score:.3f} {time.time() - started:.0f}s", flush=True)
+            if stop_at is not None and score >= stop_at:
+                break
+    return step, score
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--teacher-steps", type=int, default=1500)
+    parser.add_argument("--student-target", type=float, default=0.2)
+    parser.add_argument("--student-max-steps", type=int, default=1500)
+    parser.add_argument("--only", choices=["teacher", "student"], default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    tokenizer = toyworld.build_char_tokenizer()
+    train_rows = toyworld.make_problems(20000, "train", seed=1000)
+    valid_rows = toyworld.make_problems(200, "train", seed=2000)
+    test_rows = toyworld.make_problems(200, "test", seed=0)   # the set omniopd.py evaluates on
+    report = {}
+    for role, hidden, layers, steps, target, every in [
+            ("teacher", 128, 4, args.teacher_steps, None, 250),
+            ("student", 64, 2, args.student_max_steps, args.student_target, 25)]:
+        if args.only and role != args.only:
+            continue
+        torch.manual_seed(0)
+        model = new_model(tokenizer, hidden, layers)
+        print(f"{role}: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
+        stopped, valid = train(model, tokenizer, train_rows, valid_rows, steps, 3e-3, every, target)
+        folder = toyworld.MODELS_DIR / role
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        reloaded, reloaded_tokenizer = omniopd.load_model(str(folder), role, torch.device("cpu"))
+        report[role] = {"steps": stopped, "valid_accuracy": valid,
+                        "test_accuracy": accuracy(reloaded, reloaded_tokenizer, test_rows),
+                        "parameters": sum(p.numel() for p in model.parameters())}
+        print(role, report[role], flush=True)
+        (folder / "build_report.json").write_text(json.dumps(report[role], indent=2))
+
+
+if __name__ == "__main__":
+    main()
