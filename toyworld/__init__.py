@@ -30,9 +30,6 @@ OBJECTS = ["pens", "cats", "eggs", "cups", "hats", "keys", "toys", "bags", "jars
 GAIN_VERBS = ["gets {n} more", "buys {n} more", "finds {n} more"]
 LOSS_VERBS = ["gives {n} away", "loses {n}", "sells {n}"]
 
-# Every character the tokenizer knows; anything else maps to <unk>.
-CHARACTERS = sorted(set(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 \n.,?!:;#+-*/=()'\"$%"))
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<eos>"]
 
 
@@ -78,14 +75,13 @@ def write_jsonl(rows: list[dict], path: Path) -> None:
 
 
 def build_char_tokenizer():
-    """A character-level tokenizer saved and loaded as a real Hugging Face tokenizer."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """A character-level tokenizer that is a real Hugging Face Qwen2 tokenizer: byte-level BPE with
+    all 256 byte symbols and no merges, so every byte is one token (ASCII text: one per character).
+    Being Qwen2's own class, AutoTokenizer loads it back unchanged next to a Qwen2 config."""
+    from tokenizers import pre_tokenizers
+    from transformers import Qwen2Tokenizer
 
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + CHARACTERS)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
-                                   eos_token="<eos>", clean_up_tokenization_spaces=False,
-                                   padding_side="left")
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + symbols)}
+    return Qwen2Tokenizer(vocab=vocab, merges=[], unk_token="<unk>", eos_token="<eos>", pad_token="<pad>",
+                          padding_side="left", clean_up_tokenization_spaces=False)
