@@ -843,9 +843,9 @@ def train(cfg: Config) -> dict:
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     except OSError as error:
         raise OmniOPDError(f"cannot write to output folder {out}: {error.strerror}") from None
-    run = setup(cfg)
-    train_rows = load_rows(cfg.data, "train", cfg.seed)
+    train_rows = load_rows(cfg.data, "train", cfg.seed)   # bad data fails before any model loads
     eval_rows = load_rows(cfg.eval_data, "test", 0, cfg.eval_size)
+    run = setup(cfg)
     summary = {"student/before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")}
     if cfg.eval_teacher and isinstance(run.teacher, HFTeacher):
         summary["teacher"] = evaluate(run.teacher.model, run.teacher.tokenizer, eval_rows, cfg)[0]
