@@ -68,7 +68,7 @@ def option(default, help):
 @dataclass
 class Config:
     # what to train, on what
-    method: str = option("omniopd", "training method: omniopd")
+    method: str = option("omniopd", "training method: omniopd, or a baseline: opd (white-box token-level), sft, grpo")
     student: str = option("toy", "student model: 'toy', a local folder, a hub id, or a bare Qwen name (Qwen2.5-0.5B)")
     teacher: str = option("toy", "teacher: 'toy', a local folder or hub id (HF model), or openai:MODEL for any OpenAI-compatible endpoint")
     data: str = option("toy", "training prompts: 'toy' (built-in arithmetic world) or a JSONL file of {question, answer} or {prompt} rows")
@@ -118,6 +118,9 @@ class Config:
     lr: float = option(0.0, "AdamW learning rate (0 = 1e-3 for the toy world, 1e-6 otherwise)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     grad_clip: float = option(1.0, "gradient-norm clipping")
+    # baselines
+    opd_kl: str = option("sampled", "opd: sampled (per-token log-ratio advantage) or full (full-vocabulary reverse KL)")
+    group_size: int = option(4, "grpo: G samples per prompt (batch-size / G prompts per step)")
     # run
     seed: int = option(0, "random seed for data order, sampling and initial evaluation")
     device: str = option("auto", "auto (cuda when present, else cpu), cpu, or cuda")
@@ -126,6 +129,7 @@ class Config:
     save_every: int = option(0, "save a checkpoint every N steps (0 = only at the end)")
     keep_checkpoints: int = option(2, "checkpoints to keep; older ones are deleted")
     eval_every: int = option(0, "evaluate every N steps (0 = only before and after training)")
+    eval_samples: int = option(0, "if n > 0, also report mean accuracy over n answers sampled at temperature τ")
     eval_teacher: bool = option(True, "also report the teacher's accuracy when it is a local model")
 
     # computed at runtime
@@ -197,6 +201,11 @@ def load_rows(spec: str, split: str, seed: int, size: int = 0) -> list[dict]:
     """Dataset rows as {"question", "answer"} ("answer" may be None). spec: 'toy' or a JSONL path."""
     if spec == "toy":
         return toyworld.make_problems(size or 2000, split, seed)
+    if spec.startswith("reasoning-gym:"):  # generated offline, e.g. reasoning-gym:gsm_symbolic
+        import reasoning_gym
+        split_seed = seed if split == "train" else 1_000_003 + seed  # test rows come from a separate stream
+        items = reasoning_gym.create_dataset(spec.split(":", 1)[1], size=size or 2000, seed=split_seed)
+        return [{"question": item["question"], "answer": str(item["answer"])} for item in items]
     path = Path(spec)
     if not path.is_file():
         raise OmniOPDError(f"data file not found: {spec}")
@@ -248,13 +257,16 @@ def extract_answer(text: str):
 
 
 def answers_match(predicted, gold) -> bool:
-    """Numbers compare as numbers (1,000 == 1000.0); anything else as whitespace-free text."""
+    """Compared mathematically by math-verify (1,000 = 1000.0, \\frac{1}{2} = 0.5, x+1 = 1+x); plain numbers
+    first, since that needs no parser. Call from the main thread: math-verify's time limit uses signals."""
     if predicted is None or gold is None:
         return False
     try:
         return math.isclose(float(predicted.replace(",", "")), float(gold.replace(",", "")), rel_tol=1e-6)
     except ValueError:
-        return predicted.replace(" ", "") == gold.replace(" ", "")
+        pass
+    from math_verify import parse, verify
+    return bool(verify(parse(f"${gold}$"), parse(f"${predicted}$")))
 
 
 def encode_prompts(tokenizer, questions: list[str], template: str, device) -> dict:
@@ -287,19 +299,26 @@ def completion_nll(model, tokenizer, questions, completions, template) -> torch.
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, rows, cfg, batch_size=64):
-    """Greedy pass@1: the share of rows whose generated final answer matches the gold one."""
+def evaluate(model, tokenizer, rows, cfg, samples=0, batch_size=64):
+    """Greedy pass@1: the share of rows whose generated final answer matches the gold one. With samples = n,
+    each record also holds the share of n answers sampled at temperature τ that match (mean accuracy)."""
     was_training = model.training
     model.eval()
     records = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         prompts = encode_prompts(tokenizer, [r["question"] for r in chunk], cfg.prompt_template, model.device)
-        new_ids = generate(model, tokenizer, prompts.input_ids, prompts.attention_mask, cfg.max_new_tokens, 0.0)
-        for row, text in zip(chunk, tokenizer.batch_decode(new_ids, skip_special_tokens=True)):
+        greedy = generate(model, tokenizer, prompts.input_ids, prompts.attention_mask, cfg.max_new_tokens, 0.0)
+        sampled = tokenizer.batch_decode(generate(model, tokenizer, prompts.input_ids, prompts.attention_mask,
+                                                  cfg.max_new_tokens, cfg.temperature, n=samples),
+                                         skip_special_tokens=True) if samples else []
+        for i, (row, text) in enumerate(zip(chunk, tokenizer.batch_decode(greedy, skip_special_tokens=True))):
             gold, predicted = extract_answer(row["answer"] or ""), extract_answer(text)
             records.append({"question": row["question"], "output": text, "predicted": predicted,
                             "gold": gold, "correct": answers_match(predicted, gold)})
+            if samples:
+                answers = [extract_answer(t) for t in sampled[i * samples:(i + 1) * samples]]
+                records[-1]["sampled_correct"] = sum(answers_match(a, gold) for a in answers) / samples
     model.train(was_training)
     return sum(r["correct"] for r in records) / max(len(records), 1), records
 
@@ -681,10 +700,10 @@ def anchor_kl(student_logits_B_T_V, reference_logits_B_T_V, mask_B_T, tokens_B_T
 # ----------------------------------------------------------------------------
 # Step 9: one OmniOPD step, the update, and the training loop
 
-def omniopd_loss(run, questions, cfg):
+def omniopd_loss(run, rows, cfg):
     """Steps 1-8 for one batch: L = L_chunk + β · L_anchor, and the step's metrics."""
     student, tokenizer = run.student, run.tokenizer
-    rollout = sample_rollouts(student, tokenizer, questions, cfg)                          # step 1
+    rollout = sample_rollouts(student, tokenizer, [r["question"] for r in rows], cfg)      # step 1
     logits_B_T_V = response_logits(student, rollout)
     _, entropy_B_T = token_logprobs_and_entropy(logits_B_T_V, rollout.response_ids_B_T)
     mask_B_T = rollout.response_mask_B_T
@@ -718,19 +737,92 @@ def omniopd_loss(run, questions, cfg):
             "pref/entropy": -(torch.xlogy(target_F_K, target_F_K)).sum(1).mean().item(),
             "pref/own_draft": target_F_K[:, 0].mean().item(),
         })
-    loss_anchor = torch.zeros((), device=student.device)
-    if cfg.kl_beta > 0:                                                                   # step 8
-        with torch.no_grad():
-            reference_logits_B_T_V = response_logits(run.reference, rollout)
-        loss_anchor = anchor_kl(logits_B_T_V, reference_logits_B_T_V, mask_B_T, rollout.response_ids_B_T, cfg.anchor)
+    loss_anchor = anchor_term(run, rollout, logits_B_T_V, cfg)                            # step 8
     loss = loss_chunk + cfg.kl_beta * loss_anchor                                         # step 9
     metrics.update({"loss/chunk": loss_chunk.item(), "loss/anchor": loss_anchor.item(),
-                    "rollout/length": mask_B_T.sum(1).float().mean().item(),
-                    "rollout/entropy": (entropy_B_T * mask_B_T).sum().item() / max(int(mask_B_T.sum()), 1)})
+                    **rollout_metrics(rollout, entropy_B_T)})
     return loss, metrics
 
 
-METHODS = {"omniopd": omniopd_loss}
+def anchor_term(run, rollout, logits_B_T_V, cfg) -> torch.Tensor:
+    """Step 8 on a rollout: KL to the frozen reference, or 0 when β = 0 (no reference is loaded then)."""
+    if cfg.kl_beta <= 0:
+        return torch.zeros((), device=logits_B_T_V.device)
+    with torch.no_grad():
+        reference_logits_B_T_V = response_logits(run.reference, rollout)
+    return anchor_kl(logits_B_T_V, reference_logits_B_T_V, rollout.response_mask_B_T, rollout.response_ids_B_T, cfg.anchor)
+
+
+def rollout_metrics(rollout, entropy_B_T) -> dict:
+    mask_B_T = rollout.response_mask_B_T
+    return {"rollout/length": mask_B_T.sum(1).float().mean().item(),
+            "rollout/entropy": (entropy_B_T.detach() * mask_B_T).sum().item() / max(int(mask_B_T.sum()), 1)}
+
+
+# ----------------------------------------------------------------------------
+# Baselines behind the same functions: each adds only its loss
+
+def opd_loss(run, rows, cfg):
+    """White-box token-level OPD on student samples; needs the teacher's logits (a local teacher with the
+    student's tokenizer). sampled: A_t = log π_T(y_t|s_t) - log π_θ(y_t|s_t), detached, loss -mean_t A_t log π_θ(y_t|s_t);
+    full: mean_t KL(π_θ(·|s_t) ‖ π_T(·|s_t)). Both average over the generated tokens."""
+    rollout = sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
+    logits_B_T_V = response_logits(run.student, rollout)
+    with torch.no_grad():
+        teacher_logits_B_T_V = response_logits(run.teacher.model, rollout)
+    run.teacher.calls += len(rows)
+    run.teacher.tokens += int(rollout.response_mask_B_T.sum())
+    vocab = min(logits_B_T_V.shape[-1], teacher_logits_B_T_V.shape[-1])  # embedding tables may be padded
+    logits_B_T_V, teacher_logits_B_T_V = logits_B_T_V[..., :vocab], teacher_logits_B_T_V[..., :vocab]
+    logprobs_B_T, entropy_B_T = token_logprobs_and_entropy(logits_B_T_V, rollout.response_ids_B_T)
+    mask_B_T = rollout.response_mask_B_T.float()
+    if cfg.opd_kl == "full":
+        # the anchor's reverse KL, toward the teacher instead of the base model
+        loss = anchor_kl(logits_B_T_V, teacher_logits_B_T_V, mask_B_T)
+    else:
+        teacher_logprobs_B_T, _ = token_logprobs_and_entropy(teacher_logits_B_T_V, rollout.response_ids_B_T)
+        # A_t = log π_T(y_t) - log π_θ(y_t), a per-token reward with no gradient
+        advantage_B_T = (teacher_logprobs_B_T - logprobs_B_T).detach()
+        loss = -(advantage_B_T * logprobs_B_T * mask_B_T).sum() / mask_B_T.sum().clamp(min=1)
+    return loss, {"loss/opd": loss.item(), **rollout_metrics(rollout, entropy_B_T)}
+
+
+def sft_loss(run, rows, cfg):
+    """SFT: the teacher writes a full solution for each prompt (text only, so an API teacher works);
+    the student trains on it by next-token NLL, -mean_t log π_θ(y_t | x, y_<t)."""
+    prompts = [cfg.prompt_template.format(question=r["question"]) for r in rows]
+    solutions = run.teacher.continuations(prompts, 1, cfg.max_new_tokens)
+    kept = [(r["question"], s[0]) for r, s in zip(rows, solutions) if s]
+    if not kept:
+        return torch.zeros((), requires_grad=True), {"sft/solutions": 0}
+    loss = completion_nll(run.student, run.tokenizer, [q for q, _ in kept], [s for _, s in kept], cfg.prompt_template)
+    return loss, {"loss/sft": loss.item(), "sft/solutions": len(kept)}
+
+
+def group_advantages(rewards_G: torch.Tensor) -> torch.Tensor:
+    """GRPO: A_i = (r_i - mean(r)) / (std(r) + ε) within one prompt's group (population std)."""
+    return (rewards_G - rewards_G.mean()) / (rewards_G.std(unbiased=False) + 1e-6)
+
+
+def grpo_loss(run, rows, cfg):
+    """GRPO (self-exploratory RL): G samples per prompt, reward 1 when the final answer checks,
+    group-normalised advantages, loss -mean_t A log π_θ(y_t) + β · KL anchor. rows holds each prompt G times."""
+    rollout = sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
+    logits_B_T_V = response_logits(run.student, rollout)
+    logprobs_B_T, entropy_B_T = token_logprobs_and_entropy(logits_B_T_V, rollout.response_ids_B_T)
+    texts = run.tokenizer.batch_decode(rollout.response_ids_B_T * rollout.response_mask_B_T, skip_special_tokens=True)
+    rewards_B = torch.tensor([float(answers_match(extract_answer(t), extract_answer(r["answer"] or "")))
+                              for t, r in zip(texts, rows)])
+    advantages_B = torch.cat([group_advantages(g) for g in rewards_B.split(cfg.group_size)]).to(logits_B_T_V.device)
+    mask_B_T = rollout.response_mask_B_T.float()
+    loss_pg = -(advantages_B[:, None] * logprobs_B_T * mask_B_T).sum() / mask_B_T.sum().clamp(min=1)
+    loss_anchor = anchor_term(run, rollout, logits_B_T_V, cfg)
+    return loss_pg + cfg.kl_beta * loss_anchor, {
+        "loss/pg": loss_pg.item(), "loss/anchor": loss_anchor.item(), "grpo/reward": rewards_B.mean().item(),
+        **rollout_metrics(rollout, entropy_B_T)}
+
+
+METHODS = {"omniopd": omniopd_loss, "opd": opd_loss, "sft": sft_loss, "grpo": grpo_loss}
 
 
 @dataclass
@@ -754,10 +846,12 @@ def update(run, loss, grad_clip) -> float:
     return norm.item()
 
 
-def batch_questions(rows, step, batch_size, seed) -> list[str]:
-    """The prompts of a step depend only on (seed, step), so a resumed run sees the same data."""
-    rng = random.Random(f"{seed}-{step}")
-    return [rows[rng.randrange(len(rows))]["question"] for _ in range(batch_size)]
+def batch_rows(rows, step, cfg) -> list[dict]:
+    """The rows of a step depend only on (seed, step), so a resumed run sees the same data.
+    GRPO takes batch_size / G prompts and repeats each G times: every method sees batch_size rollouts."""
+    rng = random.Random(f"{cfg.seed}-{step}")
+    group = cfg.group_size if cfg.method == "grpo" else 1
+    return [row for _ in range(max(1, cfg.batch_size // group)) for row in [rows[rng.randrange(len(rows))]] * group]
 
 
 def seed_everything(seed: int) -> None:
@@ -815,8 +909,13 @@ def setup(cfg) -> RunState:
     if cfg.kl_beta > 0:
         reference, _ = load_model(cfg.student, "student", device)
         reference.eval().requires_grad_(False)
-    teacher = make_teacher(cfg, device)
-    similarity = Similarity(cfg.similarity, cfg.similarity_model, device)
+    teacher = None if cfg.method == "grpo" else make_teacher(cfg, device)   # GRPO learns from rewards alone
+    if cfg.method == "opd":
+        if not isinstance(teacher, HFTeacher):
+            raise OmniOPDError("--method opd needs the teacher's logits: give a local model, not openai:")
+        if teacher.tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise OmniOPDError("--method opd needs a teacher with the student's tokenizer; this teacher's differs")
+    similarity = Similarity(cfg.similarity, cfg.similarity_model, device) if cfg.method == "omniopd" else None
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     run = RunState(student, tokenizer, reference, teacher, similarity, optimizer)
     if cfg.resume:
@@ -827,11 +926,15 @@ def setup(cfg) -> RunState:
     return run
 
 
-def run_eval(run, rows, cfg, tag) -> float:
-    accuracy, records = evaluate(run.student, run.tokenizer, rows, cfg)
+def run_eval(run, rows, cfg, tag) -> dict:
+    """Evaluate the student and keep every problem's output in the run folder as eval-<tag>.jsonl."""
+    accuracy, records = evaluate(run.student, run.tokenizer, rows, cfg, cfg.eval_samples)
     with open(Path(cfg.out) / f"eval-{tag}.jsonl", "w") as handle:
         handle.writelines(json.dumps(r) + "\n" for r in records)
-    return accuracy
+    result = {"eval/accuracy": accuracy}
+    if cfg.eval_samples:
+        result[f"eval/mean@{cfg.eval_samples}"] = sum(r["sampled_correct"] for r in records) / max(len(records), 1)
+    return result
 
 
 def train(cfg: Config) -> dict:
@@ -845,8 +948,13 @@ def train(cfg: Config) -> dict:
         raise OmniOPDError(f"cannot write to output folder {out}: {error.strerror}") from None
     train_rows = load_rows(cfg.data, "train", cfg.seed)   # bad data fails before any model loads
     eval_rows = load_rows(cfg.eval_data, "test", 0, cfg.eval_size)
+    seen = {r["question"] for r in train_rows}
+    if any(r["question"] in seen for r in eval_rows):
+        print(f"note: {sum(r['question'] in seen for r in eval_rows)} evaluation problems also appear in the "
+              f"training data; they are left out of the evaluation", file=sys.stderr)
+        eval_rows = [r for r in eval_rows if r["question"] not in seen]
     run = setup(cfg)
-    summary = {"student/before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")}
+    summary = {"before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")}
     if cfg.eval_teacher and isinstance(run.teacher, HFTeacher):
         summary["teacher"] = evaluate(run.teacher.model, run.teacher.tokenizer, eval_rows, cfg)[0]
     loss_fn = METHODS[cfg.method]
@@ -854,7 +962,7 @@ def train(cfg: Config) -> dict:
     with open(out / "metrics.jsonl", "a") as metrics_file:
         for _ in bar:
             started = time.time()
-            loss, metrics = loss_fn(run, batch_questions(train_rows, run.step, cfg.batch_size, cfg.seed), cfg)
+            loss, metrics = loss_fn(run, batch_rows(train_rows, run.step, cfg), cfg)
             metrics["loss/total"] = loss.item()
             if math.isfinite(metrics["loss/total"]):
                 metrics["grad/norm"] = update(run, loss, cfg.grad_clip)
@@ -862,20 +970,18 @@ def train(cfg: Config) -> dict:
                 metrics["loss/nonfinite_skipped"] = 1
             run.step += 1
             metrics.update({"step": run.step, "time/step": time.time() - started,
-                            "teacher/calls": run.teacher.calls, "teacher/failures": run.teacher.failures,
-                            "teacher/tokens": run.teacher.tokens})
+                            **{f"teacher/{k}": getattr(run.teacher, k, 0) for k in ("calls", "failures", "tokens")}})
             if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
-                metrics["eval/accuracy"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")
+                metrics.update(run_eval(run, eval_rows, cfg, f"step-{run.step:06d}"))
             if cfg.save_every and run.step % cfg.save_every == 0:
                 save_checkpoint(run, cfg)
             metrics_file.write(json.dumps(metrics) + "\n")
             metrics_file.flush()
-            bar.set_postfix(loss=f"{metrics['loss/total']:.4f}", forks=metrics["forks/count"],
-                            teacher=run.teacher.calls)
+            bar.set_postfix(loss=f"{metrics['loss/total']:.4f}", teacher=metrics["teacher/calls"])
     summary["checkpoint"] = str(save_checkpoint(run, cfg))
-    summary["student/after"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")
+    summary["after"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")
     with open(out / "metrics.jsonl", "a") as metrics_file:
-        metrics_file.write(json.dumps({"step": run.step, "eval/accuracy": summary["student/after"]}) + "\n")
+        metrics_file.write(json.dumps({"step": run.step, **summary["after"]}) + "\n")
     return summary
 
 
@@ -889,8 +995,10 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"\nheld-out accuracy ({cfg.eval_data}, {cfg.eval_size or 'all'} problems, greedy pass@1):")
-    print(f"  student before  {summary['student/before']:.1%}")
-    print(f"  student after   {summary['student/after']:.1%}   ({cfg.method}, {cfg.steps} steps)")
+    for when in ("before", "after"):
+        extra = "".join(f", {k.split('/')[1]} {v:.1%}" for k, v in summary[when].items() if k != "eval/accuracy")
+        print(f"  student {when:<7} {summary[when]['eval/accuracy']:.1%}{extra}"
+              + (f"   ({cfg.method}, {cfg.steps} steps)" if when == "after" else ""))
     if "teacher" in summary:
         print(f"  teacher         {summary['teacher']:.1%}")
     print(f"run folder {cfg.out}, checkpoint {summary['checkpoint']}, {time.time() - started:.0f} s")

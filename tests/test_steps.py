@@ -237,3 +237,15 @@ def test_toy_splits_are_disjoint():
     train = {r["question"] for r in toyworld.make_problems(3000, "train", 0)}
     test = {r["question"] for r in toyworld.make_problems(300, "test", 0)}
     assert len(train) == 3000 and len(test) == 300 and not train & test
+
+
+def test_shipped_toy_models_are_a_strong_teacher_and_a_weak_student():
+    """The offline default depends on these: teacher ≥ 90 %, student low but not zero."""
+    import toyworld
+    rows = toyworld.make_problems(100, "test", seed=0)
+    cfg = omniopd.Config().resolved()
+    teacher, tokenizer = omniopd.load_model("toy", "teacher", torch.device("cpu"))
+    student, student_tokenizer = omniopd.load_model("toy", "student", torch.device("cpu"))
+    assert tokenizer.get_vocab() == student_tokenizer.get_vocab()
+    assert omniopd.evaluate(teacher, tokenizer, rows, cfg)[0] >= 0.9
+    assert 0.05 <= omniopd.evaluate(student, student_tokenizer, rows, cfg)[0] <= 0.5
