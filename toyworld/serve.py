@@ -15,7 +15,9 @@ through that template.
 """
 
 import argparse
+import concurrent.futures
 import json
+import queue
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,26 +30,55 @@ CHAT_HEAD = omniopd.CHAT_CONTINUE_PROMPT.split("{prefix}")[0]
 
 
 class ModelServer(ThreadingHTTPServer):
+    """Serves one model. Requests that arrive together are generated together: a worker thread takes
+    every waiting request with the same sampling settings and runs them as one batched generate call."""
     daemon_threads = True
 
-    def __init__(self, address, model_name, device="cpu"):
+    def __init__(self, address, model_name, device="cpu", max_batch=256):
         super().__init__(address, Handler)
         self.model, self.tokenizer = omniopd.load_model(model_name, "teacher", torch.device(device))
         self.model.eval()
-        self.model_name = model_name
-        self.lock = threading.Lock()  # one generate at a time on the one model
+        self.model_name, self.max_batch = model_name, max_batch
+        self.waiting = queue.Queue()
         self.requests_served = 0
+        threading.Thread(target=self.generate_batches, daemon=True).start()
 
     def complete(self, prompt: str, max_tokens: int, temperature: float, n: int):
-        """n continuations of prompt and the number of tokens each used."""
-        batch = self.tokenizer([prompt], return_tensors="pt", add_special_tokens=False).to(self.model.device)
-        with self.lock:
-            new_ids = omniopd.generate(self.model, self.tokenizer, batch.input_ids, batch.attention_mask,
-                                       max_tokens, temperature, n=n)
-            self.requests_served += 1
+        """n continuations of prompt, the tokens each used, and the prompt's length in tokens."""
+        done = concurrent.futures.Future()
+        self.waiting.put(((max_tokens, temperature), prompt, n, done))
+        return done.result()
+
+    def generate_batches(self):
+        while True:
+            batch = [self.waiting.get()]
+            time.sleep(0.005)  # let the rest of a burst arrive
+            while not self.waiting.empty() and len(batch) < self.max_batch:
+                batch.append(self.waiting.get())
+            for settings in {item[0] for item in batch}:
+                group = [item for item in batch if item[0] == settings]
+                try:
+                    results = self.generate_group(settings, group)
+                except Exception as error:  # reported to each waiting request as a 500
+                    results = [error] * len(group)
+                for (_, _, _, done), result in zip(group, results):
+                    done.set_exception(result) if isinstance(result, Exception) else done.set_result(result)
+
+    def generate_group(self, settings, group):
+        max_tokens, temperature = settings
+        prompts = [prompt for _, prompt, n, _ in group for _ in range(n)]
+        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        batch = omniopd.left_pad(encoded, self.tokenizer.pad_token_id, self.model.device)
+        new_ids = omniopd.generate(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"],
+                                   max_tokens, temperature)
         texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
         used = (new_ids != self.tokenizer.pad_token_id).sum(1).tolist()
-        return texts, used, batch.input_ids.shape[1]
+        results, start = [], 0
+        for _, _, n, _ in group:
+            results.append((texts[start:start + n], used[start:start + n], len(encoded[start])))
+            start += n
+        self.requests_served += len(group)
+        return results
 
     def chat_prompt(self, messages: list) -> str:
         content = messages[-1]["content"]
@@ -83,10 +114,13 @@ class Handler(BaseHTTPRequestHandler):
             prompt = self.server.chat_prompt(body["messages"]) if chat else body["prompt"]
             if isinstance(prompt, list):
                 prompt = prompt[0]
-            texts, used, prompt_tokens = self.server.complete(
-                prompt, int(body.get("max_tokens") or 16), float(body.get("temperature", 1.0)), int(body.get("n", 1)))
+            settings = (int(body.get("max_tokens") or 16), float(body.get("temperature", 1.0)), int(body.get("n", 1)))
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as error:
             return self.reply(400, {"error": {"message": f"bad request: {error}", "type": "invalid_request_error"}})
+        try:
+            texts, used, prompt_tokens = self.server.complete(prompt, *settings)
+        except Exception as error:
+            return self.reply(500, {"error": {"message": f"generation failed: {type(error).__name__}"}})
         if chat:
             choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
                        for i, t in enumerate(texts)]
