@@ -107,6 +107,7 @@ class Config:
     votes: str = option("soft", "soft: w_mk = softmax_k(S_km / κ); hard: one-hot argmax_k S_km")
     vote_temperature: float = option(0.1, "κ: temperature of the soft votes")
     dirichlet_alpha: float = option(1.0, "α: strength of the Dirichlet prior (0 = raw vote histogram)")
+    vote_threshold: float = option(0.0, "a teacher rollout whose best S_km is below this abstains; a fork with no votes is skipped (0 = all vote)")
     prior: str = option("uniform", "u: uniform over drafts, or student (the student's own renormalised draft probabilities)")
     # step 7: chunk loss
     length_norm: float = option(1.0, "γ: q_k = softmax(ℓ_k / |c_k|^γ); 1 = per-token mean, 0 = raw sum")
@@ -645,10 +646,17 @@ def ngram_f1(a: str, b: str, max_n: int = 4) -> float:
 # ----------------------------------------------------------------------------
 # Step 6: Dirichlet-Multinomial preference
 
-def dirichlet_preference(similarity_K_M, alpha=1.0, vote_temperature=0.1, votes="soft", prior_K=None):
+def dirichlet_preference(similarity_K_M, alpha=1.0, vote_temperature=0.1, votes="soft", prior_K=None,
+                         vote_threshold=0.0):
     """Step 6: p̂_k = (n_k + α u_k) / (M + α), n_k = Σ_m w_mk, w_mk = softmax_k(S_km / κ) (or one-hot argmax).
-    The prior u is uniform unless prior_K is given; Var[p̂_k] shrinks as 1 / (M + α + 1)."""
-    num_drafts, num_samples = similarity_K_M.shape
+    The prior u is uniform unless prior_K is given; Var[p̂_k] shrinks as 1 / (M + α + 1).
+    A teacher rollout whose best similarity is below vote_threshold abstains (M counts only voters);
+    returns None when every rollout abstains."""
+    num_drafts = similarity_K_M.shape[0]
+    similarity_K_M = similarity_K_M[:, similarity_K_M.max(0).values >= vote_threshold]
+    num_samples = similarity_K_M.shape[1]
+    if num_samples == 0:
+        return None
     if votes == "hard":
         votes_K_M = F.one_hot(similarity_K_M.argmax(0), num_drafts).T.float()
     else:
@@ -722,11 +730,14 @@ def omniopd_loss(run, rows, cfg):
         similarities = run.similarity.matrices(candidate_texts, [teacher_texts[f] for f in answered])  # step 5
         logprobs_F_K, lengths_F_K = chunk_logprobs(student, drafts, tokenizer.pad_token_id)
         student_prior_F_K = torch.softmax((logprobs_F_K / lengths_F_K.float() ** cfg.length_norm).detach().cpu(), 1)
-        target_F_K = torch.stack([                                                        # step 6
-            dirichlet_preference(S, cfg.dirichlet_alpha, cfg.vote_temperature, cfg.votes,
-                                 student_prior_F_K[f] if cfg.prior == "student" else None)
-            for f, S in enumerate(similarities)]).to(logprobs_F_K.device)
-        loss_chunk = chunk_loss(target_F_K, logprobs_F_K, lengths_F_K, cfg.length_norm, cfg.chunk_loss)  # step 7
+        targets = [dirichlet_preference(S, cfg.dirichlet_alpha, cfg.vote_temperature, cfg.votes,  # step 6
+                                        student_prior_F_K[f] if cfg.prior == "student" else None, cfg.vote_threshold)
+                   for f, S in enumerate(similarities)]
+        voted = [f for f, target in enumerate(targets) if target is not None]
+        metrics["forks/no_match"] = len(targets) - len(voted)
+        target_F_K = torch.stack([targets[f] for f in voted]).to(logprobs_F_K.device) if voted else None
+        loss_chunk = chunk_loss(target_F_K, logprobs_F_K[voted], lengths_F_K[voted],  # step 7
+                                cfg.length_norm, cfg.chunk_loss) if voted else loss_chunk
         fork_positions = torch.zeros_like(mask_B_T, dtype=torch.bool)
         for b, t in forks:
             fork_positions[b, t] = True
@@ -734,9 +745,10 @@ def omniopd_loss(run, rows, cfg):
             "forks/entropy": entropy_B_T[fork_positions].mean().item(),
             "forks/entropy_elsewhere": entropy_B_T[(mask_B_T.bool() & ~fork_positions)].mean().item(),
             "sim/mean": torch.cat([S.flatten() for S in similarities]).mean().item(),
-            "pref/entropy": -(torch.xlogy(target_F_K, target_F_K)).sum(1).mean().item(),
-            "pref/own_draft": target_F_K[:, 0].mean().item(),
         })
+        if voted:
+            metrics.update({"pref/entropy": -(torch.xlogy(target_F_K, target_F_K)).sum(1).mean().item(),
+                            "pref/own_draft": target_F_K[:, 0].mean().item()})
     loss_anchor = anchor_term(run, rollout, logits_B_T_V, cfg)                            # step 8
     loss = loss_chunk + cfg.kl_beta * loss_anchor                                         # step 9
     metrics.update({"loss/chunk": loss_chunk.item(), "loss/anchor": loss_anchor.item(),
@@ -775,15 +787,14 @@ def opd_loss(run, rows, cfg):
     vocab = min(logits_B_T_V.shape[-1], teacher_logits_B_T_V.shape[-1])  # embedding tables may be padded
     logits_B_T_V, teacher_logits_B_T_V = logits_B_T_V[..., :vocab], teacher_logits_B_T_V[..., :vocab]
     logprobs_B_T, entropy_B_T = token_logprobs_and_entropy(logits_B_T_V, rollout.response_ids_B_T)
-    mask_B_T = rollout.response_mask_B_T.float()
+    mask_B_T = rollout.response_mask_B_T
     if cfg.opd_kl == "full":
         # the anchor's reverse KL, toward the teacher instead of the base model
         loss = anchor_kl(logits_B_T_V, teacher_logits_B_T_V, mask_B_T)
     else:
         teacher_logprobs_B_T, _ = token_logprobs_and_entropy(teacher_logits_B_T_V, rollout.response_ids_B_T)
         # A_t = log π_T(y_t) - log π_θ(y_t), a per-token reward with no gradient
-        advantage_B_T = (teacher_logprobs_B_T - logprobs_B_T).detach()
-        loss = -(advantage_B_T * logprobs_B_T * mask_B_T).sum() / mask_B_T.sum().clamp(min=1)
+        loss = policy_gradient_loss(logprobs_B_T, (teacher_logprobs_B_T - logprobs_B_T).detach(), mask_B_T)
     return loss, {"loss/opd": loss.item(), **rollout_metrics(rollout, entropy_B_T)}
 
 
@@ -797,6 +808,12 @@ def sft_loss(run, rows, cfg):
         return torch.zeros((), requires_grad=True), {"sft/solutions": 0}
     loss = completion_nll(run.student, run.tokenizer, [q for q, _ in kept], [s for _, s in kept], cfg.prompt_template)
     return loss, {"loss/sft": loss.item(), "sft/solutions": len(kept)}
+
+
+def policy_gradient_loss(logprobs_B_T, advantages_B_T, mask_B_T) -> torch.Tensor:
+    """-Σ_t A_t log π_θ(y_t) / (number of generated tokens): OPD's sampled form and GRPO share it."""
+    mask_B_T = mask_B_T.float()
+    return -(advantages_B_T * logprobs_B_T * mask_B_T).sum() / mask_B_T.sum().clamp(min=1)
 
 
 def group_advantages(rewards_G: torch.Tensor) -> torch.Tensor:
@@ -814,8 +831,7 @@ def grpo_loss(run, rows, cfg):
     rewards_B = torch.tensor([float(answers_match(extract_answer(t), extract_answer(r["answer"] or "")))
                               for t, r in zip(texts, rows)])
     advantages_B = torch.cat([group_advantages(g) for g in rewards_B.split(cfg.group_size)]).to(logits_B_T_V.device)
-    mask_B_T = rollout.response_mask_B_T.float()
-    loss_pg = -(advantages_B[:, None] * logprobs_B_T * mask_B_T).sum() / mask_B_T.sum().clamp(min=1)
+    loss_pg = policy_gradient_loss(logprobs_B_T, advantages_B[:, None].expand_as(logprobs_B_T), rollout.response_mask_B_T)
     loss_anchor = anchor_term(run, rollout, logits_B_T_V, cfg)
     return loss_pg + cfg.kl_beta * loss_anchor, {
         "loss/pg": loss_pg.item(), "loss/anchor": loss_anchor.item(), "grpo/reward": rewards_B.mean().item(),

@@ -249,3 +249,10 @@ def test_shipped_toy_models_are_a_strong_teacher_and_a_weak_student():
     assert tokenizer.get_vocab() == student_tokenizer.get_vocab()
     assert omniopd.evaluate(teacher, tokenizer, rows, cfg)[0] >= 0.9
     assert 0.05 <= omniopd.evaluate(student, student_tokenizer, rows, cfg)[0] <= 0.5
+
+
+def test_vote_threshold_lets_unlike_rollouts_abstain():
+    S = torch.tensor([[0.99, 0.5], [0.2, 0.6]])              # rollout 2 resembles no draft
+    p = omniopd.dirichlet_preference(S, alpha=1.0, votes="hard", vote_threshold=0.9)
+    assert p.tolist() == pytest.approx([(1 + 0.5) / 2, 0.5 / 2])   # M counts the one voter
+    assert omniopd.dirichlet_preference(S, vote_threshold=0.999) is None

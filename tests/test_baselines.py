@@ -1,0 +1,114 @@
+"""Baselines (OPD, SFT, GRPO) and answer checking against values computed here by hand."""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import omniopd
+import toyworld
+from conftest import ROOT
+from toyworld.build import new_model
+
+
+def test_policy_gradient_loss_by_hand():
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
+    advantages = torch.tensor([[0.5, -1.0, 2.0]])
+    mask = torch.tensor([[1, 1, 0]])                      # the third token is after EOS
+    loss = omniopd.policy_gradient_loss(logprobs, advantages, mask)
+    assert loss.item() == pytest.approx(-(0.5 * -1.0 + -1.0 * -2.0) / 2)
+    loss.backward()
+    assert logprobs.grad.tolist() == [[-0.25, 0.5, 0.0]]   # -A_t / N on generated tokens only
+
+
+def test_opd_sampled_is_the_log_ratio_policy_gradient():
+    """Its gradient w.r.t. the student's logits is -(1/N) Σ_t (log π_T(y_t) - log π_θ(y_t)) ∇ log π_θ(y_t)."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, requires_grad=True)
+    teacher_logits = torch.randn(2, 3, 5)
+    tokens = torch.randint(0, 5, (2, 3))
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    logprobs, _ = omniopd.token_logprobs_and_entropy(logits, tokens)
+    teacher_logprobs, _ = omniopd.token_logprobs_and_entropy(teacher_logits, tokens)
+    omniopd.policy_gradient_loss(logprobs, (teacher_logprobs - logprobs).detach(), mask).backward()
+    expected = torch.zeros_like(logits)
+    for b in range(2):
+        for t in range(3):
+            if mask[b, t]:
+                p = torch.softmax(logits[b, t].detach(), -1)
+                advantage = (torch.log_softmax(teacher_logits[b, t], -1)[tokens[b, t]] - p.log()[tokens[b, t]])
+                grad_logp = -p
+                grad_logp[tokens[b, t]] += 1                  # ∇_logits log softmax(logits)[y]
+                expected[b, t] = -advantage * grad_logp / mask.sum()
+    assert torch.allclose(logits.grad, expected, atol=1e-6)
+
+
+def test_opd_full_is_reverse_kl_per_position():
+    torch.manual_seed(1)
+    logits, teacher_logits = torch.randn(2, 4, 6), torch.randn(2, 4, 6)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    kl = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=logits),
+                                           torch.distributions.Categorical(logits=teacher_logits))
+    assert omniopd.anchor_kl(logits, teacher_logits, mask).item() == pytest.approx(
+        ((kl * mask).sum() / mask.sum()).item(), rel=1e-5)
+
+
+def test_grpo_advantages():
+    assert omniopd.group_advantages(torch.tensor([1.0, 1.0, 0.0, 0.0])).tolist() == pytest.approx([1, 1, -1, -1], abs=1e-5)
+    assert omniopd.group_advantages(torch.tensor([1.0, 1.0, 1.0, 1.0])).tolist() == [0.0] * 4   # no signal
+    a = omniopd.group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    assert a.tolist() == pytest.approx([3 / math.sqrt(3), -1 / math.sqrt(3), -1 / math.sqrt(3), -1 / math.sqrt(3)], abs=1e-5)
+
+
+def test_grpo_batches_repeat_each_prompt_g_times():
+    rows = [{"question": str(i), "answer": str(i)} for i in range(50)]
+    cfg = omniopd.Config(method="grpo", batch_size=8, group_size=4)
+    batch = omniopd.batch_rows(rows, 3, cfg)
+    assert len(batch) == 8 and batch[0] is batch[3] and batch[4] is batch[7]
+    assert omniopd.batch_rows(rows, 3, cfg) == batch                      # a step's data depends on (seed, step)
+
+
+@pytest.mark.parametrize("text, gold, same", [
+    ("\\boxed{\\frac{3}{4}}", "0.75", True), ("7+5=12.\n#### 1,234", "1234", True),
+    ("\\boxed{2\\sqrt{2}}", "\\sqrt{8}", True), ("The answer is 42.", "42", True),
+    ("\\boxed{x^2+1}", "1+x^2", True), ("so -3", "-3.0", True), ("\\boxed{\\dfrac{1}{3}}", "\\frac{1}{3}", True),
+    ("\\boxed{(1,2)}", "(1,2)", True), ("\\boxed{\\pi/2}", "\\frac{\\pi}{2}", True),
+    ("answer \\boxed{0.5}", "\\frac{1}{2}", True), ("\\boxed{\\{1,2\\}}", "\\{2,1\\}", True),
+    ("#### 7", "8", False), ("\\boxed{3}", "3.5", False), ("no number at all", "3", False),
+])
+def test_answer_checking_formats(text, gold, same):
+    assert omniopd.answers_match(omniopd.extract_answer(text), gold) is same
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "omniopd.py"), *args], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=300, cwd=ROOT)
+
+
+@pytest.mark.parametrize("method", [["sft"], ["opd", "--opd-kl", "sampled"], ["opd", "--opd-kl", "full"], ["grpo"]])
+def test_every_method_runs_two_steps(tmp_path, method):
+    result = run_cli("--method", *method, "--steps", "2", "--batch-size", "4", "--eval-size", "8",
+                     "--eval-samples", "2", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "student after" in result.stdout and "mean@2" in result.stdout
+    assert (tmp_path / "run" / "checkpoints" / "step-000002" / "model.safetensors").exists()
+
+
+def test_opd_refuses_a_teacher_with_another_tokenizer(tmp_path):
+    tokenizer = toyworld.build_char_tokenizer()
+    tokenizer.add_tokens(["<extra>"])
+    new_model(tokenizer, hidden=32, layers=1).save_pretrained(tmp_path / "other")
+    tokenizer.save_pretrained(tmp_path / "other")
+    result = run_cli("--method", "opd", "--teacher", str(tmp_path / "other"), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        "error: --method opd needs a teacher with the student's tokenizer; this teacher's differs"]
+
+
+def test_opd_refuses_an_api_teacher(tmp_path):
+    result = run_cli("--method", "opd", "--teacher", "openai:some-model", "--out", str(tmp_path / "run"),
+                     env={"OPENAI_API_KEY": "sk-x"})
+    assert result.returncode == 2 and "needs the teacher's logits" in result.stderr
