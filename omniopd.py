@@ -84,7 +84,7 @@ class Config:
     teacher_retries: int = option(4, "retries per teacher request on timeouts, 429 and 5xx, with exponential backoff")
     teacher_concurrency: int = option(8, "teacher requests in flight at once")
     # step 1: on-policy rollout
-    steps: int = option(60, "optimizer steps")
+    steps: int = option(200, "optimizer steps")
     batch_size: int = option(16, "prompts per step")
     temperature: float = option(1.0, "τ: student sampling temperature for rollouts and drafts")
     max_new_tokens: int = option(0, "longest rollout in tokens (0 = 48 for the toy world, 512 otherwise)")
@@ -116,7 +116,7 @@ class Config:
     kl_beta: float = option(0.05, "β: weight of the base-model KL anchor")
     anchor: str = option("full", "full: exact full-vocabulary KL; k3: k3 estimator on sampled tokens")
     # step 9: update
-    lr: float = option(0.0, "AdamW learning rate (0 = 1e-3 for the toy world, 1e-6 otherwise)")
+    lr: float = option(0.0, "AdamW learning rate (0 = 2e-4 for the toy world, 1e-6 otherwise)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     grad_clip: float = option(1.0, "gradient-norm clipping")
     # baselines
@@ -138,7 +138,7 @@ class Config:
         """Fill the 0-means-auto fields: toy world and real models need different scales."""
         toy = self.student == "toy"
         self.max_new_tokens = self.max_new_tokens or (48 if toy else 512)
-        self.lr = self.lr or (1e-3 if toy else 1e-6)
+        self.lr = self.lr or (2e-4 if toy else 1e-6)
         self.fork_gap = self.fork_gap or self.chunk_len
         self.out = self.out or f"runs/{datetime.datetime.now():%Y%m%d-%H%M%S}"
         return self
@@ -978,7 +978,8 @@ def train(cfg: Config) -> dict:
     with open(out / "metrics.jsonl", "a") as metrics_file:
         for _ in bar:
             started = time.time()
-            loss, metrics = loss_fn(run, batch_rows(train_rows, run.step, cfg), cfg)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.student.device.type == "cuda"):
+                loss, metrics = loss_fn(run, batch_rows(train_rows, run.step, cfg), cfg)
             metrics["loss/total"] = loss.item()
             if math.isfinite(metrics["loss/total"]):
                 metrics["grad/norm"] = update(run, loss, cfg.grad_clip)

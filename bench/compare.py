@@ -73,7 +73,8 @@ def write_report(results, args, folder: Path):
     (folder / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     base = statistics.mean(r["accuracy"] for r in results["student (untrained)"])
     lines = [f"# Toy world: every method, the same budget ({args.steps} steps × {omniopd.Config.batch_size} "
-             f"rollouts, {len(args.seeds)} seed{'s' * (len(args.seeds) > 1)}: {', '.join(map(str, args.seeds))})", "",
+             f"rollouts, learning rate {omniopd.Config().resolved().lr:g}, {len(args.seeds)} seed"
+             f"{'s' * (len(args.seeds) > 1)}: {', '.join(map(str, args.seeds))})", "",
              f"Made by `python bench/compare.py{' --quick' if args.quick else ''}`. Greedy pass@1 on {args.eval_size} "
              "held-out toy problems; the teacher scores 100 %. Wall time is per run on 2 CPU cores.", "",
              "| method | accuracy (mean ± std) | vs untrained | wall time (s) | teacher calls | teacher tokens |",
@@ -116,7 +117,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 4 steps, 32 problems: a smoke run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=omniopd.Config.steps)
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps for every method")
     parser.add_argument("--eval-size", type=int, default=200)
     parser.add_argument("--points", type=int, default=4, help="evaluations along the curve")
     parser.add_argument("--runs", default=str(ROOT / "bench" / "runs"), help="where run folders go")
