@@ -119,6 +119,7 @@ class Config:
     lr: float = option(0.0, "AdamW learning rate (0 = 2e-4 for the toy world, 1e-6 otherwise)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     grad_clip: float = option(1.0, "gradient-norm clipping")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward: far less memory for long rollouts")
     # baselines
     opd_kl: str = option("sampled", "opd: sampled (per-token log-ratio advantage) or full (full-vocabulary reverse KL)")
     group_size: int = option(4, "grpo: G samples per prompt (batch-size / G prompts per step)")
@@ -282,8 +283,11 @@ def generate(model, tokenizer, input_ids, attention_mask, max_new_tokens, temper
     sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else {}
     config = GenerationConfig(max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=stop_token_ids(model, tokenizer), **sampling)
+    was_training = model.training
+    model.eval()  # in train mode, gradient checkpointing would switch off the KV cache
     with torch.no_grad():
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    model.train(was_training)
     return out[:, input_ids.shape[1]:]
 
 
@@ -482,8 +486,9 @@ class HFTeacher:
     """A local transformers model as a teacher. OmniOPD uses only its text (continuations);
     token-level OPD may also read its logits through `.model`."""
 
-    def __init__(self, name, device, mode="auto", temperature=1.0, dtype=torch.float32):
+    def __init__(self, name, device, mode="auto", temperature=1.0, dtype=torch.float32, max_batch=64):
         self.model, self.tokenizer = load_model(name, "teacher", device, dtype)
+        self.max_batch = max_batch
         self.model.eval().requires_grad_(False)
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
         self.mode = ("chat" if has_template else "completion") if mode == "auto" else mode
@@ -491,19 +496,21 @@ class HFTeacher:
         self.calls = self.failures = self.tokens = 0
 
     def continuations(self, prefixes: list[str], n: int, max_tokens: int) -> list[list[str] | None]:
-        """n sampled continuations of each prefix, up to max_tokens teacher tokens each."""
+        """n sampled continuations of each prefix, up to max_tokens teacher tokens each,
+        generated in batches of at most max_batch sequences."""
         if self.mode == "chat":
-            texts = [self.tokenizer.apply_chat_template(
+            prefixes = [self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": CHAT_CONTINUE_PROMPT.format(prefix=p)}],
                 tokenize=False, add_generation_prompt=True) for p in prefixes]
-        else:
-            texts = prefixes
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
-        new_ids = generate(self.model, self.tokenizer, batch.input_ids, batch.attention_mask,
-                           max_tokens, self.temperature, n=n)
+        decoded, step = [], max(1, self.max_batch // n)
+        for start in range(0, len(prefixes), step):
+            batch = self.tokenizer(prefixes[start:start + step], return_tensors="pt", padding=True,
+                                   add_special_tokens=False).to(self.model.device)
+            new_ids = generate(self.model, self.tokenizer, batch.input_ids, batch.attention_mask,
+                               max_tokens, self.temperature, n=n)
+            self.tokens += int((new_ids != self.tokenizer.pad_token_id).sum())
+            decoded += self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
         self.calls += len(prefixes) * n
-        self.tokens += int((new_ids != self.tokenizer.pad_token_id).sum())
-        decoded = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
         return [decoded[i * n:(i + 1) * n] for i in range(len(prefixes))]
 
 
@@ -921,6 +928,8 @@ def setup(cfg) -> RunState:
     device = device_of(cfg)
     seed_everything(cfg.seed)
     student, tokenizer = load_model(cfg.resume or cfg.student, "student", device)
+    if cfg.gradient_checkpointing:  # drafts are scored with their whole prefix: F·K long sequences with grad
+        student.gradient_checkpointing_enable()
     reference = None
     if cfg.kl_beta > 0:
         reference, _ = load_model(cfg.student, "student", device)

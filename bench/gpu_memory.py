@@ -6,7 +6,7 @@ Builds, from configs, a student shaped like Qwen2.5-0.5B and a teacher shaped li
 Qwen2.5-7B (random weights; bf16 teacher and reference, fp32 student with AdamW), and
 a byte-level tokenizer padded to Qwen's 151,936-token vocabulary, then runs two OmniOPD
 steps through omniopd.omniopd_loss and omniopd.update and prints the peak memory and
-the seconds per step. Random weights rarely emit EOS, so every rollout runs to
+the seconds per step (with --gradient-checkpointing, as the README's GPU preset). Random weights rarely emit EOS, so every rollout runs to
 --max-new-tokens: an upper bound for real solutions of that length.
 """
 
@@ -47,7 +47,7 @@ class LocalTeacher(omniopd.HFTeacher):
     """HFTeacher around an in-memory model (the bench builds models instead of loading them)."""
 
     def __init__(self, model, tokenizer):
-        self.model, self.tokenizer, self.mode, self.temperature = model, tokenizer, "completion", 1.0
+        self.model, self.tokenizer, self.mode, self.temperature, self.max_batch = model, tokenizer, "completion", 1.0, 32
         self.calls = self.failures = self.tokens = 0
 
 
@@ -60,6 +60,7 @@ def main():
     torch.manual_seed(0)
     tokenizer = padded_tokenizer()
     student = qwen_like(896, 24, 14, 2, 4864, torch.float32, True)          # Qwen2.5-0.5B
+    student.gradient_checkpointing_enable()                                  # as --gradient-checkpointing does
     reference = qwen_like(896, 24, 14, 2, 4864, torch.bfloat16, True).requires_grad_(False)
     teacher = qwen_like(3584, args.teacher_layers, 28, 4, 18944, torch.bfloat16, False).requires_grad_(False)
     for model in (student, reference, teacher):
