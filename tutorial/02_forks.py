@@ -54,17 +54,12 @@ assert omniopd.select_forks(entropy, mask, 4, 3, 0.0) == [(0, 1), (0, 5)]
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import toyworld
-from helpers import save_figure
+from helpers import page_one_rollout, save_figure
 
-torch.manual_seed(3)
-cfg = omniopd.Config().resolved()
-student, tokenizer = omniopd.load_model("toy", "student", torch.device("cpu"))
-problem = toyworld.make_problems(1, "test", seed=5)[0]
-rollout = omniopd.sample_rollouts(student, tokenizer, [problem["question"]], cfg)
-with torch.no_grad():
-    _, entropy = omniopd.token_logprobs_and_entropy(omniopd.response_logits(student, rollout), rollout.response_ids_B_T)
-forks = omniopd.select_forks(entropy, rollout.response_mask_B_T, cfg.audit_budget, cfg.fork_gap, cfg.entropy_threshold)
+# the rollout of page 1; select_forks is called inside page_one_rollout exactly as here:
+# omniopd.select_forks(entropy, rollout.response_mask_B_T, cfg.audit_budget, cfg.fork_gap, cfg.entropy_threshold)
+page = page_one_rollout()
+cfg, tokenizer, rollout, entropy, forks = (page[k] for k in ("cfg", "tokenizer", "rollout", "entropy", "forks"))
 length = int(rollout.response_mask_B_T[0].sum())
 tokens = [tokenizer.decode([i]) or "⏎" for i in rollout.response_ids_B_T[0, :length]]
 print("forks at", [t for _, t in forks], "->", ["".join(tokens[t:t + 4]) + "…" for _, t in forks])

@@ -53,16 +53,10 @@ assert abs(torch.softmax(logprobs, 1)[0, 0].item() - 1 / (1 + math.exp(-1))) < 1
 
 # %%
 import torch.nn.functional as F
-import toyworld
+from helpers import page_one_rollout
 
-torch.manual_seed(3)
-cfg = omniopd.Config().resolved()
-student, tokenizer = omniopd.load_model("toy", "student", torch.device("cpu"))
-problem = toyworld.make_problems(1, "test", seed=5)[0]
-rollout = omniopd.sample_rollouts(student, tokenizer, [problem["question"]], cfg)
-with torch.no_grad():
-    _, entropy = omniopd.token_logprobs_and_entropy(omniopd.response_logits(student, rollout), rollout.response_ids_B_T)
-forks = omniopd.select_forks(entropy, rollout.response_mask_B_T, cfg.audit_budget, cfg.fork_gap, cfg.entropy_threshold)
+page = page_one_rollout()                 # the rollout and forks of pages 1 and 2
+cfg, student, tokenizer, rollout, forks = (page[k] for k in ("cfg", "student", "tokenizer", "rollout", "forks"))
 drafts = omniopd.draft_chunks(student, tokenizer, rollout, forks[:1], cfg.num_drafts, cfg.chunk_len, cfg.temperature)
 logprobs, lengths = omniopd.chunk_logprobs(student, drafts, tokenizer.pad_token_id)
 print("prefix:", repr(tokenizer.decode(drafts.prefix_ids[0]).split("Answer: ")[1]))

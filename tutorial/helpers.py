@@ -22,3 +22,24 @@ def save_figure(figure, name: str) -> str:
     FIGURES.mkdir(exist_ok=True)
     figure.savefig(FIGURES / name, dpi=100, bbox_inches="tight")
     return f"![{name}](figures/{name})"
+
+
+def page_one_rollout():
+    """The rollout of page 1 (toy student, test problem 5, seed 3), its entropy and its forks,
+    so that pages 2 and 3 look at the same solution. Returns a dict of those objects."""
+    import torch
+    import omniopd
+    import toyworld
+
+    torch.manual_seed(3)
+    cfg = omniopd.Config().resolved()
+    student, tokenizer = omniopd.load_model("toy", "student", torch.device("cpu"))
+    problem = toyworld.make_problems(1, "test", seed=5)[0]
+    rollout = omniopd.sample_rollouts(student, tokenizer, [problem["question"]], cfg)
+    with torch.no_grad():
+        logits = omniopd.response_logits(student, rollout)
+    _, entropy = omniopd.token_logprobs_and_entropy(logits, rollout.response_ids_B_T)
+    forks = omniopd.select_forks(entropy, rollout.response_mask_B_T, cfg.audit_budget, cfg.fork_gap,
+                                 cfg.entropy_threshold)
+    return dict(cfg=cfg, student=student, tokenizer=tokenizer, problem=problem, rollout=rollout,
+                entropy=entropy, forks=forks)
