@@ -112,3 +112,11 @@ def test_opd_refuses_an_api_teacher(tmp_path):
     result = run_cli("--method", "opd", "--teacher", "openai:some-model", "--out", str(tmp_path / "run"),
                      env={"OPENAI_API_KEY": "sk-x"})
     assert result.returncode == 2 and "needs the teacher's logits" in result.stderr
+
+
+def test_reasoning_gym_data_source_is_offline_and_split():
+    train = omniopd.load_rows("reasoning-gym:gsm_symbolic", "train", seed=0, size=5)
+    test = omniopd.load_rows("reasoning-gym:gsm_symbolic", "test", seed=0, size=5)
+    assert len(train) == 5 and all(r["question"] and r["answer"] for r in train)
+    assert {r["question"] for r in train} != {r["question"] for r in test}
+    assert omniopd.answers_match(omniopd.extract_answer(train[0]["answer"]), train[0]["answer"])
