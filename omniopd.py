@@ -61,14 +61,15 @@ import toyworld
 # ----------------------------------------------------------------------------
 # Configuration: every default of DESIGN.md is a field; its help text is --help.
 
-def option(default, help):
-    return field(default=default, metadata={"help": help})
+def option(default, help, choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
 class Config:
     # what to train, on what
-    method: str = option("omniopd", "training method: omniopd, or a baseline: opd (white-box token-level), sft, grpo")
+    method: str = option("omniopd", "training method: omniopd, or a baseline: opd (white-box token-level), sft, grpo",
+                         ["omniopd", "opd", "sft", "grpo"])
     student: str = option("toy", "student model: 'toy', a local folder, a hub id, or a bare Qwen name (Qwen2.5-0.5B)")
     teacher: str = option("toy", "teacher: 'toy', a local folder or hub id (HF model), or openai:MODEL for any OpenAI-compatible endpoint")
     data: str = option("toy", "training prompts: 'toy' (built-in arithmetic world) or a JSONL file of {question, answer} or {prompt} rows")
@@ -78,7 +79,8 @@ class Config:
     # teacher endpoint (openai:MODEL)
     teacher_base_url: str = option("", "base URL of an OpenAI-compatible endpoint (empty = the openai client's default)")
     teacher_api_key_env: str = option("OPENAI_API_KEY", "name of the environment variable holding the teacher's API key")
-    teacher_mode: str = option("auto", "chat: ask the teacher to continue the partial solution; completion: send the raw prefix; auto: chat for openai: and for HF models with a chat template")
+    teacher_mode: str = option("auto", "chat: ask the teacher to continue the partial solution; completion: send the raw prefix; auto: chat for openai: and for HF models with a chat template",
+                              ["auto", "chat", "completion"])
     teacher_temperature: float = option(1.0, "teacher sampling temperature")
     teacher_timeout: float = option(60.0, "seconds before one teacher request times out")
     teacher_retries: int = option(4, "retries per teacher request on timeouts, 429 and 5xx, with exponential backoff")
@@ -94,34 +96,38 @@ class Config:
     audit_budget: int = option(4, "B: most forks audited per rollout")
     audit_ratio: float = option(0.0, "if > 0, the budget is ceil(ratio * |y|) instead of --audit-budget")
     fork_gap: int = option(0, "g: least distance between two forks in tokens (0 = chunk length L)")
-    fork_selection: str = option("peak", "peak: highest-entropy peaks (OmniOPD); random: random positions (ablation)")
+    fork_selection: str = option("peak", "peak: highest-entropy peaks (OmniOPD); random: random positions (ablation)",
+                                 ["peak", "random"])
     # step 3: speculative drafts
     num_drafts: int = option(4, "K: candidate chunks per fork (the first is the student's own)")
     chunk_len: int = option(16, "L: tokens per candidate chunk")
     # step 4: teacher rollouts
     teacher_samples: int = option(4, "M: teacher continuations per fork")
     # step 5: semantic verification
-    similarity: str = option("embed", "embed: cosine of sentence embeddings; lexical: character n-gram F1")
+    similarity: str = option("embed", "embed: cosine of sentence embeddings; lexical: character n-gram F1",
+                             ["embed", "lexical"])
     similarity_model: str = option("all-MiniLM-L6-v2", "sentence-transformers model for --similarity embed")
     # step 6: Dirichlet-Multinomial preference
-    votes: str = option("soft", "soft: w_mk = softmax_k(S_km / κ); hard: one-hot argmax_k S_km")
+    votes: str = option("soft", "soft: w_mk = softmax_k(S_km / κ); hard: one-hot argmax_k S_km", ["soft", "hard"])
     vote_temperature: float = option(0.1, "κ: temperature of the soft votes")
     dirichlet_alpha: float = option(1.0, "α: strength of the Dirichlet prior (0 = raw vote histogram)")
     vote_threshold: float = option(0.0, "a teacher rollout whose best S_km is below this abstains; a fork with no votes is skipped (0 = all vote)")
-    prior: str = option("uniform", "u: uniform over drafts, or student (the student's own renormalised draft probabilities)")
+    prior: str = option("uniform", "u: uniform over drafts, or student (the student's own renormalised draft probabilities)",
+                        ["uniform", "student"])
     # step 7: chunk loss
     length_norm: float = option(1.0, "γ: q_k = softmax(ℓ_k / |c_k|^γ); 1 = per-token mean, 0 = raw sum")
-    chunk_loss: str = option("kl", "kl: KL(p̂ ‖ q); pg: policy gradient with advantage p̂_k - 1/K")
+    chunk_loss: str = option("kl", "kl: KL(p̂ ‖ q); pg: policy gradient with advantage p̂_k - 1/K", ["kl", "pg"])
     # step 8: base-model KL anchor
     kl_beta: float = option(0.05, "β: weight of the base-model KL anchor")
-    anchor: str = option("full", "full: exact full-vocabulary KL; k3: k3 estimator on sampled tokens")
+    anchor: str = option("full", "full: exact full-vocabulary KL; k3: k3 estimator on sampled tokens", ["full", "k3"])
     # step 9: update
     lr: float = option(0.0, "AdamW learning rate (0 = 2e-4 for the toy world, 1e-6 otherwise)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     grad_clip: float = option(1.0, "gradient-norm clipping")
     gradient_checkpointing: bool = option(False, "recompute activations in backward: far less memory for long rollouts")
     # baselines
-    opd_kl: str = option("sampled", "opd: sampled (per-token log-ratio advantage) or full (full-vocabulary reverse KL)")
+    opd_kl: str = option("sampled", "opd: sampled (per-token log-ratio advantage) or full (full-vocabulary reverse KL)",
+                         ["sampled", "full"])
     group_size: int = option(4, "grpo: G samples per prompt (batch-size / G prompts per step)")
     # run
     seed: int = option(0, "random seed for data order, sampling and initial evaluation")
@@ -155,7 +161,7 @@ def parse_args(argv=None) -> Config:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
+            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"], choices=f.metadata["choices"])
     return Config(**vars(parser.parse_args(argv))).resolved()
 
 
@@ -1013,7 +1019,8 @@ def train(cfg: Config) -> dict:
 
 def main(argv=None) -> int:
     cfg = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1" if cfg.student == "toy" else os.environ.get("HF_HUB_OFFLINE", "0"))
+    if cfg.student == "toy":  # everything the offline default needs ships with the repository
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         started = time.time()
         summary = train(cfg)

@@ -105,3 +105,9 @@ def test_help_explains_every_option():
     for f in dataclasses.fields(omniopd.Config):
         assert "--" + f.name.replace("_", "-") in result.stdout
         assert f.metadata["help"].split()[0] in result.stdout
+
+
+def test_an_unknown_choice_is_refused_before_any_work(tmp_path):
+    result = run_cli("--votes", "bogus", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "invalid choice: 'bogus'" in result.stderr
+    assert not (tmp_path / "run").exists()
