@@ -50,23 +50,18 @@ assert abs(entropy[0, 1].item() - math.log(3)) < 1e-6
 # is sure of what it copies from the question and unsure where it has to compute.
 
 # %%
-import toyworld
+from helpers import page_one_rollout
 
-torch.manual_seed(3)
-cfg = omniopd.Config().resolved()
-student, tokenizer = omniopd.load_model("toy", "student", torch.device("cpu"))
-problem = toyworld.make_problems(1, "test", seed=5)[0]
-rollout = omniopd.sample_rollouts(student, tokenizer, [problem["question"]], cfg)
-with torch.no_grad():
-    logits = omniopd.response_logits(student, rollout)
-logprobs, entropy = omniopd.token_logprobs_and_entropy(logits, rollout.response_ids_B_T)
+show(page_one_rollout)           # pages 2 and 3 look at this same rollout
+page = page_one_rollout()
+tokenizer, problem, rollout, entropy = (page[k] for k in ("tokenizer", "problem", "rollout", "entropy"))
 length = int(rollout.response_mask_B_T[0].sum())
 tokens = [tokenizer.decode([i]) for i in rollout.response_ids_B_T[0, :length]]
 print("question:", problem["question"])
 print("gold:    ", problem["answer"].replace("\n", " | "))
 for token, h in zip(tokens, entropy[0, :length].tolist()):
     print(f"{token!r:>8} H={h:5.2f} " + "#" * round(h * 10))
-assert rollout.response_mask_B_T[0, :length].all() and length <= cfg.max_new_tokens
+assert rollout.response_mask_B_T[0, :length].all() and length <= page["cfg"].max_new_tokens
 
 # %% [markdown]
 # ## What to log
