@@ -12,7 +12,6 @@ calls and tokens), toy.json (every number) and toy.png (accuracy against step).
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics

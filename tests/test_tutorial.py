@@ -2,7 +2,6 @@
 
 import runpy
 import sys
-from pathlib import Path
 
 import pytest
 
