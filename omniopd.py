@@ -297,16 +297,20 @@ def generate(model, tokenizer, input_ids, attention_mask, max_new_tokens, temper
     return out[:, input_ids.shape[1]:]
 
 
-def completion_nll(model, tokenizer, questions, completions, template) -> torch.Tensor:
+def completion_nll(model, tokenizer, questions, completions, template, num_tokens=None) -> torch.Tensor:
     """Mean next-token NLL of each completion given its prompt, -mean_t log π(y_t | x, y_<t)
-    (SFT; also how the toy teacher and student were trained). The completion ends with EOS."""
+    (SFT; also how the toy teacher and student were trained). The completion ends with EOS.
+    The mean divides by num_tokens when given."""
     prompts = [tokenizer(template.format(question=q), add_special_tokens=False)["input_ids"] for q in questions]
     answers = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in completions]
     batch = left_pad([p + a for p, a in zip(prompts, answers)], tokenizer.pad_token_id, model.device)
-    labels = batch["input_ids"].clone()
-    for i, a in enumerate(answers):  # left-padded: the completion is the last len(a) columns
-        labels[i, :labels.shape[1] - len(a)] = -100
-    return model(**batch, position_ids=positions(batch["attention_mask"]), labels=labels).loss
+    width = max(len(a) for a in answers)  # left-padded: each completion is the last len(a) columns
+    logits = model(**batch, position_ids=positions(batch["attention_mask"]), logits_to_keep=width + 1).logits
+    targets = batch["input_ids"][:, -width:].clone()
+    for i, a in enumerate(answers):
+        targets[i, :width - len(a)] = -100
+    nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+    return nll / (num_tokens or int((targets != -100).sum()))
 
 
 @torch.no_grad()
@@ -577,8 +581,6 @@ def make_teacher(cfg, device):
 
 def teacher_rollouts(teacher, prefix_texts: list[str], num_samples: int, max_tokens: int):
     """Step 4: r^1..r^M = M teacher continuations of each decoded prefix s_t; None where the teacher failed."""
-    if not prefix_texts:
-        return []
     return teacher.continuations(prefix_texts, num_samples, max_tokens)
 
 
@@ -684,27 +686,29 @@ def dirichlet_preference(similarity_K_M, alpha=1.0, vote_temperature=0.1, votes=
 # ----------------------------------------------------------------------------
 # Step 7: chunk-level loss at forks
 
-def chunk_loss(target_F_K, logprobs_F_K, lengths_F_K, length_norm=1.0, form="kl"):
+def chunk_loss(target_F_K, logprobs_F_K, lengths_F_K, length_norm=1.0, form="kl", num_forks=None):
     """Step 7: q_k = softmax_k(ℓ_k / |c^k|^γ); loss = mean over forks of KL(p̂ ‖ q) = Σ_k p̂_k log(p̂_k / q_k).
-    form="pg": -Σ_k A_k ℓ_k / |c^k| with A_k = p̂_k - 1/K."""
+    form="pg": -Σ_k A_k ℓ_k / |c^k| with A_k = p̂_k - 1/K. The mean divides by num_forks when given."""
     if logprobs_F_K.numel() == 0:
         return logprobs_F_K.sum()
+    num_forks = num_forks or logprobs_F_K.shape[0]
     normalised_F_K = logprobs_F_K / lengths_F_K.float() ** length_norm
     if form == "pg":
         advantage_F_K = target_F_K - 1.0 / target_F_K.shape[1]
-        return -(advantage_F_K * logprobs_F_K / lengths_F_K).sum(1).mean()
+        return -(advantage_F_K * logprobs_F_K / lengths_F_K).sum() / num_forks
     log_q_F_K = F.log_softmax(normalised_F_K, dim=1)
     # KL(p̂ ‖ q) = Σ_k p̂_k (log p̂_k - log q_k), with 0 log 0 = 0
     kl_F = (torch.xlogy(target_F_K, target_F_K) - target_F_K * log_q_F_K).sum(1)
-    return kl_F.mean()
+    return kl_F.sum() / num_forks
 
 
 # ----------------------------------------------------------------------------
 # Step 8: base-model KL anchor
 
-def anchor_kl(student_logits_B_T_V, reference_logits_B_T_V, mask_B_T, tokens_B_T=None, form="full"):
+def anchor_kl(student_logits_B_T_V, reference_logits_B_T_V, mask_B_T, tokens_B_T=None, form="full", num_tokens=None):
     """Step 8: mean over generated tokens of KL(π_θ(·|s_t) ‖ π_ref(·|s_t)), exact over the vocabulary.
-    form="k3": the k3 estimator exp(r) - 1 - r, r = log π_ref(y_t) - log π_θ(y_t), on sampled tokens."""
+    form="k3": the k3 estimator exp(r) - 1 - r, r = log π_ref(y_t) - log π_θ(y_t), on sampled tokens.
+    The mean divides by num_tokens when given."""
     logp_B_T_V = F.log_softmax(student_logits_B_T_V, dim=-1)
     ref_logp_B_T_V = F.log_softmax(reference_logits_B_T_V, dim=-1)
     if form == "k3":
@@ -715,67 +719,93 @@ def anchor_kl(student_logits_B_T_V, reference_logits_B_T_V, mask_B_T, tokens_B_T
         # KL(π_θ ‖ π_ref) = Σ_v π_θ(v) (log π_θ(v) - log π_ref(v))
         kl_B_T = (logp_B_T_V.exp() * (logp_B_T_V - ref_logp_B_T_V)).sum(-1)
     mask = mask_B_T.float()
-    return (kl_B_T * mask).sum() / mask.sum().clamp(min=1)
+    return (kl_B_T * mask).sum() / (num_tokens or mask.sum().clamp(min=1))
 
 
 # ----------------------------------------------------------------------------
 # Step 9: one OmniOPD step, the update, and the training loop
 
-def omniopd_loss(run, rows, cfg):
-    """Steps 1-8 for one batch: L = L_chunk + β · L_anchor, and the step's metrics."""
+@dataclass
+class StepBatch:
+    """What a step collects without gradient (sampling and the teacher): rollouts and, by method, the
+    forks' targets, the advantages or the teacher's solutions. The loss then needs only forward passes.
+    num_tokens and num_forks are the loss's denominators; a distributed run sets them to the sums over ranks."""
+    rollout: Rollout | None = None
+    drafts: Drafts | None = None                 # omniopd: the forks that got a target p̂
+    target_F_K: torch.Tensor | None = None
+    advantages_B: torch.Tensor | None = None     # grpo
+    solutions: list = field(default_factory=list)  # sft: (question, teacher solution) pairs
+    num_tokens: int = 0
+    num_forks: int = 0
+    metrics: dict = field(default_factory=dict)
+
+
+@torch.no_grad()
+def omniopd_collect(run, rows, cfg) -> StepBatch:
+    """Steps 1-6 for one batch, no gradient: rollouts, forks, drafts, teacher rollouts, S and each fork's p̂."""
     student, tokenizer = run.student, run.tokenizer
     rollout = sample_rollouts(student, tokenizer, [r["question"] for r in rows], cfg)      # step 1
-    logits_B_T_V = response_logits(student, rollout)
-    _, entropy_B_T = token_logprobs_and_entropy(logits_B_T_V, rollout.response_ids_B_T)
+    _, entropy_B_T = token_logprobs_and_entropy(response_logits(student, rollout), rollout.response_ids_B_T)
     mask_B_T = rollout.response_mask_B_T
-    forks = select_forks(entropy_B_T.detach(), mask_B_T, cfg.audit_budget, cfg.fork_gap,  # step 2
+    forks = select_forks(entropy_B_T, mask_B_T, cfg.audit_budget, cfg.fork_gap,           # step 2
                          cfg.entropy_threshold, cfg.entropy_window, cfg.audit_ratio, cfg.fork_selection)
     drafts = draft_chunks(student, tokenizer, rollout, forks, cfg.num_drafts,             # step 3
                           cfg.chunk_len, cfg.temperature)
     prefix_texts = [tokenizer.decode(p, skip_special_tokens=True) for p in drafts.prefix_ids]
     teacher_texts = teacher_rollouts(run.teacher, prefix_texts, cfg.teacher_samples, cfg.chunk_len)  # step 4
     answered = [f for f, texts in enumerate(teacher_texts) if texts]
-    metrics = {"forks/count": len(forks), "forks/skipped": len(forks) - len(answered)}
-    loss_chunk = logits_B_T_V.sum() * 0.0
+    candidate_texts = [[tokenizer.decode(c, skip_special_tokens=True) for c in drafts.chunk_ids[f]] for f in answered]
+    similarities = run.similarity.matrices(candidate_texts, [teacher_texts[f] for f in answered])  # step 5
+    answered_drafts = Drafts([drafts.prefix_ids[f] for f in answered], [drafts.chunk_ids[f] for f in answered])
+    priors = [None] * len(answered)
+    if cfg.prior == "student" and answered:  # u_k ∝ the student's own length-normalised draft probabilities
+        logprobs_F_K, lengths_F_K = chunk_logprobs(student, answered_drafts, tokenizer.pad_token_id)
+        priors = torch.softmax(logprobs_F_K / lengths_F_K.float() ** cfg.length_norm, 1).cpu()
+    targets = [dirichlet_preference(S, cfg.dirichlet_alpha, cfg.vote_temperature, cfg.votes,  # step 6
+                                    priors[f], cfg.vote_threshold) for f, S in enumerate(similarities)]
+    voted = [f for f, target in enumerate(targets) if target is not None]
+    batch = StepBatch(rollout, Drafts([answered_drafts.prefix_ids[f] for f in voted],
+                                      [answered_drafts.chunk_ids[f] for f in voted]),
+                      torch.stack([targets[f] for f in voted]) if voted else torch.zeros(0, cfg.num_drafts),
+                      num_tokens=int(mask_B_T.sum()), num_forks=len(voted))
+    batch.metrics = {"forks/count": len(forks), "forks/skipped": len(forks) - len(answered),
+                     "forks/no_match": len(answered) - len(voted), **rollout_metrics(rollout, entropy_B_T)}
     if answered:
-        drafts = Drafts([drafts.prefix_ids[f] for f in answered], [drafts.chunk_ids[f] for f in answered])
-        candidate_texts = [[tokenizer.decode(c, skip_special_tokens=True) for c in chunks] for chunks in drafts.chunk_ids]
-        similarities = run.similarity.matrices(candidate_texts, [teacher_texts[f] for f in answered])  # step 5
-        logprobs_F_K, lengths_F_K = chunk_logprobs(student, drafts, tokenizer.pad_token_id)
-        student_prior_F_K = torch.softmax((logprobs_F_K / lengths_F_K.float() ** cfg.length_norm).detach().cpu(), 1)
-        targets = [dirichlet_preference(S, cfg.dirichlet_alpha, cfg.vote_temperature, cfg.votes,  # step 6
-                                        student_prior_F_K[f] if cfg.prior == "student" else None, cfg.vote_threshold)
-                   for f, S in enumerate(similarities)]
-        voted = [f for f, target in enumerate(targets) if target is not None]
-        metrics["forks/no_match"] = len(targets) - len(voted)
-        target_F_K = torch.stack([targets[f] for f in voted]).to(logprobs_F_K.device) if voted else None
-        loss_chunk = chunk_loss(target_F_K, logprobs_F_K[voted], lengths_F_K[voted],  # step 7
-                                cfg.length_norm, cfg.chunk_loss) if voted else loss_chunk
         fork_positions = torch.zeros_like(mask_B_T, dtype=torch.bool)
         for b, t in forks:
             fork_positions[b, t] = True
-        metrics.update({
+        batch.metrics.update({
             "forks/entropy": entropy_B_T[fork_positions].mean().item(),
             "forks/entropy_elsewhere": entropy_B_T[(mask_B_T.bool() & ~fork_positions)].mean().item(),
-            "sim/mean": torch.cat([S.flatten() for S in similarities]).mean().item(),
-        })
-        if voted:
-            metrics.update({"pref/entropy": -(torch.xlogy(target_F_K, target_F_K)).sum(1).mean().item(),
-                            "pref/own_draft": target_F_K[:, 0].mean().item()})
-    loss_anchor = anchor_term(run, rollout, logits_B_T_V, cfg)                            # step 8
+            "sim/mean": torch.cat([S.flatten() for S in similarities]).mean().item()})
+    if voted:
+        batch.metrics.update({"pref/entropy": -(torch.xlogy(batch.target_F_K, batch.target_F_K)).sum(1).mean().item(),
+                              "pref/own_draft": batch.target_F_K[:, 0].mean().item()})
+    return batch
+
+
+def omniopd_loss(run, batch, cfg):
+    """Steps 7-8 on a collected batch: L = L_chunk + β · L_anchor, and the step's metrics.
+    The drafts are scored last, so every process of a distributed run makes its passes in the same order."""
+    logits_B_T_V = response_logits(run.student, batch.rollout)
+    loss_anchor = anchor_term(run, batch.rollout, logits_B_T_V, cfg, batch.num_tokens)     # step 8
+    loss_chunk = logits_B_T_V.sum() * 0.0
+    if batch.drafts.chunk_ids:
+        logprobs_F_K, lengths_F_K = chunk_logprobs(run.student, batch.drafts, run.tokenizer.pad_token_id)
+        loss_chunk = chunk_loss(batch.target_F_K.to(logprobs_F_K.device), logprobs_F_K, lengths_F_K,  # step 7
+                                cfg.length_norm, cfg.chunk_loss, batch.num_forks)
     loss = loss_chunk + cfg.kl_beta * loss_anchor                                         # step 9
-    metrics.update({"loss/chunk": loss_chunk.item(), "loss/anchor": loss_anchor.item(),
-                    **rollout_metrics(rollout, entropy_B_T)})
-    return loss, metrics
+    return loss, {**batch.metrics, "loss/chunk": loss_chunk.item(), "loss/anchor": loss_anchor.item()}
 
 
-def anchor_term(run, rollout, logits_B_T_V, cfg) -> torch.Tensor:
+def anchor_term(run, rollout, logits_B_T_V, cfg, num_tokens=None) -> torch.Tensor:
     """Step 8 on a rollout: KL to the frozen reference, or 0 when β = 0 (no reference is loaded then)."""
     if cfg.kl_beta <= 0:
         return torch.zeros((), device=logits_B_T_V.device)
     with torch.no_grad():
         reference_logits_B_T_V = response_logits(run.reference, rollout)
-    return anchor_kl(logits_B_T_V, reference_logits_B_T_V, rollout.response_mask_B_T, rollout.response_ids_B_T, cfg.anchor)
+    return anchor_kl(logits_B_T_V, reference_logits_B_T_V, rollout.response_mask_B_T, rollout.response_ids_B_T,
+                     cfg.anchor, num_tokens)
 
 
 def rollout_metrics(rollout, entropy_B_T) -> dict:
@@ -787,15 +817,22 @@ def rollout_metrics(rollout, entropy_B_T) -> dict:
 # ----------------------------------------------------------------------------
 # Baselines behind the same functions: each adds only its loss
 
-def opd_loss(run, rows, cfg):
+@torch.no_grad()
+def rollout_collect(run, rows, cfg) -> StepBatch:
+    """OPD's collection: student rollouts only (the teacher's logits are read in the loss)."""
+    rollout = sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
+    return StepBatch(rollout, num_tokens=int(rollout.response_mask_B_T.sum()))
+
+
+def opd_loss(run, batch, cfg):
     """White-box token-level OPD on student samples; needs the teacher's logits (a local teacher with the
     student's tokenizer). sampled: A_t = log π_T(y_t|s_t) - log π_θ(y_t|s_t), detached, loss -mean_t A_t log π_θ(y_t|s_t);
     full: mean_t KL(π_θ(·|s_t) ‖ π_T(·|s_t)). Both average over the generated tokens."""
-    rollout = sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
+    rollout = batch.rollout
     logits_B_T_V = response_logits(run.student, rollout)
     with torch.no_grad():
         teacher_logits_B_T_V = response_logits(run.teacher.model, rollout)
-    run.teacher.calls += len(rows)
+    run.teacher.calls += rollout.response_ids_B_T.shape[0]
     run.teacher.tokens += int(rollout.response_mask_B_T.sum())
     vocab = min(logits_B_T_V.shape[-1], teacher_logits_B_T_V.shape[-1])  # embedding tables may be padded
     logits_B_T_V, teacher_logits_B_T_V = logits_B_T_V[..., :vocab], teacher_logits_B_T_V[..., :vocab]
@@ -803,30 +840,39 @@ def opd_loss(run, rows, cfg):
     mask_B_T = rollout.response_mask_B_T
     if cfg.opd_kl == "full":
         # the anchor's reverse KL, toward the teacher instead of the base model
-        loss = anchor_kl(logits_B_T_V, teacher_logits_B_T_V, mask_B_T)
+        loss = anchor_kl(logits_B_T_V, teacher_logits_B_T_V, mask_B_T, num_tokens=batch.num_tokens)
     else:
         teacher_logprobs_B_T, _ = token_logprobs_and_entropy(teacher_logits_B_T_V, rollout.response_ids_B_T)
         # A_t = log π_T(y_t) - log π_θ(y_t), a per-token reward with no gradient
-        loss = policy_gradient_loss(logprobs_B_T, (teacher_logprobs_B_T - logprobs_B_T).detach(), mask_B_T)
+        loss = policy_gradient_loss(logprobs_B_T, (teacher_logprobs_B_T - logprobs_B_T).detach(), mask_B_T,
+                                    batch.num_tokens)
     return loss, {"loss/opd": loss.item(), **rollout_metrics(rollout, entropy_B_T)}
 
 
-def sft_loss(run, rows, cfg):
-    """SFT: the teacher writes a full solution for each prompt (text only, so an API teacher works);
-    the student trains on it by next-token NLL, -mean_t log π_θ(y_t | x, y_<t)."""
+@torch.no_grad()
+def sft_collect(run, rows, cfg) -> StepBatch:
+    """SFT's collection: the teacher writes a full solution for each prompt (text only, so an API teacher works)."""
     prompts = [cfg.prompt_template.format(question=r["question"]) for r in rows]
     solutions = run.teacher.continuations(prompts, 1, cfg.max_new_tokens)
     kept = [(r["question"], s[0]) for r, s in zip(rows, solutions) if s]
-    if not kept:
-        return torch.zeros((), requires_grad=True), {"sft/solutions": 0}
-    loss = completion_nll(run.student, run.tokenizer, [q for q, _ in kept], [s for _, s in kept], cfg.prompt_template)
-    return loss, {"loss/sft": loss.item(), "sft/solutions": len(kept)}
+    # each solution is trained on with the EOS that ends it
+    num_tokens = sum(len(run.tokenizer(s, add_special_tokens=False)["input_ids"]) + 1 for _, s in kept)
+    return StepBatch(solutions=kept, num_tokens=num_tokens, metrics={"sft/solutions": len(kept)})
 
 
-def policy_gradient_loss(logprobs_B_T, advantages_B_T, mask_B_T) -> torch.Tensor:
+def sft_loss(run, batch, cfg):
+    """SFT: next-token NLL of the teacher's solutions, -mean_t log π_θ(y_t | x, y_<t)."""
+    if not batch.solutions:
+        return torch.zeros((), requires_grad=True), batch.metrics
+    loss = completion_nll(run.student, run.tokenizer, [q for q, _ in batch.solutions],
+                          [s for _, s in batch.solutions], cfg.prompt_template, batch.num_tokens)
+    return loss, {"loss/sft": loss.item(), **batch.metrics}
+
+
+def policy_gradient_loss(logprobs_B_T, advantages_B_T, mask_B_T, num_tokens=None) -> torch.Tensor:
     """-Σ_t A_t log π_θ(y_t) / (number of generated tokens): OPD's sampled form and GRPO share it."""
     mask_B_T = mask_B_T.float()
-    return -(advantages_B_T * logprobs_B_T * mask_B_T).sum() / mask_B_T.sum().clamp(min=1)
+    return -(advantages_B_T * logprobs_B_T * mask_B_T).sum() / (num_tokens or mask_B_T.sum().clamp(min=1))
 
 
 def group_advantages(rewards_G: torch.Tensor) -> torch.Tensor:
@@ -834,24 +880,35 @@ def group_advantages(rewards_G: torch.Tensor) -> torch.Tensor:
     return (rewards_G - rewards_G.mean()) / (rewards_G.std(unbiased=False) + 1e-6)
 
 
-def grpo_loss(run, rows, cfg):
-    """GRPO (self-exploratory RL): G samples per prompt, reward 1 when the final answer checks,
-    group-normalised advantages, loss -mean_t A log π_θ(y_t) + β · KL anchor. rows holds each prompt G times."""
+@torch.no_grad()
+def grpo_collect(run, rows, cfg) -> StepBatch:
+    """GRPO's collection: G samples per prompt (rows holds each prompt G times), reward 1 when the
+    final answer checks, group-normalised advantages."""
     rollout = sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
-    logits_B_T_V = response_logits(run.student, rollout)
-    logprobs_B_T, entropy_B_T = token_logprobs_and_entropy(logits_B_T_V, rollout.response_ids_B_T)
     texts = run.tokenizer.batch_decode(rollout.response_ids_B_T * rollout.response_mask_B_T, skip_special_tokens=True)
     rewards_B = torch.tensor([float(answers_match(extract_answer(t), extract_answer(r["answer"] or "")))
                               for t, r in zip(texts, rows)])
-    advantages_B = torch.cat([group_advantages(g) for g in rewards_B.split(cfg.group_size)]).to(logits_B_T_V.device)
-    loss_pg = policy_gradient_loss(logprobs_B_T, advantages_B[:, None].expand_as(logprobs_B_T), rollout.response_mask_B_T)
-    loss_anchor = anchor_term(run, rollout, logits_B_T_V, cfg)
+    advantages_B = torch.cat([group_advantages(g) for g in rewards_B.split(cfg.group_size)])
+    return StepBatch(rollout, advantages_B=advantages_B, num_tokens=int(rollout.response_mask_B_T.sum()),
+                     metrics={"grpo/reward": rewards_B.mean().item()})
+
+
+def grpo_loss(run, batch, cfg):
+    """GRPO (self-exploratory RL): loss -mean_t A log π_θ(y_t) + β · KL anchor."""
+    rollout = batch.rollout
+    logits_B_T_V = response_logits(run.student, rollout)
+    logprobs_B_T, entropy_B_T = token_logprobs_and_entropy(logits_B_T_V, rollout.response_ids_B_T)
+    advantages_B_T = batch.advantages_B.to(logits_B_T_V.device)[:, None].expand_as(logprobs_B_T)
+    loss_pg = policy_gradient_loss(logprobs_B_T, advantages_B_T, rollout.response_mask_B_T, batch.num_tokens)
+    loss_anchor = anchor_term(run, rollout, logits_B_T_V, cfg, batch.num_tokens)
     return loss_pg + cfg.kl_beta * loss_anchor, {
-        "loss/pg": loss_pg.item(), "loss/anchor": loss_anchor.item(), "grpo/reward": rewards_B.mean().item(),
+        "loss/pg": loss_pg.item(), "loss/anchor": loss_anchor.item(), **batch.metrics,
         **rollout_metrics(rollout, entropy_B_T)}
 
 
-METHODS = {"omniopd": omniopd_loss, "opd": opd_loss, "sft": sft_loss, "grpo": grpo_loss}
+# each method: (collect without gradient, loss on what was collected)
+METHODS = {"omniopd": (omniopd_collect, omniopd_loss), "opd": (rollout_collect, opd_loss),
+           "sft": (sft_collect, sft_loss), "grpo": (grpo_collect, grpo_loss)}
 
 
 @dataclass
@@ -872,7 +929,7 @@ def update(run, loss, grad_clip) -> float:
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(run.student.parameters(), grad_clip)
     run.optimizer.step()
-    return norm.item()
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # sharded (FSDP) or plain
 
 
 def batch_rows(rows, step, cfg) -> list[dict]:
@@ -988,13 +1045,14 @@ def train(cfg: Config) -> dict:
     summary = {"before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")}
     if cfg.eval_teacher and isinstance(run.teacher, HFTeacher):
         summary["teacher"] = evaluate(run.teacher.model, run.teacher.tokenizer, eval_rows, cfg)[0]
-    loss_fn = METHODS[cfg.method]
+    collect, loss_fn = METHODS[cfg.method]
     bar = tqdm(range(run.step, cfg.steps), initial=run.step, total=cfg.steps, desc=cfg.method)
     with open(out / "metrics.jsonl", "a") as metrics_file:
         for _ in bar:
             started = time.time()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.student.device.type == "cuda"):
-                loss, metrics = loss_fn(run, batch_rows(train_rows, run.step, cfg), cfg)
+                batch = collect(run, batch_rows(train_rows, run.step, cfg), cfg)
+                loss, metrics = loss_fn(run, batch, cfg)
             metrics["loss/total"] = loss.item()
             if math.isfinite(metrics["loss/total"]):
                 metrics["grad/norm"] = update(run, loss, cfg.grad_clip)

@@ -77,7 +77,7 @@ def main():
         torch.cuda.synchronize()
         started = time.time()
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss, metrics = omniopd.omniopd_loss(run, rows, cfg)
+            loss, metrics = omniopd.omniopd_loss(run, omniopd.omniopd_collect(run, rows, cfg), cfg)
         omniopd.update(run, loss, cfg.grad_clip)
         torch.cuda.synchronize()
         print(f"step {step + 1}: {time.time() - started:.1f} s, peak memory "

@@ -3,9 +3,10 @@
 #
 # ## Background
 # Pages 1–8 one at a time; here they run in order on one batch of toy problems, every
-# intermediate printed, exactly as `omniopd_loss` runs them. The last cell checks that
-# this walk-through gives the same loss as `omniopd.omniopd_loss` itself from the same
-# random state, so the page cannot drift from the code.
+# intermediate printed, exactly as `omniopd_collect` (steps 1–6, no gradient) and
+# `omniopd_loss` (steps 7–8) run them. The last cell checks that this walk-through gives
+# the same loss as those two functions from the same random state, so the page cannot
+# drift from the code.
 #
 # ## Equation
 # $$\mathcal{L} = \frac{1}{|\mathcal{F}|}\sum_{f \in \mathcal{F}} \mathrm{KL}\big(\hat p^{(f)} \,\Vert\, q^{(f)}\big) + \beta \cdot \frac{1}{|y|}\sum_t \mathrm{KL}\big(\pi_\theta(\cdot \mid s_t) \Vert \pi_{\text{ref}}(\cdot \mid s_t)\big)$$
@@ -16,6 +17,7 @@
 from helpers import show
 import omniopd
 
+show(omniopd.omniopd_collect)
 show(omniopd.omniopd_loss)
 
 # %% [markdown]
@@ -69,13 +71,14 @@ loss = loss_chunk + cfg.kl_beta * loss_anchor                                   
 print(f"\nL_chunk = {loss_chunk.item():.4f}, L_anchor = {loss_anchor.item():.4f}, L = {loss.item():.4f}")
 
 # %% [markdown]
-# The same step through `omniopd.omniopd_loss`, then one update:
+# The same step through `omniopd.omniopd_collect` and `omniopd.omniopd_loss`, then one update:
 
 # %%
 run = omniopd.RunState(student, tokenizer, reference, teacher, similarity,
                        torch.optim.AdamW(student.parameters(), lr=cfg.lr))
 torch.manual_seed(0)
-same_loss, metrics = omniopd.omniopd_loss(run, rows, cfg)
+batch = omniopd.omniopd_collect(run, rows, cfg)
+same_loss, metrics = omniopd.omniopd_loss(run, batch, cfg)
 print(f"omniopd_loss: L = {same_loss.item():.4f}")
 print({k: round(v, 4) for k, v in metrics.items()})
 assert abs(same_loss.item() - loss.item()) < 1e-5

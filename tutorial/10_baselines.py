@@ -4,7 +4,8 @@
 # ## Background
 # The paper's claims are comparisons, so the baselines live behind the same
 # functions: the same rollout (page 1), anchor (page 8), optimizer, logging and
-# checkpoints. Each adds only its loss (`--method opd | sft | grpo`).
+# checkpoints. Each adds only what it collects without gradient and its loss
+# (`--method opd | sft | grpo`; `METHODS` pairs the two).
 #
 # | method | what the teacher gives | where the signal lands | needs |
 # |---|---|---|---|
@@ -31,9 +32,12 @@ from helpers import show
 import omniopd
 
 show(omniopd.policy_gradient_loss)
+show(omniopd.rollout_collect)
 show(omniopd.opd_loss)
+show(omniopd.sft_collect)
 show(omniopd.sft_loss)
 show(omniopd.group_advantages)
+show(omniopd.grpo_collect)
 show(omniopd.grpo_loss)
 
 # %% [markdown]
