@@ -12,14 +12,23 @@ The toy teacher has no chat template, so for chat requests the server stands in
 for an instruction-following model: it recognises omniopd.CHAT_CONTINUE_PROMPT
 and continues the prefix inside it; models with a chat template get the messages
 through that template.
+
+For the reliability tests and benchmarks it can also misbehave on purpose
+(`--fault-rate 0.3`): a share of requests gets a 429 with Retry-After, a 500, a
+reply slower than any client waits, malformed JSON, an empty text or a refusal.
+`--latency` adds a fixed delay to every request, and `--model echo` answers
+without any model (a fixed text per prompt), for measuring a client alone.
 """
 
 import argparse
+import collections
 import concurrent.futures
 import json
 import queue
+import random
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
@@ -27,24 +36,61 @@ import torch
 import omniopd
 
 CHAT_HEAD = omniopd.CHAT_CONTINUE_PROMPT.split("{prefix}")[0]
+FAULT_KINDS = ("429", "500", "timeout", "malformed", "empty", "refusal")
+
+
+@dataclass
+class FaultPlan:
+    """Which requests misbehave: each request draws one fault from `kinds` with probability `rate`."""
+    rate: float = 0.0
+    kinds: tuple = FAULT_KINDS
+    retry_after: float = 1.0      # seconds, sent with every 429
+    hang_seconds: float = 5.0     # how long a "timeout" request waits before answering
+    seed: int = 0
 
 
 class ModelServer(ThreadingHTTPServer):
     """Serves one model. Requests that arrive together are generated together: a worker thread takes
-    every waiting request with the same sampling settings and runs them as one batched generate call."""
+    every waiting request with the same sampling settings and runs them as one batched generate call.
+    model_name "echo" serves no model: each answer is a fixed text made from the prompt."""
     daemon_threads = True
+    request_queue_size = 256  # a burst of concurrent clients must not be refused at connect
 
-    def __init__(self, address, model_name, device="cpu", max_batch=256):
+    def __init__(self, address, model_name, device="cpu", max_batch=256, faults=None, latency=0.0,
+                 api_key=None, served_models=None):
         super().__init__(address, Handler)
-        self.model, self.tokenizer = omniopd.load_model(model_name, "teacher", torch.device(device))
-        self.model.eval()
-        self.model_name, self.max_batch = model_name, max_batch
-        self.waiting = queue.Queue()
-        self.requests_served = 0
-        threading.Thread(target=self.generate_batches, daemon=True).start()
+        # like a real provider: a wrong key gets 401 (its message quoting the key), an unknown model 404
+        self.api_key, self.served_models = api_key, served_models
+        self.model_name, self.max_batch, self.latency = model_name, max_batch, latency
+        self.faults = faults or FaultPlan()
+        self.fault_random = random.Random(self.faults.seed)
+        self.lock = threading.Lock()
+        self.requests_received = self.requests_served = self.in_flight = self.max_in_flight = 0
+        self.faults_injected = collections.Counter()
+        self.model = self.tokenizer = None
+        if model_name != "echo":
+            self.model, self.tokenizer = omniopd.load_model(model_name, "teacher", torch.device(device))
+            self.model.eval()
+            self.waiting = queue.Queue()
+            threading.Thread(target=self.generate_batches, daemon=True).start()
+
+    def next_fault(self):
+        """None for a well-behaved request, else the kind of fault to inject; counts every request."""
+        with self.lock:
+            self.requests_received += 1
+            if self.fault_random.random() >= self.faults.rate:
+                return None
+            kind = self.fault_random.choice(self.faults.kinds)
+            self.faults_injected[kind] += 1
+            return kind
 
     def complete(self, prompt: str, max_tokens: int, temperature: float, n: int):
         """n continuations of prompt, the tokens each used, and the prompt's length in tokens."""
+        if self.model is None:
+            text = f" and so on after {prompt.split()[-1] if prompt.split() else 'nothing'}"
+            with self.lock:
+                self.requests_served += 1
+            return [text] * n, [len(text.split())] * n, len(prompt.split())
         done = concurrent.futures.Future()
         self.waiting.put(((max_tokens, temperature), prompt, n, done))
         return done.result()
@@ -77,7 +123,8 @@ class ModelServer(ThreadingHTTPServer):
         for _, _, n, _ in group:
             results.append((texts[start:start + n], used[start:start + n], len(encoded[start])))
             start += n
-        self.requests_served += len(group)
+        with self.lock:
+            self.requests_served += len(group)
         return results
 
     def chat_prompt(self, messages: list) -> str:
@@ -106,6 +153,46 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(404, {"error": {"message": "not found"}})
 
     def do_POST(self):
+        with self.server.lock:
+            self.server.in_flight += 1
+            self.server.max_in_flight = max(self.server.max_in_flight, self.server.in_flight)
+        try:
+            time.sleep(self.server.latency)
+            if self.server.api_key and self.headers.get("Authorization") != f"Bearer {self.server.api_key}":
+                given = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                return self.reply(401, {"error": {"message": f"Incorrect API key provided: {given}",
+                                                  "type": "invalid_request_error", "code": "invalid_api_key"}})
+            fault = self.server.next_fault()
+            if fault in ("429", "500", "malformed"):
+                return self.misbehave(fault)
+            if fault == "timeout":
+                time.sleep(self.server.faults.hang_seconds)
+            self.answer(refuse=fault == "refusal", empty=fault == "empty")
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (a "timeout" fault)
+            pass
+        finally:
+            with self.server.lock:
+                self.server.in_flight -= 1
+
+    def misbehave(self, fault: str):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if fault == "429":
+            data = json.dumps({"error": {"message": "rate limited", "type": "rate_limit_error"}}).encode()
+            self.send_response(429)
+            self.send_header("Retry-After", f"{self.server.faults.retry_after:g}")
+        elif fault == "500":
+            data = json.dumps({"error": {"message": "internal error", "type": "server_error"}}).encode()
+            self.send_response(500)
+        else:
+            data = b'{"id": "cmpl-broken", "choices": [{"text": "unterminated'
+            self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def answer(self, refuse=False, empty=False):
         try:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
             chat = self.path.endswith("/chat/completions")
@@ -117,10 +204,15 @@ class Handler(BaseHTTPRequestHandler):
             settings = (int(body.get("max_tokens") or 16), float(body.get("temperature", 1.0)), int(body.get("n", 1)))
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as error:
             return self.reply(400, {"error": {"message": f"bad request: {error}", "type": "invalid_request_error"}})
+        if self.server.served_models and body.get("model") not in self.server.served_models:
+            return self.reply(404, {"error": {"message": f"The model '{body.get('model')}' does not exist",
+                                              "type": "invalid_request_error", "code": "model_not_found"}})
         try:
             texts, used, prompt_tokens = self.server.complete(prompt, *settings)
         except Exception as error:
             return self.reply(500, {"error": {"message": f"generation failed: {type(error).__name__}"}})
+        if refuse or empty:
+            texts = ["I'm sorry, but I can't help with that." if refuse else ""] * len(texts)
         if chat:
             choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
                        for i, t in enumerate(texts)]
@@ -133,9 +225,10 @@ class Handler(BaseHTTPRequestHandler):
                       "total_tokens": prompt_tokens + sum(used)}})
 
 
-def start_in_thread(model_name="toy", host="127.0.0.1", port=0) -> ModelServer:
-    """Start a server on a free loopback port in a background thread; .server_address has the port."""
-    server = ModelServer((host, port), model_name)
+def start_in_thread(model_name="toy", host="127.0.0.1", port=0, **options) -> ModelServer:
+    """Start a server on a free loopback port in a background thread; .server_address has the port.
+    options: faults, latency, api_key, served_models (see ModelServer)."""
+    server = ModelServer((host, port), model_name, **options)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -145,8 +238,10 @@ def main():
     parser.add_argument("--model", default="toy", help="'toy', a local folder, or a hub id")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of requests that misbehave")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
     args = parser.parse_args()
-    server = ModelServer((args.host, args.port), args.model)
+    server = ModelServer((args.host, args.port), args.model, faults=FaultPlan(args.fault_rate), latency=args.latency)
     print(f"serving {args.model} on http://{args.host}:{server.server_address[1]}/v1", flush=True)
     server.serve_forever()
 

@@ -1,0 +1,278 @@
+"""A teacher pool for thousands of API calls per step, behind omniopd's teacher interface.
+
+    pool = TeacherPool(["openai:gpt-4o-mini", "openai:claude-sonnet-4-5@https://api.anthropic.com/v1/@ANTHROPIC_API_KEY"],
+                       concurrency=16, cache_path="runs/x/teacher_cache.sqlite")
+    pool.continuations(prefixes, n=4, max_tokens=16)    # what omniopd.teacher_rollouts calls
+
+Everything a step asks for (every fork × M samples × every teacher) goes out at once on
+one asyncio event loop, at most `concurrency` requests in flight, within a rate limit in
+requests and tokens per minute. A request that fails (timeout, 429, 5xx, malformed JSON,
+an empty text) is retried with jittered exponential backoff, waiting at least as long as
+the server's Retry-After; one that still fails is skipped and counted, never raised. A
+rejected API key or an unknown model stops the run with one line instead.
+
+Every answer is written to an SQLite cache the moment it arrives, keyed by teacher,
+prompt, sampling parameters and sample index: a resumed or repeated run never pays twice.
+Several teachers pool their answers: a fork gets M from each, and the Dirichlet-Multinomial
+step counts all their votes. The pool meters prompt and completion tokens (and dollars,
+given prices per million tokens).
+"""
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import os
+import random
+import sqlite3
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import omniopd  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One teacher: openai:MODEL, optionally @BASE_URL and @KEY_ENV (defaults from the command line)."""
+    model: str
+    base_url: str
+    api_key_env: str
+
+    @classmethod
+    def parse(cls, spec: str, base_url="", api_key_env="OPENAI_API_KEY"):
+        if not spec.startswith("openai:"):
+            raise omniopd.OmniOPDError(f"the teacher pool serves openai:MODEL[@BASE_URL[@KEY_ENV]] teachers, not '{spec}'")
+        model, *rest = spec.removeprefix("openai:").split("@")
+        if not model or len(rest) > 2:
+            raise omniopd.OmniOPDError(f"cannot read teacher '{spec}': write openai:MODEL[@BASE_URL[@KEY_ENV]]")
+        return cls(model, rest[0] if rest else base_url, rest[1] if len(rest) > 1 else api_key_env)
+
+    def name(self) -> str:
+        return f"{self.model}@{self.base_url or 'default'}"
+
+
+class AnswerCache:
+    """Teacher answers on disk (SQLite), one row per (teacher, prompt, parameters, sample index)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, text TEXT, "
+                        "prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)")
+        self.db.commit()
+
+    @staticmethod
+    def key(teacher: str, mode: str, prompt: str, max_tokens: int, temperature: float, sample: int) -> str:
+        fields = [teacher, mode, prompt, max_tokens, temperature, sample]
+        return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
+
+    def get(self, key):
+        return self.db.execute("SELECT text, prompt_tokens, completion_tokens FROM answers WHERE key = ?",
+                               (key,)).fetchone()
+
+    def put(self, key, text, prompt_tokens, completion_tokens):
+        """Committed at once: an answer that was paid for survives a crash one line later."""
+        self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
+                        (key, text, prompt_tokens, completion_tokens, time.time()))
+        self.db.commit()
+
+    def __len__(self):
+        return self.db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+
+
+class RateLimiter:
+    """Token buckets for requests per minute and tokens per minute (0 = no limit), refilled continuously."""
+
+    def __init__(self, requests_per_minute=0, tokens_per_minute=0, burst_seconds=10.0):
+        self.limits = {"requests": requests_per_minute, "tokens": tokens_per_minute}
+        # a bucket holds burst_seconds of budget: requests are paced, not fired a minute's worth at once
+        self.capacity = {name: limit * burst_seconds / 60 for name, limit in self.limits.items()}
+        self.available = dict(self.capacity)
+        self.updated = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def acquire(self, tokens: int):
+        """Wait until one request of about `tokens` tokens fits in both budgets, then spend it."""
+        need = {"requests": 1, "tokens": tokens}
+        async with self.lock:  # first come, first served
+            while True:
+                now = time.monotonic()
+                for name, limit in self.limits.items():
+                    if limit:
+                        self.available[name] = min(self.capacity[name],
+                                                   self.available[name] + limit * (now - self.updated) / 60)
+                self.updated = now
+                # a request larger than the bucket waits for a full bucket, then goes
+                fits = {n: min(need[n], self.capacity[n]) for n in need}
+                short = [(fits[n] - self.available[n]) * 60 / limit
+                         for n, limit in self.limits.items() if limit and self.available[n] < fits[n]]
+                if not short:
+                    for name, limit in self.limits.items():
+                        if limit:
+                            self.available[name] -= need[name]
+                    return
+                await asyncio.sleep(max(short))
+
+
+def retry_after_seconds(error) -> float | None:
+    """The server's Retry-After (seconds or an HTTP date; also retry-after-ms), if the error carries one."""
+    headers = getattr(getattr(error, "response", None), "headers", None) or {}
+    if headers.get("retry-after-ms"):
+        try:
+            return float(headers["retry-after-ms"]) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+class TeacherPool:
+    """Several OpenAI-compatible teachers behind omniopd's `continuations(prefixes, n, max_tokens)`."""
+
+    def __init__(self, teachers, base_url="", api_key_env="OPENAI_API_KEY", mode="auto", temperature=1.0,
+                 timeout=60.0, retries=4, concurrency=16, requests_per_minute=0, tokens_per_minute=0,
+                 cache_path=None, price_per_million=(0.0, 0.0), backoff=0.5, max_backoff=30.0):
+        import openai
+        self.endpoints = [Endpoint.parse(t, base_url, api_key_env) for t in teachers]
+        self.loop = asyncio.new_event_loop()
+        self.clients = {}
+        for endpoint in self.endpoints:
+            api_key = os.environ.get(endpoint.api_key_env)
+            if not api_key:
+                raise omniopd.OmniOPDError(f"teacher API key missing: set the environment variable {endpoint.api_key_env}")
+            # our own retries below (jitter, Retry-After, counting), so the client makes one attempt
+            self.clients[endpoint] = openai.AsyncOpenAI(api_key=api_key, base_url=endpoint.base_url or None,
+                                                        timeout=timeout, max_retries=0)
+        self.mode = "chat" if mode == "auto" else mode
+        self.temperature, self.retries, self.concurrency = temperature, retries, concurrency
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.price_per_million = price_per_million
+        self.cache = AnswerCache(cache_path) if cache_path else None
+        self.limiter_settings = (requests_per_minute, tokens_per_minute)
+        # the meter: requests sent over HTTP, answers taken from the cache, requests skipped after all retries
+        self.calls = self.cached = self.failures = self.retried = 0
+        self.tokens = self.prompt_tokens = 0
+        self.in_flight = self.max_in_flight = 0
+
+    @property
+    def dollars(self) -> float:
+        price_in, price_out = self.price_per_million
+        return (self.prompt_tokens * price_in + self.tokens * price_out) / 1e6
+
+    def meter(self) -> dict:
+        return {"calls": self.calls, "cached": self.cached, "failures": self.failures, "retried": self.retried,
+                "tokens": self.tokens, "prompt_tokens": self.prompt_tokens, "dollars": self.dollars}
+
+    def continuations(self, prefixes: list[str], n: int, max_tokens: int) -> list[list[str] | None]:
+        """n continuations of each prefix from every teacher (n × teachers answers per prefix, pooled);
+        None for a prefix that got no usable answer at all."""
+        if not prefixes:
+            return []
+        answers = self.loop.run_until_complete(self.ask_all(prefixes, n, max_tokens))
+        per_prefix = len(self.endpoints) * n
+        rows = [answers[i * per_prefix:(i + 1) * per_prefix] for i in range(len(prefixes))]
+        return [[a for a in row if a is not None] or None for row in rows]
+
+    async def ask_all(self, prefixes, n, max_tokens):
+        if not hasattr(self, "limiter"):  # asyncio objects belong to the loop that first uses them
+            self.limiter = RateLimiter(*self.limiter_settings)
+            self.slots = asyncio.Semaphore(self.concurrency)
+        tasks = [asyncio.ensure_future(self.ask(endpoint, prefix, max_tokens, sample))
+                 for prefix in prefixes for endpoint in self.endpoints for sample in range(n)]
+        try:
+            return await asyncio.gather(*tasks)
+        except BaseException:  # a fatal answer (bad key, unknown model): stop the others too
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def ask(self, endpoint, prefix, max_tokens, sample):
+        """One answer: from the cache, or over HTTP with retries; None (counted) when every attempt failed."""
+        import openai
+        key = AnswerCache.key(endpoint.name(), self.mode, prefix, max_tokens, self.temperature, sample)
+        if self.cache is not None and (hit := self.cache.get(key)):
+            self.cached += 1
+            return hit[0]
+        for attempt in range(self.retries + 1):
+            await self.limiter.acquire(len(prefix) // 4 + max_tokens)
+            wait = None
+            async with self.slots:
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                self.calls += 1
+                try:
+                    text, usage = await self.request(endpoint, prefix, max_tokens)
+                except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
+                    raise omniopd.OmniOPDError(f"teacher {endpoint.name()} rejected the API key from "
+                                               f"{endpoint.api_key_env} (HTTP {error.status_code})") from None
+                except openai.NotFoundError:
+                    raise omniopd.OmniOPDError(f"teacher {endpoint.name()}: the server does not know model "
+                                               f"'{endpoint.model}' (HTTP 404)") from None
+                except openai.BadRequestError as error:  # this request will never work: skip it, do not retry
+                    self.log(endpoint, f"bad request (HTTP 400): {str(error.message)[:100]}")
+                    break
+                except openai.RateLimitError as error:
+                    wait = retry_after_seconds(error)
+                    text = None
+                except (openai.APIError, ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
+                    # 5xx, timeouts, refused connections, malformed JSON or a reply without the expected fields
+                    wait, text = retry_after_seconds(error), None
+                    if attempt == self.retries:
+                        self.log(endpoint, f"{type(error).__name__}: {str(error)[:100]}")
+                finally:
+                    self.in_flight -= 1
+            if text is not None and text.strip():
+                self.tokens += usage[1]
+                self.prompt_tokens += usage[0]
+                if self.cache is not None:
+                    self.cache.put(key, text, *usage)
+                return text
+            if attempt < self.retries:
+                self.retried += 1
+                # full jitter on an exponential schedule, never shorter than the server asked
+                backoff = random.uniform(0.5, 1.5) * min(self.max_backoff, self.backoff * 2 ** attempt)
+                await asyncio.sleep(max(backoff, min(wait or 0.0, self.max_backoff * 4)))
+        self.failures += 1
+        return None
+
+    async def request(self, endpoint, prefix, max_tokens):
+        """One HTTP request; returns (text, (prompt tokens, completion tokens))."""
+        client = self.clients[endpoint]
+        if self.mode == "chat":
+            reply = await client.chat.completions.create(
+                model=endpoint.model, max_tokens=max_tokens, temperature=self.temperature,
+                messages=[{"role": "user", "content": omniopd.CHAT_CONTINUE_PROMPT.format(prefix=prefix)}])
+            text = reply.choices[0].message.content
+        else:
+            reply = await client.completions.create(model=endpoint.model, prompt=prefix, max_tokens=max_tokens,
+                                                    temperature=self.temperature)
+            text = reply.choices[0].text
+        if not isinstance(text, str):
+            raise TypeError(f"reply has no text ({type(reply).__name__})")
+        usage = reply.usage
+        return text, (getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
+
+    def log(self, endpoint, message):
+        """One line on stderr; any API key a server echoed back is blanked out first."""
+        for key in {os.environ.get(e.api_key_env, "") for e in self.endpoints} - {""}:
+            message = message.replace(key, "***")
+        print(f"teacher {endpoint.name()}: request skipped: {message}", file=sys.stderr)
+
+    def close(self):
+        for client in self.clients.values():
+            self.loop.run_until_complete(client.close())
+        self.loop.close()
+        if self.cache is not None:
+            self.cache.db.close()

@@ -1,0 +1,146 @@
+"""scale/teachers.py against real HTTP servers on 127.0.0.1 that misbehave on purpose (toyworld/serve.py)."""
+
+import asyncio
+import time
+
+import pytest
+
+import omniopd
+from scale.teachers import AnswerCache, Endpoint, RateLimiter, TeacherPool
+from toyworld.serve import FaultPlan, start_in_thread
+
+KEY = "sk-pool-test-0123456789"
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(model="echo", **options):
+        server = start_in_thread(model, **options)
+        servers.append(server)
+        return server, f"http://127.0.0.1:{server.server_address[1]}/v1"
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+def pool_for(url, tmp_path=None, teachers=("openai:toy",), **options):
+    settings = dict(mode="completion", timeout=0.5, retries=4, concurrency=8, backoff=0.02,
+                    cache_path=tmp_path / "cache.sqlite" if tmp_path else None)
+    return TeacherPool(list(teachers), url, "POOL_TEST_KEY", **{**settings, **options})
+
+
+@pytest.fixture(autouse=True)
+def key(monkeypatch):
+    monkeypatch.setenv("POOL_TEST_KEY", KEY)
+
+
+PREFIXES = [f"Question: item {i}\nAnswer: " for i in range(30)]
+
+
+def test_every_request_ends_answered_or_skipped_under_faults(serve, tmp_path):
+    """30 % of requests fail in every way the server knows; each of the 120 ends answered or counted."""
+    server, url = serve(faults=FaultPlan(rate=0.3, retry_after=0.05, hang_seconds=1.5, seed=1))
+    pool = pool_for(url, tmp_path)
+    answers = pool.continuations(PREFIXES, n=4, max_tokens=8)
+    answered = sum(len(row) for row in answers if row)
+    assert answered + pool.failures == 120
+    assert answered >= 110  # with 4 retries a request fails only if 5 attempts in a row do (≈ 0.3^5)
+    assert set(server.faults_injected) == {"429", "500", "timeout", "malformed", "empty", "refusal"}
+    assert pool.calls == 120 + pool.retried
+    assert server.requests_received <= pool.calls  # a request that timed out may never have reached a handler
+    assert all(isinstance(t, str) and t.strip() for row in answers if row for t in row)
+    assert pool.max_in_flight <= 8
+
+
+def test_a_request_failing_every_attempt_is_skipped_and_counted(serve):
+    server, url = serve(faults=FaultPlan(rate=1.0, kinds=("500",)))
+    pool = pool_for(url, retries=2)
+    assert pool.continuations(PREFIXES[:3], n=2, max_tokens=8) == [None, None, None]
+    assert pool.failures == 6 and pool.calls == server.requests_received == 18
+
+
+def test_retry_after_is_honoured(serve):
+    server, url = serve(faults=FaultPlan(rate=1.0, kinds=("429",), retry_after=0.8))
+    pool = pool_for(url, retries=1, backoff=0.01)
+    started = time.monotonic()
+    assert pool.continuations(PREFIXES[:1], n=1, max_tokens=8) == [None]
+    assert time.monotonic() - started >= 0.8   # the backoff alone would have waited ~0.01 s
+    assert server.requests_received == 2
+
+
+def test_concurrency_never_exceeds_the_bound(serve):
+    server, url = serve(latency=0.05)
+    pool = pool_for(url, concurrency=4)
+    pool.continuations(PREFIXES, n=2, max_tokens=8)
+    assert server.max_in_flight == pool.max_in_flight == 4
+
+
+def test_a_second_identical_run_makes_no_http_calls(serve, tmp_path):
+    server, url = serve(faults=FaultPlan(rate=0.2, kinds=("500", "empty"), seed=3))
+    first = pool_for(url, tmp_path).continuations(PREFIXES, n=3, max_tokens=8)
+    received = server.requests_received
+    again = pool_for(url, tmp_path)  # a new process would open the same file: a resumed run
+    assert again.continuations(PREFIXES, n=3, max_tokens=8) == first
+    assert server.requests_received == received and again.calls == 0 and again.cached == 90
+    assert len(AnswerCache(tmp_path / "cache.sqlite")) == 90
+
+
+def test_cache_key_separates_teacher_prompt_parameters_and_sample():
+    base = ("m@u", "chat", "prompt", 16, 1.0, 0)
+    keys = {AnswerCache.key(*base)}
+    for i, changed in enumerate(["m@v", "completion", "prompt!", 17, 0.7, 1]):
+        keys.add(AnswerCache.key(*base[:i], changed, *base[i + 1:]))
+    assert len(keys) == 7
+
+
+def test_several_teachers_pool_their_answers(serve):
+    _, url_a = serve()
+    server_b, url_b = serve(latency=0.01)
+    pool = pool_for(url_a, teachers=("openai:toy", f"openai:other@{url_b}"))
+    answers = pool.continuations(PREFIXES[:5], n=2, max_tokens=8)
+    assert [len(row) for row in answers] == [4] * 5
+    assert server_b.requests_received == 10
+
+
+def test_rate_limit_paces_requests():
+    limiter = RateLimiter(requests_per_minute=600, burst_seconds=0.1)  # 10 per second, a bucket of one
+
+    async def eleven():
+        for _ in range(11):
+            await limiter.acquire(tokens=1)
+    started = time.monotonic()
+    asyncio.run(eleven())
+    assert time.monotonic() - started >= 0.9
+
+
+def test_token_meter_and_dollars(serve):
+    _, url = serve()
+    pool = pool_for(url, price_per_million=(1.0, 4.0))
+    pool.continuations(PREFIXES[:4], n=2, max_tokens=8)
+    assert pool.prompt_tokens > 0 and pool.tokens > 0
+    assert pool.dollars == pytest.approx((pool.prompt_tokens * 1.0 + pool.tokens * 4.0) / 1e6)
+
+
+def test_wrong_key_stops_with_one_line_that_hides_the_key(serve, monkeypatch):
+    _, url = serve(api_key="sk-the-right-one")
+    pool = pool_for(url)
+    with pytest.raises(omniopd.OmniOPDError) as caught:
+        pool.continuations(PREFIXES[:3], n=2, max_tokens=8)
+    message = str(caught.value)
+    assert "rejected the API key" in message and "POOL_TEST_KEY" in message
+    assert KEY not in message and "\n" not in message
+
+
+def test_unknown_model_is_one_line(serve):
+    _, url = serve(served_models={"toy"})
+    with pytest.raises(omniopd.OmniOPDError, match="does not know model 'nope'"):
+        pool_for(url, teachers=("openai:nope",)).continuations(PREFIXES[:1], n=1, max_tokens=8)
+
+
+def test_teacher_spec_parsing():
+    assert Endpoint.parse("openai:m", "http://x/v1") == Endpoint("m", "http://x/v1", "OPENAI_API_KEY")
+    assert Endpoint.parse("openai:m@http://y/v1@MY_KEY") == Endpoint("m", "http://y/v1", "MY_KEY")
+    with pytest.raises(omniopd.OmniOPDError, match="openai:MODEL"):
+        Endpoint.parse("toy")
