@@ -151,18 +151,18 @@ class Config:
         return self
 
 
-def parse_args(argv=None) -> Config:
-    """Build the command line from Config: --field-name, with the field's help."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def parse_args(argv=None, config_class=Config, description=None) -> Config:
+    """Build the command line from Config (or a subclass, as scale/ has): --field-name, with the field's help."""
+    parser = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(Config):
+    for f in dataclasses.fields(config_class):
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool or f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
             parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"], choices=f.metadata["choices"])
-    return Config(**vars(parser.parse_args(argv))).resolved()
+    return config_class(**vars(parser.parse_args(argv))).resolved()
 
 
 class OmniOPDError(Exception):
@@ -984,8 +984,9 @@ def device_of(cfg) -> torch.device:
     return torch.device(cfg.device)
 
 
-def setup(cfg) -> RunState:
-    """Load student (from --resume if given), frozen reference (always the starting weights), teacher, similarity."""
+def setup(cfg, teacher=None) -> RunState:
+    """Load student (from --resume if given), frozen reference (always the starting weights), teacher
+    (make_teacher's unless one is given), similarity."""
     if cfg.method not in METHODS:
         raise OmniOPDError(f"unknown method '{cfg.method}': choose from {', '.join(METHODS)}")
     device = device_of(cfg)
@@ -997,7 +998,8 @@ def setup(cfg) -> RunState:
     if cfg.kl_beta > 0:
         reference, _ = load_model(cfg.student, "student", device)
         reference.eval().requires_grad_(False)
-    teacher = None if cfg.method == "grpo" else make_teacher(cfg, device)   # GRPO learns from rewards alone
+    if cfg.method != "grpo":   # GRPO learns from rewards alone
+        teacher = teacher or make_teacher(cfg, device)
     if cfg.method == "opd":
         if not isinstance(teacher, HFTeacher):
             raise OmniOPDError("--method opd needs the teacher's logits: give a local model, not openai:")

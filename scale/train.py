@@ -1,0 +1,369 @@
+"""OmniOPD on many devices: omniopd.py's step functions under torchrun with FSDP2.
+
+    torchrun --nproc_per_node=2 scale/train.py --steps 20                      # CPU (gloo), toy world
+    torchrun --nproc_per_node=8 scale/train.py --student Qwen/Qwen2.5-7B \\
+        --teacher openai:Qwen/Qwen2.5-72B-Instruct@http://teacher-node:8000/v1 --teacher-concurrency 64
+
+Every option of omniopd.py works here, plus the teacher pool's (scale/teachers.py). What
+changes is only where things run:
+- the student and its frozen reference are sharded with FSDP2 (`fully_shard` on each
+  decoder block, then the root; bf16 parameters with fp32 gradient reduction on GPU,
+  fp32 on CPU);
+- each step's prompts are split across ranks. Sampling (rollouts, drafts) runs with the
+  student's full weights gathered on every rank, then the loss runs sharded. The loss
+  divides by the token and fork counts summed over ranks and gradients are summed, so a
+  step equals the one-process step on the same batch (tests/test_scale.py);
+- all ranks' teacher requests of a step go to rank 0's TeacherPool at once (API teachers);
+  a local HF teacher is loaded on every rank instead;
+- rank 0 logs; checkpoints are torch.distributed.checkpoint folders that load at any world
+  size, and training ends with a plain save_pretrained export in <out>/export.
+At world size 1 it makes the same passes, with the same random numbers, as omniopd.py.
+"""
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_state_dict)
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import omniopd  # noqa: E402
+from omniopd import option  # noqa: E402
+from scale.teachers import TeacherPool  # noqa: E402
+
+
+@dataclass
+class ScaleConfig(omniopd.Config):
+    # --teacher may be given several times; their answers are pooled (see scale/teachers.py)
+    teacher_rpm: int = option(0, "teacher requests per minute over all ranks (0 = no limit)")
+    teacher_tpm: int = option(0, "teacher tokens per minute over all ranks, prompt + completion (0 = no limit)")
+    teacher_cache: str = option("", "SQLite file of teacher answers (empty = <out>/teacher_cache.sqlite, 'off' = none)")
+    teacher_price: str = option("", "dollars per million prompt and completion tokens, e.g. '2.5,10', for the cost meter")
+
+
+def parse_args(argv=None) -> ScaleConfig:
+    """omniopd's command line plus the pool's options; repeated --teacher values are kept, joined by commas."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    teachers = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--teacher"]
+    teachers += [a.split("=", 1)[1] for a in argv if a.startswith("--teacher=")]
+    cfg = omniopd.parse_args(argv, ScaleConfig, __doc__.split("\n\n")[0])
+    cfg.teacher = ",".join(teachers) or cfg.teacher
+    return cfg
+
+
+# ----------------------------------------------------------------------------
+# Processes, sharding, gathering
+
+def init_distributed(cfg):
+    """Join torchrun's process group: nccl with one GPU per rank, gloo on CPU. Returns (rank, world size)."""
+    if cfg.device == "auto":
+        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cfg.device == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def shard_model(model, device_type: str):
+    """FSDP2: fully_shard each decoder block, then the root (embeddings, final norm, LM head)."""
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device_type == "cuda"
+              else MixedPrecisionPolicy())
+    for block in model.model.layers:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+@contextlib.contextmanager
+def gathered(model):
+    """Full weights on every rank for sampling: one all-gather, then any number of local forward passes
+    (ranks generate different lengths, so per-pass collectives would deadlock). Resharded on exit."""
+    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in modules:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)
+
+
+def my_share(items: list, rank: int, world: int) -> list:
+    """The rank's contiguous slice (GRPO's groups stay whole when the batch divides evenly)."""
+    per_rank = len(items) // world
+    return items[rank * per_rank:(rank + 1) * per_rank]
+
+
+def all_reduce(values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor, op)
+    return tensor.tolist()
+
+
+class GatheredTeacher:
+    """All ranks' requests of a step go to rank 0's TeacherPool as one batch; each rank gets its answers.
+    Same interface as omniopd's teachers. A fatal teacher error on rank 0 stops every rank with its message."""
+
+    def __init__(self, pool, rank, world):
+        self.pool, self.rank, self.world = pool, rank, world
+        self.calls = self.failures = self.tokens = 0
+
+    def continuations(self, prefixes, n, max_tokens):
+        everyone = [None] * self.world
+        dist.all_gather_object(everyone, prefixes)
+        answers = [None] * self.world
+        if self.rank == 0:
+            try:
+                flat = self.pool.continuations([p for ps in everyone for p in ps], n, max_tokens)
+                starts = [sum(len(ps) for ps in everyone[:r]) for r in range(self.world + 1)]
+                answers = [(flat[starts[r]:starts[r + 1]], self.pool.meter()) for r in range(self.world)]
+            except omniopd.OmniOPDError as error:
+                answers = [str(error)] * self.world
+        mine = [None]
+        dist.scatter_object_list(mine, answers if self.rank == 0 else None, src=0)
+        if isinstance(mine[0], str):
+            raise omniopd.OmniOPDError(mine[0])
+        texts, meter = mine[0]
+        self.calls, self.failures, self.tokens = meter["calls"], meter["failures"], meter["tokens"]
+        self.meter = meter
+        return texts
+
+
+def make_pool_teacher(cfg, rank, world):
+    """openai: teachers go through rank 0's pool; None means: omniopd's local HF teacher on each rank."""
+    teachers = cfg.teacher.split(",")
+    if not all(t.startswith("openai:") for t in teachers):
+        if len(teachers) > 1:
+            raise omniopd.OmniOPDError("several --teacher values must all be openai: endpoints")
+        return None
+    pool = None
+    if rank == 0:
+        prices = tuple(float(x) for x in cfg.teacher_price.split(",")) if cfg.teacher_price else (0.0, 0.0)
+        cache = None if cfg.teacher_cache == "off" else (cfg.teacher_cache or str(Path(cfg.out) / "teacher_cache.sqlite"))
+        pool = TeacherPool(teachers, cfg.teacher_base_url, cfg.teacher_api_key_env, cfg.teacher_mode,
+                           cfg.teacher_temperature, cfg.teacher_timeout, cfg.teacher_retries, cfg.teacher_concurrency,
+                           cfg.teacher_rpm, cfg.teacher_tpm, cache, prices)
+    return GatheredTeacher(pool, rank, world)
+
+
+# ----------------------------------------------------------------------------
+# Setup and one distributed step
+
+def setup(cfg, rank, world):
+    """omniopd.setup on every rank (its own seed), then the student and reference sharded and a fresh
+    AdamW over the sharded parameters; --resume loads a torch.distributed.checkpoint folder."""
+    local = dataclasses.replace(cfg, seed=cfg.seed + rank, resume="")
+    run = omniopd.setup(local, teacher=make_pool_teacher(cfg, rank, world) if cfg.method != "grpo" else None)
+    device_type = run.student.device.type
+    shard_model(run.student, device_type)
+    if run.reference is not None:
+        shard_model(run.reference, device_type)
+    run.optimizer = torch.optim.AdamW(run.student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run.forwards = 0
+
+    def count_forward(*_):
+        run.forwards += 1
+    run.student.register_forward_pre_hook(count_forward)
+    if cfg.resume:
+        load_checkpoint(run, cfg, rank, world)
+    return run
+
+
+def distributed_step(run, batch, cfg) -> tuple[float, dict]:
+    """The method's loss on this rank's share, with the denominators summed over ranks, then one update
+    (gradients summed by FSDP). Returns the global loss and the rank's metrics; a non-finite global loss
+    is skipped on every rank."""
+    batch.num_tokens, batch.num_forks = (int(x) for x in all_reduce([batch.num_tokens, batch.num_forks]))
+    _, loss_fn = omniopd.METHODS[cfg.method]
+    before = run.forwards
+    loss, metrics = loss_fn(run, batch, cfg)
+    # every rank must make the same sharded forward passes (each one all-gathers): a rank with no forks
+    # or no solutions makes up the difference with passes that add exactly zero to its loss
+    missing = int(all_reduce([run.forwards - before], dist.ReduceOp.MAX)[0]) - (run.forwards - before)
+    for _ in range(missing):
+        token = torch.tensor([[run.tokenizer.pad_token_id]], device=run.student.device)
+        loss = loss + 0.0 * run.student(input_ids=token).logits.float().sum()
+    total = all_reduce([loss.item()])[0]
+    metrics["loss/total"] = total
+    if math.isfinite(total):
+        # each rank's loss is its share of the global mean and FSDP averages gradients over ranks,
+        # so the share is scaled by the world size: the update is the one-process update
+        metrics["grad/norm"] = omniopd.update(run, loss * dist.get_world_size(), cfg.grad_clip)
+    else:
+        metrics["loss/nonfinite_skipped"] = 1
+    return total, metrics
+
+
+def combine_metrics(metrics: dict) -> dict:
+    """Counts and loss parts add up over ranks; everything else is averaged over the ranks that report it."""
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, metrics)
+    combined = {}
+    for key in sorted({k for m in everyone for k in m}):
+        values = [m[key] for m in everyone if key in m]
+        adds_up = key.startswith(("loss/", "forks/count", "forks/skipped", "forks/no_match")) and key != "loss/total"
+        combined[key] = sum(values) if adds_up else sum(values) / len(values)
+    combined["loss/total"] = metrics["loss/total"]  # already the global loss
+    return combined
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints: sharded, loadable at any world size; export to a plain folder
+
+def save_checkpoint(run, cfg, rank, world) -> Path:
+    """Weights and optimizer through torch.distributed.checkpoint (each rank writes its shards), each
+    rank's RNG, and on rank 0 the step, config and tokenizer; written to a temporary folder and renamed."""
+    root = Path(cfg.out) / "checkpoints"
+    final, partial = root / f"step-{run.step:06d}", root / f".partial-step-{run.step:06d}"
+    if rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+    dist.barrier()
+    model_state, optimizer_state = get_state_dict(run.student, run.optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(partial))
+    torch.save(omniopd.rng_state(), partial / f"rng-rank{rank}.pt")
+    dist.barrier()
+    if rank == 0:
+        run.tokenizer.save_pretrained(partial)
+        (partial / "trainer.json").write_text(json.dumps({"step": run.step, "world_size": world,
+                                                          "config": dataclasses.asdict(cfg)}, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        for old in sorted(root.glob("step-*"))[:-cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(run, cfg, rank, world):
+    """Reshards as needed (saved on N ranks, loaded on M). RNG streams continue exactly when N = M;
+    otherwise each rank reseeds from (seed, step, rank) and says so."""
+    path = Path(cfg.resume)
+    if not (path / "trainer.json").exists():
+        raise omniopd.OmniOPDError(f"{path} is not a scale/ checkpoint (no trainer.json)")
+    saved = json.loads((path / "trainer.json").read_text())
+    model_state, optimizer_state = get_state_dict(run.student, run.optimizer)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(run.student, run.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    run.step = saved["step"]
+    if saved["world_size"] == world:
+        omniopd.set_rng_state(torch.load(path / f"rng-rank{rank}.pt", weights_only=False))
+    else:
+        omniopd.seed_everything(cfg.seed * 1_000_003 + run.step * 1009 + rank)
+        if rank == 0:
+            print(f"note: checkpoint saved on {saved['world_size']} ranks, resumed on {world}: weights, optimizer "
+                  f"and step are exact; sampling continues from fresh seeds", file=sys.stderr)
+
+
+def export(run, cfg, rank) -> Path:
+    """The student as a plain save_pretrained folder (full weights gathered to rank 0), loadable anywhere."""
+    full = get_model_state_dict(run.student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    folder = Path(cfg.out) / "export"
+    if rank == 0:
+        run.student.save_pretrained(folder, state_dict=full)
+        run.tokenizer.save_pretrained(folder)
+    dist.barrier()
+    return folder
+
+
+# ----------------------------------------------------------------------------
+# Evaluation and the training loop
+
+def run_eval(run, rows, cfg, tag, rank, world) -> dict:
+    """Each rank evaluates its share with gathered weights; rank 0 writes every record and the accuracy."""
+    with gathered(run.student):
+        _, records = omniopd.evaluate(run.student, run.tokenizer, rows[rank::world], cfg, cfg.eval_samples)
+    everyone = [None] * world
+    dist.all_gather_object(everyone, records)
+    records = [r for rank_records in everyone for r in rank_records]
+    if rank == 0:
+        with open(Path(cfg.out) / f"eval-{tag}.jsonl", "w") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in records)
+    result = {"eval/accuracy": sum(r["correct"] for r in records) / max(len(records), 1)}
+    if cfg.eval_samples:
+        result[f"eval/mean@{cfg.eval_samples}"] = sum(r["sampled_correct"] for r in records) / max(len(records), 1)
+    return result
+
+
+def train(cfg: ScaleConfig) -> dict:
+    """omniopd.train's loop, distributed: the same data, steps, metrics and evaluations."""
+    rank, world = init_distributed(cfg)
+    if cfg.batch_size % world:
+        raise omniopd.OmniOPDError(f"--batch-size {cfg.batch_size} must divide evenly over {world} ranks")
+    out = Path(cfg.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    train_rows = omniopd.load_rows(cfg.data, "train", cfg.seed)
+    eval_rows = omniopd.load_rows(cfg.eval_data, "test", 0, cfg.eval_size)
+    seen = {r["question"] for r in train_rows}
+    eval_rows = [r for r in eval_rows if r["question"] not in seen]
+    run = setup(cfg, rank, world)
+    collect, _ = omniopd.METHODS[cfg.method]
+    summary = {"before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}", rank, world)}
+    metrics_file = open(out / "metrics.jsonl", "a") if rank == 0 else None
+    for _ in range(run.step, cfg.steps):
+        started = time.time()
+        rows = my_share(omniopd.batch_rows(train_rows, run.step, cfg), rank, world)
+        with gathered(run.student):
+            batch = collect(run, rows, cfg)
+        _, metrics = distributed_step(run, batch, cfg)
+        run.step += 1
+        metrics = combine_metrics(metrics)
+        meter = getattr(run.teacher, "meter", None) or {k: getattr(run.teacher, k, 0) for k in ("calls", "failures", "tokens")}
+        metrics.update({"step": run.step, "time/step": time.time() - started,
+                        **{f"teacher/{k}": v for k, v in meter.items()}})
+        if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
+            metrics.update(run_eval(run, eval_rows, cfg, f"step-{run.step:06d}", rank, world))
+        if cfg.save_every and run.step % cfg.save_every == 0:
+            save_checkpoint(run, cfg, rank, world)
+        if rank == 0:
+            metrics_file.write(json.dumps(metrics) + "\n")
+            metrics_file.flush()
+            print(f"step {run.step}/{cfg.steps} loss {metrics['loss/total']:.4f} "
+                  f"({metrics['time/step']:.1f} s)", flush=True)
+    summary["checkpoint"] = str(save_checkpoint(run, cfg, rank, world))
+    summary["export"] = str(export(run, cfg, rank))
+    summary["after"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}", rank, world)
+    if rank == 0:
+        metrics_file.write(json.dumps({"step": run.step, **summary["after"]}) + "\n")
+        metrics_file.close()
+    return summary
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv)
+    if cfg.student == "toy":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        summary = train(cfg)
+    except omniopd.OmniOPDError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"held-out accuracy: before {summary['before']['eval/accuracy']:.1%}, "
+              f"after {summary['after']['eval/accuracy']:.1%}; checkpoint {summary['checkpoint']}, "
+              f"export {summary['export']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

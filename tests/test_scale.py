@@ -1,0 +1,76 @@
+"""scale/train.py under torchrun on CPU (gloo): parity with one process, world size 1 = omniopd.py,
+checkpoints saved on 2 ranks loaded on 1."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import omniopd
+
+ROOT = Path(__file__).resolve().parent.parent
+TOY = ["--batch-size", "8", "--eval-size", "16", "--seed", "3"]
+
+
+def torchrun(nproc, script, *args, timeout=300):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                           "--standalone", str(script), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def metrics(folder):
+    return [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_ranks_equal_one_process_on_a_fixed_batch(tmp_path):
+    """Loss and updated weights of one distributed step at world size 2 equal omniopd's one-process step."""
+    cfg = omniopd.Config(batch_size=8, seed=3, similarity="lexical").resolved()
+    run = omniopd.setup(cfg)
+    batch = omniopd.omniopd_collect(run, omniopd.batch_rows(omniopd.load_rows("toy", "train", 3), 0, cfg), cfg)
+    assert batch.num_forks >= 2
+    torch.save(batch, tmp_path / "batch.pt")
+    loss, _ = omniopd.omniopd_loss(run, batch, cfg)
+    norm = omniopd.update(run, loss, cfg.grad_clip)
+    torchrun(2, ROOT / "tests/scale_workers/parity.py", tmp_path / "batch.pt", tmp_path / "out.pt",
+             "--batch-size", "8", "--seed", "3", "--similarity", "lexical")
+    distributed = torch.load(tmp_path / "out.pt", weights_only=False)
+    assert distributed["loss"] == pytest.approx(loss.item(), abs=1e-6)
+    assert distributed["grad_norm"] == pytest.approx(norm, rel=1e-5)
+    worst = max((distributed["weights"][name] - p.detach()).abs().max().item()
+                for name, p in run.student.named_parameters())
+    assert worst < 1e-6   # stated tolerance: fp32 sums in a different order
+
+
+def test_world_size_one_behaves_exactly_like_omniopd(tmp_path):
+    options = [*TOY, "--steps", "2", "--similarity", "lexical"]
+    assert omniopd.main([*options, "--out", str(tmp_path / "one")]) == 0
+    torchrun(1, ROOT / "scale/train.py", *options, "--out", str(tmp_path / "scale"))
+    for plain, scaled in zip(metrics(tmp_path / "one"), metrics(tmp_path / "scale"), strict=True):
+        for key in ("loss/total", "loss/chunk", "loss/anchor", "grad/norm", "forks/count", "eval/accuracy"):
+            assert (key in plain) == (key in scaled)
+            if key in plain:
+                assert scaled[key] == pytest.approx(plain[key], abs=1e-5), key
+
+
+def test_checkpoint_saved_on_two_ranks_loads_on_one_and_continues(tmp_path):
+    options = [*TOY, "--similarity", "lexical"]
+    torchrun(2, ROOT / "scale/train.py", *options, "--steps", "2", "--save-every", "1", "--out", str(tmp_path / "two"))
+    checkpoint = tmp_path / "two/checkpoints/step-000002"
+    assert json.loads((checkpoint / "trainer.json").read_text())["world_size"] == 2
+    # loaded on one rank with nothing left to train: its export equals the two-rank export
+    torchrun(1, ROOT / "scale/train.py", *options, "--steps", "2", "--resume", str(checkpoint), "--out", str(tmp_path / "same"))
+    saved, _ = omniopd.load_model(str(tmp_path / "two/export"), "student", torch.device("cpu"))
+    loaded, _ = omniopd.load_model(str(tmp_path / "same/export"), "student", torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), loaded.state_dict().values()))
+    # and it continues: one more step on one rank
+    done = torchrun(1, ROOT / "scale/train.py", *options, "--steps", "3", "--resume", str(checkpoint),
+                    "--out", str(tmp_path / "more"))
+    assert "resumed on 1" in done.stderr
+    assert [m["step"] for m in metrics(tmp_path / "more") if "loss/total" in m] == [3]
