@@ -169,6 +169,24 @@ class OmniOPDError(Exception):
     """A problem the user can fix; main() prints it as one line."""
 
 
+def check_config(cfg) -> None:
+    """Settings that cannot work are stopped before anything loads, each with the reason."""
+    rules = [(cfg.num_drafts >= 2, "--num-drafts (K) must be at least 2: one draft leaves nothing to prefer"),
+             (cfg.chunk_len >= 1, "--chunk-len (L) must be at least 1 token"),
+             (cfg.teacher_samples >= 1, "--teacher-samples (M) must be at least 1"),
+             (cfg.dirichlet_alpha >= 0, "--dirichlet-alpha must be 0 or more: it is a prior's strength"),
+             (cfg.vote_temperature > 0, "--vote-temperature (κ) must be positive"),
+             (cfg.kl_beta >= 0, "--kl-beta must be 0 or more"),
+             (cfg.lr > 0, "--lr must be positive"),
+             (cfg.batch_size >= 1 and cfg.steps >= 0, "--batch-size must be at least 1 and --steps at least 0"),
+             (cfg.method != "grpo" or cfg.batch_size % cfg.group_size == 0,
+              "--batch-size must be a multiple of --group-size for grpo"),
+             (cfg.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1")]
+    for ok, message in rules:
+        if not ok:
+            raise OmniOPDError(message)
+
+
 # ----------------------------------------------------------------------------
 # Models, prompts, answers
 
@@ -205,6 +223,9 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+MAX_ROW_BYTES = 1 << 20
+
+
 def load_rows(spec: str, split: str, seed: int, size: int = 0) -> list[dict]:
     """Dataset rows as {"question", "answer"} ("answer" may be None). spec: 'toy' or a JSONL path."""
     if spec == "toy":
@@ -219,7 +240,9 @@ def load_rows(spec: str, split: str, seed: int, size: int = 0) -> list[dict]:
         raise OmniOPDError(f"data file not found: {spec}")
     rows = []
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(iter(lambda: handle.readline(MAX_ROW_BYTES + 1), b""), start=1):
+            if len(raw) > MAX_ROW_BYTES:  # stop before reading the rest of it into memory
+                raise OmniOPDError(f"{spec} line {number}: longer than {MAX_ROW_BYTES:,} bytes; not a dataset row")
             rows.append(parse_row(raw, f"{spec} line {number}"))
     rows = [row for row in rows if row is not None]
     if not rows:
@@ -554,6 +577,9 @@ class OpenAITeacher:
                     model=self.model, prompt=prefix, max_tokens=max_tokens, temperature=self.temperature)
                 text = reply.choices[0].text
             self.tokens += getattr(reply.usage, "completion_tokens", 0) or 0
+        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as error:
+            what = "does not know the model" if error.status_code == 404 else "rejected the API key"
+            raise OmniOPDError(f"teacher {self.model}: the server {what} (HTTP {error.status_code})") from None
         except (openai.OpenAIError, AttributeError, IndexError, TypeError, ValueError) as error:
             print(f"teacher request failed: {type(error).__name__}: {str(error)[:120]}", file=sys.stderr)
             return None
@@ -961,6 +987,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+TEACHER_COUNTERS = ("calls", "failures", "tokens")
+
+
 def save_checkpoint(run, cfg) -> Path:
     """Student and tokenizer (save_pretrained) plus optimizer, step and RNG; written to a temporary
     folder and renamed, so a crash never leaves half a checkpoint. Keeps the newest keep_checkpoints."""
@@ -970,6 +999,7 @@ def save_checkpoint(run, cfg) -> Path:
     run.student.save_pretrained(partial)
     run.tokenizer.save_pretrained(partial)
     torch.save({"step": run.step, "optimizer": run.optimizer.state_dict(), "rng": rng_state(),
+                "teacher": {k: getattr(run.teacher, k, 0) for k in TEACHER_COUNTERS},
                 "config": dataclasses.asdict(cfg)}, partial / "trainer_state.pt")
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
@@ -990,6 +1020,9 @@ def setup(cfg, teacher=None) -> RunState:
     if cfg.method not in METHODS:
         raise OmniOPDError(f"unknown method '{cfg.method}': choose from {', '.join(METHODS)}")
     device = device_of(cfg)
+    if cfg.resume and not (Path(cfg.resume) / "trainer_state.pt").is_file():
+        raise OmniOPDError(f"--resume {cfg.resume}: not a checkpoint folder (no trainer_state.pt); "
+                           f"checkpoints are <out>/checkpoints/step-N")
     seed_everything(cfg.seed)
     student, tokenizer = load_model(cfg.resume or cfg.student, "student", device)
     if cfg.gradient_checkpointing:  # drafts are scored with their whole prefix: F·K long sequences with grad
@@ -1013,12 +1046,18 @@ def setup(cfg, teacher=None) -> RunState:
         optimizer.load_state_dict(state["optimizer"])
         run.step = state["step"]
         set_rng_state(state["rng"])
+        if teacher is not None:
+            for counter, value in state.get("teacher", {}).items():
+                setattr(teacher, counter, value)
     return run
 
 
 def run_eval(run, rows, cfg, tag) -> dict:
-    """Evaluate the student and keep every problem's output in the run folder as eval-<tag>.jsonl."""
+    """Evaluate the student and keep every problem's output in the run folder as eval-<tag>.jsonl.
+    Training's random streams are put back afterwards, so evaluating never changes what training samples."""
+    saved = rng_state()
     accuracy, records = evaluate(run.student, run.tokenizer, rows, cfg, cfg.eval_samples)
+    set_rng_state(saved)
     with open(Path(cfg.out) / f"eval-{tag}.jsonl", "w") as handle:
         handle.writelines(json.dumps(r) + "\n" for r in records)
     result = {"eval/accuracy": accuracy}
@@ -1027,9 +1066,25 @@ def run_eval(run, rows, cfg, tag) -> dict:
     return result
 
 
+def keep_metrics_until(path: Path, step: int) -> None:
+    """On resume: drop the lines of steps after the checkpoint (a killed run did them and they will be
+    redone), and a last line cut short by the kill."""
+    def wanted(line):
+        try:
+            return json.loads(line)["step"] <= step
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return False
+    if path.exists():
+        path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if wanted(line)))
+
+
+STOP_AFTER = 3  # steps in a row with a non-finite loss, or with no usable teacher answer, stop the run
+
+
 def train(cfg: Config) -> dict:
     """Evaluate, train for cfg.steps with the chosen method, evaluate again; returns the summary."""
     from tqdm import tqdm
+    check_config(cfg)
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -1044,10 +1099,13 @@ def train(cfg: Config) -> dict:
               f"training data; they are left out of the evaluation", file=sys.stderr)
         eval_rows = [r for r in eval_rows if r["question"] not in seen]
     run = setup(cfg)
+    if cfg.resume:
+        keep_metrics_until(out / "metrics.jsonl", run.step)
     summary = {"before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")}
     if cfg.eval_teacher and isinstance(run.teacher, HFTeacher):
         summary["teacher"] = evaluate(run.teacher.model, run.teacher.tokenizer, eval_rows, cfg)[0]
     collect, loss_fn = METHODS[cfg.method]
+    nonfinite_in_a_row = silent_in_a_row = 0
     bar = tqdm(range(run.step, cfg.steps), initial=run.step, total=cfg.steps, desc=cfg.method)
     with open(out / "metrics.jsonl", "a") as metrics_file:
         for _ in bar:
@@ -1058,18 +1116,33 @@ def train(cfg: Config) -> dict:
             metrics["loss/total"] = loss.item()
             if math.isfinite(metrics["loss/total"]):
                 metrics["grad/norm"] = update(run, loss, cfg.grad_clip)
-            else:
+                nonfinite_in_a_row = 0
+            else:  # never applied: the weights stay as the last finite step left them
                 metrics["loss/nonfinite_skipped"] = 1
+                nonfinite_in_a_row += 1
             run.step += 1
             metrics.update({"step": run.step, "time/step": time.time() - started,
-                            **{f"teacher/{k}": getattr(run.teacher, k, 0) for k in ("calls", "failures", "tokens")}})
+                            **{f"teacher/{k}": getattr(run.teacher, k, 0) for k in TEACHER_COUNTERS}})
+            teacher_silent = (metrics.get("forks/count", 0) > 0 and metrics["forks/skipped"] == metrics["forks/count"]
+                              or metrics.get("sft/solutions", 1) == 0)
+            silent_in_a_row = silent_in_a_row + 1 if teacher_silent else 0
             if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
                 metrics.update(run_eval(run, eval_rows, cfg, f"step-{run.step:06d}"))
-            if cfg.save_every and run.step % cfg.save_every == 0:
+            if cfg.save_every and run.step % cfg.save_every == 0 and not nonfinite_in_a_row:
                 save_checkpoint(run, cfg)
             metrics_file.write(json.dumps(metrics) + "\n")
             metrics_file.flush()
             bar.set_postfix(loss=f"{metrics['loss/total']:.4f}", teacher=metrics["teacher/calls"])
+            if nonfinite_in_a_row == STOP_AFTER:
+                last = sorted((out / "checkpoints").glob("step-*"))
+                raise OmniOPDError(f"the loss was not finite {STOP_AFTER} steps in a row (steps {run.step - 2}-"
+                                   f"{run.step}); none was applied. Stopped; last checkpoint: "
+                                   f"{last[-1] if last else 'none saved'}")
+            if silent_in_a_row == STOP_AFTER:
+                saved = save_checkpoint(run, cfg)
+                raise OmniOPDError(f"the teacher gave no usable answer {STOP_AFTER} steps in a row "
+                                   f"({metrics['teacher/failures']} failed requests in all): check --teacher and "
+                                   f"--teacher-base-url. Stopped; progress saved in {saved}")
     summary["checkpoint"] = str(save_checkpoint(run, cfg))
     summary["after"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")
     with open(out / "metrics.jsonl", "a") as metrics_file:
