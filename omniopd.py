@@ -581,7 +581,8 @@ class OpenAITeacher:
             what = "does not know the model" if error.status_code == 404 else "rejected the API key"
             raise OmniOPDError(f"teacher {self.model}: the server {what} (HTTP {error.status_code})") from None
         except (openai.OpenAIError, AttributeError, IndexError, TypeError, ValueError) as error:
-            print(f"teacher request failed: {type(error).__name__}: {str(error)[:120]}", file=sys.stderr)
+            reason = str(error)[:120].replace(self.client.api_key, "***")  # a server may echo the key back
+            print(f"teacher request failed: {type(error).__name__}: {reason}", file=sys.stderr)
             return None
         return text if isinstance(text, str) and text.strip() else None
 
