@@ -186,7 +186,7 @@ def setup(cfg, rank, world):
 
 def distributed_step(run, batch, cfg) -> tuple[float, dict]:
     """The method's loss on this rank's share, with the denominators summed over ranks, then one update
-    (gradients summed by FSDP). Returns the global loss and the rank's metrics; a non-finite global loss
+    equal to the one-process update. Returns the global loss and the rank's metrics; a non-finite global loss
     is skipped on every rank."""
     batch.num_tokens, batch.num_forks = (int(x) for x in all_reduce([batch.num_tokens, batch.num_forks]))
     _, loss_fn = omniopd.METHODS[cfg.method]
@@ -286,8 +286,10 @@ def export(run, cfg, rank) -> Path:
 
 def run_eval(run, rows, cfg, tag, rank, world) -> dict:
     """Each rank evaluates its share with gathered weights; rank 0 writes every record and the accuracy."""
+    saved = omniopd.rng_state()  # as in omniopd.run_eval: evaluating never changes what training samples
     with gathered(run.student):
         _, records = omniopd.evaluate(run.student, run.tokenizer, rows[rank::world], cfg, cfg.eval_samples)
+    omniopd.set_rng_state(saved)
     everyone = [None] * world
     dist.all_gather_object(everyone, records)
     records = [r for rank_records in everyone for r in rank_records]
@@ -302,6 +304,7 @@ def run_eval(run, rows, cfg, tag, rank, world) -> dict:
 
 def train(cfg: ScaleConfig) -> dict:
     """omniopd.train's loop, distributed: the same data, steps, metrics and evaluations."""
+    omniopd.check_config(cfg)
     rank, world = init_distributed(cfg)
     if cfg.batch_size % world:
         raise omniopd.OmniOPDError(f"--batch-size {cfg.batch_size} must divide evenly over {world} ranks")
@@ -314,7 +317,10 @@ def train(cfg: ScaleConfig) -> dict:
     seen = {r["question"] for r in train_rows}
     eval_rows = [r for r in eval_rows if r["question"] not in seen]
     run = setup(cfg, rank, world)
+    if cfg.resume and rank == 0:
+        omniopd.keep_metrics_until(out / "metrics.jsonl", run.step)
     collect, _ = omniopd.METHODS[cfg.method]
+    nonfinite_in_a_row = 0
     summary = {"before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}", rank, world)}
     metrics_file = open(out / "metrics.jsonl", "a") if rank == 0 else None
     for _ in range(run.step, cfg.steps):
@@ -323,6 +329,7 @@ def train(cfg: ScaleConfig) -> dict:
         with gathered(run.student):
             batch = collect(run, rows, cfg)
         _, metrics = distributed_step(run, batch, cfg)
+        nonfinite_in_a_row = nonfinite_in_a_row + 1 if "loss/nonfinite_skipped" in metrics else 0
         run.step += 1
         metrics = combine_metrics(metrics)
         meter = getattr(run.teacher, "meter", None) or {k: getattr(run.teacher, k, 0) for k in ("calls", "failures", "tokens")}
@@ -330,13 +337,16 @@ def train(cfg: ScaleConfig) -> dict:
                         **{f"teacher/{k}": v for k, v in meter.items()}})
         if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
             metrics.update(run_eval(run, eval_rows, cfg, f"step-{run.step:06d}", rank, world))
-        if cfg.save_every and run.step % cfg.save_every == 0:
+        if cfg.save_every and run.step % cfg.save_every == 0 and not nonfinite_in_a_row:
             save_checkpoint(run, cfg, rank, world)
         if rank == 0:
             metrics_file.write(json.dumps(metrics) + "\n")
             metrics_file.flush()
             print(f"step {run.step}/{cfg.steps} loss {metrics['loss/total']:.4f} "
                   f"({metrics['time/step']:.1f} s)", flush=True)
+        if nonfinite_in_a_row == omniopd.STOP_AFTER:  # as omniopd.train: none was applied
+            raise omniopd.OmniOPDError(f"the loss was not finite {omniopd.STOP_AFTER} steps in a row; stopped "
+                                       f"at step {run.step} (the checkpoints hold the last good weights)")
     summary["checkpoint"] = str(save_checkpoint(run, cfg, rank, world))
     summary["export"] = str(export(run, cfg, rank))
     summary["after"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}", rank, world)
