@@ -138,8 +138,17 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # quiet: tests read stderr
         pass
 
+    def leave(self):
+        """This request stops counting as in flight: just before its reply goes out, since the
+        client may send its next request as soon as the reply arrives."""
+        if getattr(self, "in_flight", False):
+            with self.server.lock:
+                self.server.in_flight -= 1
+            self.in_flight = False
+
     def reply(self, status: int, body: dict):
         data = json.dumps(body).encode()
+        self.leave()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -156,6 +165,7 @@ class Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.in_flight += 1
             self.server.max_in_flight = max(self.server.max_in_flight, self.server.in_flight)
+        self.in_flight = True
         try:
             time.sleep(self.server.latency)
             if self.server.api_key and self.headers.get("Authorization") != f"Bearer {self.server.api_key}":
@@ -172,11 +182,11 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (a "timeout" fault)
             pass
         finally:
-            with self.server.lock:
-                self.server.in_flight -= 1
+            self.leave()
 
     def misbehave(self, fault: str):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.leave()
         if fault == "429":
             data = json.dumps({"error": {"message": "rate limited", "type": "rate_limit_error"}}).encode()
             self.send_response(429)
