@@ -1079,6 +1079,18 @@ def keep_metrics_until(path: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if wanted(line)))
 
 
+def load_data(cfg) -> tuple[list[dict], list[dict]]:
+    """Training rows and held-out rows; held-out problems that also appear in training are left out."""
+    train_rows = load_rows(cfg.data, "train", cfg.seed)
+    eval_rows = load_rows(cfg.eval_data, "test", 0, cfg.eval_size)
+    seen = {r["question"] for r in train_rows}
+    if any(r["question"] in seen for r in eval_rows):
+        print(f"note: {sum(r['question'] in seen for r in eval_rows)} evaluation problems also appear in the "
+              f"training data; they are left out of the evaluation", file=sys.stderr)
+        eval_rows = [r for r in eval_rows if r["question"] not in seen]
+    return train_rows, eval_rows
+
+
 STOP_AFTER = 3  # steps in a row with a non-finite loss, or with no usable teacher answer, stop the run
 
 
@@ -1092,13 +1104,7 @@ def train(cfg: Config) -> dict:
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     except OSError as error:
         raise OmniOPDError(f"cannot write to output folder {out}: {error.strerror}") from None
-    train_rows = load_rows(cfg.data, "train", cfg.seed)   # bad data fails before any model loads
-    eval_rows = load_rows(cfg.eval_data, "test", 0, cfg.eval_size)
-    seen = {r["question"] for r in train_rows}
-    if any(r["question"] in seen for r in eval_rows):
-        print(f"note: {sum(r['question'] in seen for r in eval_rows)} evaluation problems also appear in the "
-              f"training data; they are left out of the evaluation", file=sys.stderr)
-        eval_rows = [r for r in eval_rows if r["question"] not in seen]
+    train_rows, eval_rows = load_data(cfg)   # bad data fails before any model loads
     run = setup(cfg)
     if cfg.resume:
         keep_metrics_until(out / "metrics.jsonl", run.step)

@@ -312,10 +312,7 @@ def train(cfg: ScaleConfig) -> dict:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-    train_rows = omniopd.load_rows(cfg.data, "train", cfg.seed)
-    eval_rows = omniopd.load_rows(cfg.eval_data, "test", 0, cfg.eval_size)
-    seen = {r["question"] for r in train_rows}
-    eval_rows = [r for r in eval_rows if r["question"] not in seen]
+    train_rows, eval_rows = omniopd.load_data(cfg)
     run = setup(cfg, rank, world)
     if cfg.resume and rank == 0:
         omniopd.keep_metrics_until(out / "metrics.jsonl", run.step)
