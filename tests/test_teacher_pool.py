@@ -7,22 +7,9 @@ import pytest
 
 import omniopd
 from scale.teachers import AnswerCache, Endpoint, RateLimiter, TeacherPool
-from toyworld.serve import FaultPlan, start_in_thread
+from toyworld.serve import FaultPlan
 
 KEY = "sk-pool-test-0123456789"
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def start(model="echo", **options):
-        server = start_in_thread(model, **options)
-        servers.append(server)
-        return server, f"http://127.0.0.1:{server.server_address[1]}/v1"
-    yield start
-    for server in servers:
-        server.shutdown()
 
 
 def pool_for(url, tmp_path=None, teachers=("openai:toy",), **options):
@@ -87,12 +74,18 @@ def test_a_second_identical_run_makes_no_http_calls(serve, tmp_path):
     assert len(AnswerCache(tmp_path / "cache.sqlite")) == 90
 
 
-def test_cache_key_separates_teacher_prompt_parameters_and_sample():
-    base = ("m@u", "chat", "prompt", 16, 1.0, 0)
-    keys = {AnswerCache.key(*base)}
-    for i, changed in enumerate(["m@v", "completion", "prompt!", 17, 0.7, 1]):
-        keys.add(AnswerCache.key(*base[:i], changed, *base[i + 1:]))
-    assert len(keys) == 7
+def test_cache_key_separates_teacher_request_draw_and_sample():
+    request = {"model": "m", "prompt": "p", "max_tokens": 16, "temperature": 1.0}
+    base = ("m@u", request, "seed 0 step 0", 0)
+    keys = {AnswerCache.key(*base), AnswerCache.key("m@u", dict(reversed(request.items())), "seed 0 step 0", 0)}
+    assert len(keys) == 1   # the same request, whatever the order of its fields
+    changed_requests = [{**request, field: value} for field, value in
+                        [("model", "n"), ("prompt", "p!"), ("max_tokens", 17), ("temperature", 0.7)]]
+    changed_requests.append({k: v for k, v in request.items() if k != "prompt"} | {"messages": "p"})
+    for changed in ["m@v", *changed_requests, "seed 0 step 1", 1]:
+        position = 0 if changed == "m@v" else 1 if isinstance(changed, dict) else 2 if isinstance(changed, str) else 3
+        keys.add(AnswerCache.key(*base[:position], changed, *base[position + 1:]))
+    assert len(keys) == 9
 
 
 def test_several_teachers_pool_their_answers(serve):

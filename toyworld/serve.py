@@ -15,7 +15,8 @@ through that template.
 
 For the reliability tests and benchmarks it can also misbehave on purpose
 (`--fault-rate 0.3`): a share of requests gets a 429 with Retry-After, a 500, a
-reply slower than any client waits, malformed JSON, an empty text or a refusal.
+reply slower than any client waits, malformed JSON, an empty text cut at the token limit
+(what a reasoning model sends when thinking used every token) or a refusal.
 `--latency` adds a fixed delay to every request, and `--model echo` answers
 without any model (a fixed text per prompt), for measuring a client alone.
 """
@@ -85,12 +86,13 @@ class ModelServer(ThreadingHTTPServer):
             return kind
 
     def complete(self, prompt: str, max_tokens: int, temperature: float, n: int):
-        """n continuations of prompt, the tokens each used, and the prompt's length in tokens."""
+        """n continuations of prompt, the tokens each used, whether each ended on a stop token, and the
+        prompt's length in tokens."""
         if self.model is None:
             text = f" and so on after {prompt.split()[-1] if prompt.split() else 'nothing'}"
             with self.lock:
                 self.requests_served += 1
-            return [text] * n, [len(text.split())] * n, len(prompt.split())
+            return [text] * n, [len(text.split())] * n, [True] * n, len(prompt.split())
         done = concurrent.futures.Future()
         self.waiting.put(((max_tokens, temperature), prompt, n, done))
         return done.result()
@@ -119,9 +121,12 @@ class ModelServer(ThreadingHTTPServer):
                                    max_tokens, temperature)
         texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
         used = (new_ids != self.tokenizer.pad_token_id).sum(1).tolist()
+        stops = torch.tensor(omniopd.stop_token_ids(self.model, self.tokenizer), device=new_ids.device)
+        stopped = torch.isin(new_ids, stops).any(1).tolist()   # else it ran out of max_tokens
         results, start = [], 0
         for _, _, n, _ in group:
-            results.append((texts[start:start + n], used[start:start + n], len(encoded[start])))
+            results.append((texts[start:start + n], used[start:start + n], stopped[start:start + n],
+                            len(encoded[start])))
             start += n
         with self.lock:
             self.requests_served += len(group)
@@ -218,16 +223,20 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(404, {"error": {"message": f"The model '{body.get('model')}' does not exist",
                                               "type": "invalid_request_error", "code": "model_not_found"}})
         try:
-            texts, used, prompt_tokens = self.server.complete(prompt, *settings)
+            texts, used, stopped, prompt_tokens = self.server.complete(prompt, *settings)
         except Exception as error:
             return self.reply(500, {"error": {"message": f"generation failed: {type(error).__name__}"}})
-        if refuse or empty:
-            texts = ["I'm sorry, but I can't help with that." if refuse else ""] * len(texts)
+        if refuse:
+            texts, stopped = ["I'm sorry, but I can't help with that."] * len(texts), [True] * len(texts)
+        if empty:
+            texts, stopped = [""] * len(texts), [False] * len(texts)
+        finish = ["stop" if s else "length" for s in stopped]
         if chat:
-            choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
-                       for i, t in enumerate(texts)]
+            choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f}
+                       for i, (t, f) in enumerate(zip(texts, finish))]
         else:
-            choices = [{"index": i, "text": t, "finish_reason": "stop", "logprobs": None} for i, t in enumerate(texts)]
+            choices = [{"index": i, "text": t, "finish_reason": f, "logprobs": None}
+                       for i, (t, f) in enumerate(zip(texts, finish))]
         self.reply(200, {
             "id": f"cmpl-{time.time_ns()}", "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()), "model": body.get("model", self.server.model_name), "choices": choices,
