@@ -85,6 +85,10 @@ class Config:
     teacher_timeout: float = option(60.0, "seconds before one teacher request times out")
     teacher_retries: int = option(4, "retries per teacher request on timeouts, 429 and 5xx, with exponential backoff")
     teacher_concurrency: int = option(8, "teacher requests in flight at once")
+    teacher_max_tokens: int = option(0, "most tokens, in the teacher's own tokenizer, one continuation may use (0 = 2·L); "
+                                        "its text is then cut to L student tokens")
+    teacher_reasoning_effort: str = option("", "API reasoning models: sent as reasoning_effort (e.g. low), with the budget as "
+                                              "max_completion_tokens, which thinking also spends: raise --teacher-max-tokens")
     # step 1: on-policy rollout
     steps: int = option(200, "optimizer steps")
     batch_size: int = option(16, "prompts per step")
@@ -302,9 +306,10 @@ def answers_match(predicted, gold) -> bool:
 
 
 def encode_prompts(tokenizer, questions: list[str], template: str, device) -> dict:
-    """Left-padded token ids of the formatted prompts."""
+    """Left-padded token ids of the formatted prompts, with the tokenizer's own special tokens: the BOS that
+    Llama-3, Gemma and Mistral models were trained with (Qwen's tokenizers add none)."""
     texts = [template.format(question=q) for q in questions]
-    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=True).to(device)
 
 
 def generate(model, tokenizer, input_ids, attention_mask, max_new_tokens, temperature, n=1):
@@ -334,7 +339,7 @@ def completion_nll(model, tokenizer, questions, completions, template, num_token
     """Mean next-token NLL of each completion given its prompt, -mean_t log π(y_t | x, y_<t)
     (SFT; also how the toy teacher and student were trained). The completion ends with EOS.
     The mean divides by num_tokens when given."""
-    prompts = [tokenizer(template.format(question=q), add_special_tokens=False)["input_ids"] for q in questions]
+    prompts = [tokenizer(template.format(question=q), add_special_tokens=True)["input_ids"] for q in questions]
     answers = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in completions]
     batch = left_pad([p + a for p, a in zip(prompts, answers)], tokenizer.pad_token_id, model.device)
     width = max(len(a) for a in answers)  # left-padded: each completion is the last len(a) columns
@@ -572,7 +577,7 @@ class HFTeacher:
     def continuations(self, prefixes: list[str], n: int, max_tokens: int, draw="") -> list[list[str] | None]:
         """n sampled continuations of each prefix, up to max_tokens teacher tokens each, generated in batches of
         at most max_batch sequences. `draw` names the call (seed and step) for teachers that cache; none here."""
-        if self.mode == "chat":
+        if self.mode == "chat":  # the template writes the special tokens (BOS too) into the text itself
             prefixes = [self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": CHAT_CONTINUE_PROMPT.format(prefix=p)}],
                 tokenize=False, add_generation_prompt=True) for p in prefixes]
@@ -580,7 +585,7 @@ class HFTeacher:
         answers, step = [], max(1, self.max_batch // n)
         for start in range(0, len(prefixes), step):
             batch = self.tokenizer(prefixes[start:start + step], return_tensors="pt", padding=True,
-                                   add_special_tokens=False).to(self.model.device)
+                                   add_special_tokens=self.mode != "chat").to(self.model.device)
             new_ids = generate(self.model, self.tokenizer, batch.input_ids, batch.attention_mask,
                                max_tokens, self.temperature, n=n)
             self.tokens += int((new_ids != self.tokenizer.pad_token_id).sum())
@@ -599,13 +604,14 @@ class OpenAITeacher:
     (honouring Retry-After) and 5xx with backoff. A prefix whose requests all fail comes back as None."""
 
     def __init__(self, model, base_url="", api_key_env="OPENAI_API_KEY", mode="auto", temperature=1.0,
-                 timeout=60.0, retries=4, concurrency=8):
+                 timeout=60.0, retries=4, concurrency=8, reasoning_effort=""):
         import openai
         api_key = os.environ.get(api_key_env)
         if not api_key:
             raise OmniOPDError(f"teacher API key missing: set the environment variable {api_key_env}")
         self.client = openai.OpenAI(api_key=api_key, base_url=base_url or None, timeout=timeout, max_retries=retries)
         self.model, self.temperature, self.concurrency = model, temperature, concurrency
+        self.reasoning_effort = reasoning_effort
         self.mode = "chat" if mode == "auto" else mode
         self.calls = self.failures = self.tokens = 0
 
@@ -615,7 +621,7 @@ class OpenAITeacher:
         try:
             if self.mode == "chat":
                 reply = self.client.chat.completions.create(
-                    model=self.model, max_tokens=max_tokens, temperature=self.temperature,
+                    model=self.model, temperature=self.temperature, **token_budget(max_tokens, self.reasoning_effort),
                     messages=[{"role": "user", "content": CHAT_CONTINUE_PROMPT.format(prefix=prefix)}])
                 text = reply.choices[0].message.content
             else:
@@ -643,21 +649,40 @@ class OpenAITeacher:
         return [[a for a in row if a is not None] or None for row in answers]
 
 
+def token_budget(max_tokens: int, reasoning_effort: str) -> dict:
+    """The chat request's length fields. Reasoning models refuse max_tokens (OpenAI answers 400) and take
+    max_completion_tokens, which their thinking also spends."""
+    if reasoning_effort:
+        return {"max_completion_tokens": max_tokens, "reasoning_effort": reasoning_effort}
+    return {"max_tokens": max_tokens}
+
+
 def make_teacher(cfg, device):
     """--teacher openai:MODEL -> OpenAITeacher; anything else -> HFTeacher."""
     if cfg.teacher.startswith("openai:"):
         return OpenAITeacher(cfg.teacher.removeprefix("openai:"), cfg.teacher_base_url, cfg.teacher_api_key_env,
                              cfg.teacher_mode, cfg.teacher_temperature, cfg.teacher_timeout,
-                             cfg.teacher_retries, cfg.teacher_concurrency)
+                             cfg.teacher_retries, cfg.teacher_concurrency, cfg.teacher_reasoning_effort)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     return HFTeacher(cfg.teacher, device, cfg.teacher_mode, cfg.teacher_temperature, dtype)
 
 
-def teacher_rollouts(teacher, prefix_texts: list[str], num_samples: int, max_tokens: int, draw=""):
-    """Step 4: r^1..r^M = M teacher continuations of each decoded prefix s_t; None where the teacher failed.
+def teacher_rollouts(teacher, prefix_texts: list[str], num_samples: int, chunk_len: int, tokenizer,
+                     max_tokens=0, draw=""):
+    """Step 4: r^1..r^M = M teacher continuations of each decoded prefix s_t, each about L tokens of text; None
+    where the teacher failed. The teacher may write max_tokens of its own tokens (default 2·L: another tokenizer
+    groups digits and words differently), and each text is cut to its first L tokens in the student's
+    tokenizer, so drafts and teacher rollouts have the same length in the same units.
     draw names this call ("seed 0 step 12"): a caching teacher (scale/teachers.py) returns its stored answers
     only to the same draw, so a resumed run pays nothing twice and every new step gets fresh samples."""
-    return teacher.continuations(prefix_texts, num_samples, max_tokens, draw)
+    answers = teacher.continuations(prefix_texts, num_samples, max_tokens or 2 * chunk_len, draw)
+    return [None if texts is None else [first_tokens(t, tokenizer, chunk_len) for t in texts] for texts in answers]
+
+
+def first_tokens(text: str, tokenizer, count: int) -> str:
+    """The beginning of text that the tokenizer writes in `count` tokens."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= count else tokenizer.decode(ids[:count])
 
 
 def draw_name(cfg, step: int) -> str:
@@ -833,7 +858,7 @@ def omniopd_collect(run, rows, cfg) -> StepBatch:
                           cfg.chunk_len, cfg.temperature)
     prefix_texts = [tokenizer.decode(p, skip_special_tokens=True) for p in drafts.prefix_ids]
     teacher_texts = teacher_rollouts(run.teacher, prefix_texts, cfg.teacher_samples, cfg.chunk_len,  # step 4
-                                     draw_name(cfg, run.step))
+                                     tokenizer, cfg.teacher_max_tokens, draw_name(cfg, run.step))
     answered = [f for f, texts in enumerate(teacher_texts) if texts]
     candidate_texts = [[tokenizer.decode(c, skip_special_tokens=True) for c in drafts.chunk_ids[f]] for f in answered]
     similarities = run.similarity.matrices(candidate_texts, [teacher_texts[f] for f in answered])  # step 5

@@ -146,7 +146,7 @@ class TeacherPool:
 
     def __init__(self, teachers, base_url="", api_key_env="OPENAI_API_KEY", mode="auto", temperature=1.0,
                  timeout=60.0, retries=4, concurrency=16, requests_per_minute=0, tokens_per_minute=0,
-                 cache_path=None, price_per_million=(0.0, 0.0), backoff=0.5, max_backoff=30.0):
+                 cache_path=None, price_per_million=(0.0, 0.0), backoff=0.5, max_backoff=30.0, reasoning_effort=""):
         import openai
         self.endpoints = [Endpoint.parse(t, base_url, api_key_env) for t in teachers]
         self.loop = asyncio.new_event_loop()
@@ -159,6 +159,7 @@ class TeacherPool:
             self.clients[endpoint] = openai.AsyncOpenAI(api_key=api_key, base_url=endpoint.base_url or None,
                                                         timeout=timeout, max_retries=0)
         self.mode = "chat" if mode == "auto" else mode
+        self.reasoning_effort = reasoning_effort
         self.temperature, self.retries, self.concurrency = temperature, retries, concurrency
         self.backoff, self.max_backoff = backoff, max_backoff
         self.price_per_million = price_per_million
@@ -213,10 +214,11 @@ class TeacherPool:
 
     def request_body(self, endpoint, prefix, max_tokens) -> dict:
         """What goes over the wire for one continuation of prefix, as the chat or completion endpoint takes it."""
-        body = {"model": endpoint.model, "max_tokens": max_tokens, "temperature": self.temperature}
+        body = {"model": endpoint.model, "temperature": self.temperature}
         if self.mode == "chat":
-            return {**body, "messages": [{"role": "user", "content": omniopd.CHAT_CONTINUE_PROMPT.format(prefix=prefix)}]}
-        return {**body, "prompt": prefix}
+            return {**body, **omniopd.token_budget(max_tokens, self.reasoning_effort),
+                    "messages": [{"role": "user", "content": omniopd.CHAT_CONTINUE_PROMPT.format(prefix=prefix)}]}
+        return {**body, "max_tokens": max_tokens, "prompt": prefix}
 
     async def ask(self, endpoint, request, key):
         """One answer: from the cache, or over HTTP with retries; None (counted) when every attempt failed."""
@@ -226,7 +228,8 @@ class TeacherPool:
             return hit[0]
         prompt_chars = len(json.dumps(request.get("messages", request.get("prompt"))))
         for attempt in range(self.retries + 1):
-            await self.limiter.acquire(prompt_chars // 4 + request["max_tokens"])
+            budget = request.get("max_tokens", request.get("max_completion_tokens", 0))
+            await self.limiter.acquire(prompt_chars // 4 + budget)
             wait = None
             async with self.slots:
                 self.in_flight += 1

@@ -173,7 +173,8 @@ def make_pool_teacher(cfg, rank, world):
         cache = None if cfg.teacher_cache == "off" else (cfg.teacher_cache or str(Path(cfg.out) / "teacher_cache.sqlite"))
         pool = TeacherPool(teachers, cfg.teacher_base_url, cfg.teacher_api_key_env, cfg.teacher_mode,
                            cfg.teacher_temperature, cfg.teacher_timeout, cfg.teacher_retries, cfg.teacher_concurrency,
-                           cfg.teacher_rpm, cfg.teacher_tpm, cache, prices)
+                           cfg.teacher_rpm, cfg.teacher_tpm, cache, prices,
+                           reasoning_effort=cfg.teacher_reasoning_effort)
     return GatheredTeacher(pool, rank, world)
 
 

@@ -227,3 +227,51 @@ def test_vote_threshold_zero_means_every_rollout_votes():
     assert p.tolist() == pytest.approx(((votes + 0.5) / 3).tolist())
     with pytest.raises(omniopd.OmniOPDError, match="--vote-threshold"):
         omniopd.check_config(omniopd.Config(vote_threshold=-0.5).resolved())
+
+
+# Review items --------------------------------------------------------------------------------
+
+def test_the_teacher_may_write_2L_of_its_tokens_and_its_text_is_cut_to_L_student_tokens(serve):
+    server, url = serve("echo")     # answers " and so on after <the prompt's last word>"
+    teacher = omniopd.OpenAITeacher("echo", url, KEY_ENV, "completion")
+    characters = toyworld.build_char_tokenizer()      # one token per character
+    assert omniopd.teacher_rollouts(teacher, ["a b c"], 2, 4, characters) == [[" and"] * 2]
+    assert [body["max_tokens"] for body in server.bodies] == [8, 8]
+    assert omniopd.teacher_rollouts(teacher, ["a b c"], 1, 4, characters, max_tokens=50)[0] == [" and"]
+    assert server.bodies[-1]["max_tokens"] == 50
+
+
+def test_reasoning_teachers_get_max_completion_tokens_and_the_effort(serve):
+    """OpenAI's reasoning models answer max_tokens with HTTP 400; they take max_completion_tokens."""
+    server, url = serve("echo")
+    api = omniopd.OpenAITeacher("echo", url, KEY_ENV, "chat", reasoning_effort="low")
+    pool = TeacherPool(["openai:echo"], url, KEY_ENV, "chat", reasoning_effort="low")
+    for teacher in (api, pool):
+        assert teacher.continuations(["Question: 1+1?\nAnswer: "], n=1, max_tokens=300)[0]
+        body = server.bodies[-1]
+        assert body["max_completion_tokens"] == 300 and body["reasoning_effort"] == "low" and "max_tokens" not in body
+    plain = omniopd.OpenAITeacher("echo", url, KEY_ENV, "chat")
+    plain.continuations(["x"], n=1, max_tokens=30)
+    assert server.bodies[-1]["max_tokens"] == 30 and "reasoning_effort" not in server.bodies[-1]
+
+
+def test_students_and_completion_teachers_see_the_bos_their_tokenizer_adds(bos_model_path):
+    model, tokenizer = omniopd.load_model(bos_model_path, "student", CPU)
+    bos = tokenizer.bos_token_id
+    torch.manual_seed(0)
+    rollout = omniopd.sample_rollouts(model, tokenizer, ["Ann has 3 pens.", "Ben?"], omniopd.Config(max_new_tokens=4))
+    for ids, mask in zip(rollout.prompt_ids_B_P, rollout.prompt_mask_B_P):
+        assert ids[mask.bool()][0].item() == bos
+    question, answer = "Ann has 3 pens.", "3+2=5."
+    prompt = tokenizer(TEMPLATE.format(question=question))["input_ids"]
+    completion = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert prompt[0] == bos
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([prompt + completion])).logits[0], -1)
+        nll = -sum(logp[len(prompt) - 1 + j, c] for j, c in enumerate(completion)) / len(completion)
+        assert omniopd.completion_nll(model, tokenizer, [question], [answer], TEMPLATE).item() == pytest.approx(nll.item(), abs=1e-5)
+    teacher = omniopd.HFTeacher(bos_model_path, CPU, mode="completion", temperature=0.0)
+    prefix = "Question: Ann has 3 pens.\nAnswer: 3"
+    ids = torch.tensor([tokenizer(prefix)["input_ids"]])
+    expected = omniopd.generate(model, tokenizer, ids, torch.ones_like(ids), 6, 0.0)
+    assert teacher.continuations([prefix], 1, 6)[0][0] == tokenizer.decode(expected[0], skip_special_tokens=True)

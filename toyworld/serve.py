@@ -68,6 +68,7 @@ class ModelServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.requests_received = self.requests_served = self.in_flight = self.max_in_flight = 0
         self.faults_injected = collections.Counter()
+        self.bodies = collections.deque(maxlen=1000)   # the latest request bodies, for tests to read
         self.model = self.tokenizer = None
         if model_name != "echo":
             self.model, self.tokenizer = omniopd.load_model(model_name, "teacher", torch.device(device))
@@ -85,16 +86,16 @@ class ModelServer(ThreadingHTTPServer):
             self.faults_injected[kind] += 1
             return kind
 
-    def complete(self, prompt: str, max_tokens: int, temperature: float, n: int):
+    def complete(self, prompt: str, max_tokens: int, temperature: float, n: int, templated=False):
         """n continuations of prompt, the tokens each used, whether each ended on a stop token, and the
-        prompt's length in tokens."""
+        prompt's length in tokens. A templated prompt already holds its special tokens (BOS); a raw one gets them."""
         if self.model is None:
             text = f" and so on after {prompt.split()[-1] if prompt.split() else 'nothing'}"
             with self.lock:
                 self.requests_served += 1
             return [text] * n, [len(text.split())] * n, [True] * n, len(prompt.split())
         done = concurrent.futures.Future()
-        self.waiting.put(((max_tokens, temperature), prompt, n, done))
+        self.waiting.put(((max_tokens, temperature, templated), prompt, n, done))
         return done.result()
 
     def generate_batches(self):
@@ -113,9 +114,9 @@ class ModelServer(ThreadingHTTPServer):
                     done.set_exception(result) if isinstance(result, Exception) else done.set_result(result)
 
     def generate_group(self, settings, group):
-        max_tokens, temperature = settings
+        max_tokens, temperature, templated = settings
         prompts = [prompt for _, prompt, n, _ in group for _ in range(n)]
-        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        encoded = [self.tokenizer(p, add_special_tokens=not templated)["input_ids"] for p in prompts]
         batch = omniopd.left_pad(encoded, self.tokenizer.pad_token_id, self.model.device)
         new_ids = omniopd.generate(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"],
                                    max_tokens, temperature)
@@ -210,20 +211,23 @@ class Handler(BaseHTTPRequestHandler):
     def answer(self, refuse=False, empty=False):
         try:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            self.server.bodies.append(body)
             chat = self.path.endswith("/chat/completions")
             if not chat and not self.path.endswith("/completions"):
                 return self.reply(404, {"error": {"message": "not found"}})
             prompt = self.server.chat_prompt(body["messages"]) if chat else body["prompt"]
             if isinstance(prompt, list):
                 prompt = prompt[0]
-            settings = (int(body.get("max_tokens") or 16), float(body.get("temperature", 1.0)), int(body.get("n", 1)))
+            limit = body.get("max_tokens") or body.get("max_completion_tokens") or 16   # the latter: reasoning models
+            settings = (int(limit), float(body.get("temperature", 1.0)), int(body.get("n", 1)))
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as error:
             return self.reply(400, {"error": {"message": f"bad request: {error}", "type": "invalid_request_error"}})
         if self.server.served_models and body.get("model") not in self.server.served_models:
             return self.reply(404, {"error": {"message": f"The model '{body.get('model')}' does not exist",
                                               "type": "invalid_request_error", "code": "model_not_found"}})
         try:
-            texts, used, stopped, prompt_tokens = self.server.complete(prompt, *settings)
+            templated = chat and bool(getattr(self.server.tokenizer, "chat_template", None))
+            texts, used, stopped, prompt_tokens = self.server.complete(prompt, *settings, templated=templated)
         except Exception as error:
             return self.reply(500, {"error": {"message": f"generation failed: {type(error).__name__}"}})
         if refuse:

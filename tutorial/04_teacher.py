@@ -14,12 +14,17 @@
 # continue the partial solution exactly where it stops (`CHAT_CONTINUE_PROMPT`).
 #
 # ## Equation
-# $$r^1, \dots, r^M \sim T(\cdot \mid \operatorname{decode}(s_t)), \qquad |r^m| \lesssim L \text{ teacher tokens}$$
+# $$r^1, \dots, r^M \sim T(\cdot \mid \operatorname{decode}(s_t)), \qquad r^m \text{ cut to its first } L \text{ student tokens}$$
 #
 # ## Code
-# Both teachers have one method, `continuations(prefixes, n, max_tokens)`: a list per
+# Every teacher has one method, `continuations(prefixes, n, max_tokens, draw)`: a list per
 # prefix of n texts, or `None` when every request for that prefix failed (the fork is
-# then skipped and counted in `forks/skipped`).
+# then skipped and counted in `forks/skipped`). `draw` ("seed 0 step 12") names the call
+# for teachers that cache answers (scale/'s pool). The teacher may write 2·L of its own
+# tokens; `teacher_rollouts` then cuts each text to L tokens of the student's tokenizer, so
+# a draft and a teacher rollout have the same length in the same units. An empty reply
+# that the teacher ended on purpose is the text `""` (a vote for stopping here); one cut at
+# the token limit is a failure (`omniopd.teacher_answer`).
 
 # %%
 from helpers import show

@@ -50,7 +50,8 @@ drafts = omniopd.draft_chunks(student, tokenizer, rollout, forks, cfg.num_drafts
                               cfg.temperature)
 prefixes = [tokenizer.decode(p, skip_special_tokens=True) for p in drafts.prefix_ids]
 candidates = [[tokenizer.decode(c, skip_special_tokens=True) for c in chunks] for chunks in drafts.chunk_ids]
-continuations = omniopd.teacher_rollouts(teacher, prefixes, cfg.teacher_samples, cfg.chunk_len)   # step 4
+continuations = omniopd.teacher_rollouts(teacher, prefixes, cfg.teacher_samples, cfg.chunk_len,  # step 4
+                                         tokenizer, draw=omniopd.draw_name(cfg, 0))
 matrices = similarity.matrices(candidates, continuations)                                         # step 5
 logprobs, lengths = omniopd.chunk_logprobs(student, drafts, tokenizer.pad_token_id)
 targets = torch.stack([omniopd.dirichlet_preference(S, cfg.dirichlet_alpha, cfg.vote_temperature)  # step 6
