@@ -61,6 +61,9 @@ import toyworld
 # ----------------------------------------------------------------------------
 # Configuration: every default of DESIGN.md is a field; its help text is --help.
 
+PLAIN_TEMPLATE = "Question: {question}\nAnswer: "
+
+
 def option(default, help, choices=None):
     return field(default=default, metadata={"help": help, "choices": choices})
 
@@ -75,7 +78,9 @@ class Config:
     data: str = option("toy", "training prompts: 'toy' (built-in arithmetic world) or a JSONL file of {question, answer} or {prompt} rows")
     eval_data: str = option("toy", "held-out problems for accuracy: 'toy' or a JSONL file of {question, answer} rows")
     eval_size: int = option(200, "number of held-out problems to evaluate (0 = all)")
-    prompt_template: str = option("Question: {question}\nAnswer: ", "how a question becomes the student's prompt")
+    prompt_template: str = option(PLAIN_TEMPLATE, "how a question becomes the student's prompt; 'chat': the student's own "
+                                                  "chat template around it (instruct models)")
+    system_prompt: str = option("", "with --prompt-template chat: a system message before the question (empty = none)")
     # teacher endpoint (openai:MODEL)
     teacher_base_url: str = option("", "base URL of an OpenAI-compatible endpoint (empty = the openai client's default)")
     teacher_api_key_env: str = option("OPENAI_API_KEY", "name of the environment variable holding the teacher's API key")
@@ -205,18 +210,48 @@ def resolve_model_path(name: str, role: str) -> str:
 
 
 def load_model(name: str, role: str, device: torch.device, dtype=torch.float32):
-    """A causal LM and its tokenizer through the same from_pretrained path for toy and hub models."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """A causal LM and its tokenizer through the same from_pretrained path for toy and hub models;
+    a .gguf file (llama.cpp's format) is dequantised into a plain model."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     path = resolve_model_path(name, role)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    except (OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0][:200]
+        if path.endswith(".gguf"):
+            model, tokenizer = load_gguf(Path(path), dtype)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            check_causal_lm(AutoConfig.from_pretrained(path))
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = model.to(device)
+    except Exception as error:  # transformers raises many kinds for a file or folder it cannot use
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise OmniOPDError(f"cannot load {role} model '{name}' ({path}): {reason}") from None
     tokenizer.padding_side = "left"  # prompts end where generation begins
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def check_causal_lm(config) -> None:
+    """AutoModelForCausalLM also builds a BERT or a T5 encoder into a 'causal LM' with an untrained head:
+    refuse a folder whose config names no causal-LM architecture."""
+    names = getattr(config, "architectures", None) or []
+    if config.is_encoder_decoder or (names and not any("CausalLM" in n or "LMHead" in n for n in names)):
+        raise ValueError(f"not a causal language model (its config names {', '.join(names) or config.model_type})")
+
+
+def load_gguf(path: Path, dtype):
+    """transformers reads a GGUF file into dequantised tensors but keeps a quantization config that stops
+    save_pretrained; the weights are copied into a model built from the plain config, which saves like any other."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if not path.is_file():
+        raise OSError(f"no such file: {path}")
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    config = loaded.config
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
     return model, tokenizer
 
 
@@ -305,11 +340,24 @@ def answers_match(predicted, gold) -> bool:
     return bool(verify(parse(f"${gold}$"), parse(f"${predicted}$")))
 
 
-def encode_prompts(tokenizer, questions: list[str], template: str, device) -> dict:
+def format_prompts(tokenizer, questions: list[str], template: str, system_prompt="") -> list[str]:
+    """Each question as the student's prompt: the template filled in, or with template 'chat' the tokenizer's
+    own chat template around one user message (after a system message, if given), as TRL formats `messages`."""
+    if template != "chat":
+        return [template.format(question=q) for q in questions]
+    if not getattr(tokenizer, "chat_template", None):
+        raise OmniOPDError("--prompt-template chat: this model's tokenizer has no chat template; use a plain template")
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [tokenizer.apply_chat_template(system + [{"role": "user", "content": q}], tokenize=False,
+                                          add_generation_prompt=True) for q in questions]
+
+
+def encode_prompts(tokenizer, questions: list[str], template: str, device, system_prompt="") -> dict:
     """Left-padded token ids of the formatted prompts, with the tokenizer's own special tokens: the BOS that
-    Llama-3, Gemma and Mistral models were trained with (Qwen's tokenizers add none)."""
-    texts = [template.format(question=q) for q in questions]
-    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=True).to(device)
+    Llama-3, Gemma and Mistral models were trained with (Qwen's tokenizers add none). A chat template writes
+    its special tokens into the text itself."""
+    texts = format_prompts(tokenizer, questions, template, system_prompt)
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=template != "chat").to(device)
 
 
 def generate(model, tokenizer, input_ids, attention_mask, max_new_tokens, temperature, n=1):
@@ -335,11 +383,12 @@ def generate(model, tokenizer, input_ids, attention_mask, max_new_tokens, temper
     return out[:, input_ids.shape[1]:]
 
 
-def completion_nll(model, tokenizer, questions, completions, template, num_tokens=None) -> torch.Tensor:
+def completion_nll(model, tokenizer, questions, completions, template, num_tokens=None, system_prompt="") -> torch.Tensor:
     """Mean next-token NLL of each completion given its prompt, -mean_t log π(y_t | x, y_<t)
     (SFT; also how the toy teacher and student were trained). The completion ends with EOS.
     The mean divides by num_tokens when given."""
-    prompts = [tokenizer(template.format(question=q), add_special_tokens=True)["input_ids"] for q in questions]
+    prompts = [tokenizer(text, add_special_tokens=template != "chat")["input_ids"]
+               for text in format_prompts(tokenizer, questions, template, system_prompt)]
     answers = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in completions]
     batch = left_pad([p + a for p, a in zip(prompts, answers)], tokenizer.pad_token_id, model.device)
     width = max(len(a) for a in answers)  # left-padded: each completion is the last len(a) columns
@@ -360,7 +409,8 @@ def evaluate(model, tokenizer, rows, cfg, samples=0, batch_size=64):
     records = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        prompts = encode_prompts(tokenizer, [r["question"] for r in chunk], cfg.prompt_template, model.device)
+        prompts = encode_prompts(tokenizer, [r["question"] for r in chunk], cfg.prompt_template, model.device,
+                                 cfg.system_prompt)
         greedy = generate(model, tokenizer, prompts.input_ids, prompts.attention_mask, cfg.max_new_tokens, 0.0)
         sampled = tokenizer.batch_decode(generate(model, tokenizer, prompts.input_ids, prompts.attention_mask,
                                                   cfg.max_new_tokens, cfg.temperature, n=samples),
@@ -389,7 +439,7 @@ class Rollout:
 
 def sample_rollouts(student, tokenizer, questions, cfg) -> Rollout:
     """Step 1: y ~ π_θ(·|x) at temperature τ, up to max_new_tokens; marks where each y ends."""
-    prompts = encode_prompts(tokenizer, questions, cfg.prompt_template, student.device)
+    prompts = encode_prompts(tokenizer, questions, cfg.prompt_template, student.device, cfg.system_prompt)
     response_ids_B_T = generate(student, tokenizer, prompts.input_ids, prompts.attention_mask,
                                 cfg.max_new_tokens, cfg.temperature)
     is_stop_B_T = torch.isin(response_ids_B_T, torch.tensor(stop_token_ids(student, tokenizer), device=student.device))
@@ -502,6 +552,15 @@ def draft_chunks(student, tokenizer, rollout, forks, num_drafts, chunk_len, temp
     return Drafts(prefixes, [[written[f]] + fresh[f] for f in range(len(forks))])
 
 
+def decode_after(tokenizer, prefix_ids: list[int], ids: list[int]) -> str:
+    """The text that ids add after prefix_ids: decode(prefix + ids) minus decode(prefix). Decoded alone, a chunk
+    loses its leading space under SentencePiece tokenizers (Llama-2, Mistral, Gemma), and the teacher's
+    continuation of the same prefix keeps it."""
+    head = tokenizer.decode(prefix_ids, skip_special_tokens=True)
+    whole = tokenizer.decode(prefix_ids + ids, skip_special_tokens=True)
+    return whole[len(head):] if whole.startswith(head) else tokenizer.decode(ids, skip_special_tokens=True)
+
+
 def cut_at_stop(ids: list[int], stops: set) -> list[int]:
     """A chunk up to and including its first stop token."""
     for i, token in enumerate(ids):
@@ -550,12 +609,16 @@ CHAT_CONTINUE_PROMPT = (
 
 
 def teacher_answer(text, stopped: bool):
-    """The one rule every teacher backend follows for a reply: its text, as is. An empty reply the teacher
-    ended on purpose (a stop token; finish_reason "stop") is "", a vote for ending the solution here, which
-    the student's own draft [EOS] can match. An empty reply cut by the token limit (a reasoning model that
-    spent max_tokens thinking) or a reply without text is a failed request: None."""
+    """The one rule every teacher backend follows for a reply: its text, less a leading <think>...</think>
+    block (reasoning models). An empty reply the teacher ended on purpose (a stop token; finish_reason "stop")
+    is "", a vote for ending the solution here, which the student's own draft [EOS] can match. An empty reply
+    cut by the token limit, a think block never closed, or a reply without text is a failed request: None."""
     if not isinstance(text, str):
         return None
+    if text.lstrip().startswith("<think>"):
+        if "</think>" not in text:
+            return None   # it spent every token thinking
+        text = text.split("</think>", 1)[1].lstrip()
     if text.strip():
         return text
     return "" if stopped else None
@@ -683,6 +746,25 @@ def first_tokens(text: str, tokenizer, count: int) -> str:
     """The beginning of text that the tokenizer writes in `count` tokens."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return text if len(ids) <= count else tokenizer.decode(ids[:count])
+
+
+def teacher_view_template(cfg) -> str:
+    """How the teacher sees a question: as the student's plain template, or, when the student's prompt is its
+    own chat format (whose role words would survive decoding), as the default plain template."""
+    return PLAIN_TEMPLATE if cfg.prompt_template == "chat" else cfg.prompt_template
+
+
+def teacher_prefix_texts(tokenizer, rollout, forks, questions, cfg) -> list[str]:
+    """decode(s_t) for each fork (b, t): the prompt as teacher_view_template shows it, then y_<t as text."""
+    texts = []
+    for b, t in forks:
+        prompt_ids = rollout.prompt_ids_B_P[b][rollout.prompt_mask_B_P[b].bool()].tolist()
+        written = rollout.response_ids_B_T[b, :t].tolist()
+        if cfg.prompt_template == "chat":
+            texts.append(PLAIN_TEMPLATE.format(question=questions[b]) + decode_after(tokenizer, prompt_ids, written))
+        else:
+            texts.append(tokenizer.decode(prompt_ids + written, skip_special_tokens=True))
+    return texts
 
 
 def draw_name(cfg, step: int) -> str:
@@ -856,11 +938,11 @@ def omniopd_collect(run, rows, cfg) -> StepBatch:
                          cfg.entropy_threshold, cfg.entropy_window, cfg.audit_ratio, cfg.fork_selection)
     drafts = draft_chunks(student, tokenizer, rollout, forks, cfg.num_drafts,             # step 3
                           cfg.chunk_len, cfg.temperature)
-    prefix_texts = [tokenizer.decode(p, skip_special_tokens=True) for p in drafts.prefix_ids]
+    prefix_texts = teacher_prefix_texts(tokenizer, rollout, forks, [r["question"] for r in rows], cfg)
     teacher_texts = teacher_rollouts(run.teacher, prefix_texts, cfg.teacher_samples, cfg.chunk_len,  # step 4
                                      tokenizer, cfg.teacher_max_tokens, draw_name(cfg, run.step))
     answered = [f for f, texts in enumerate(teacher_texts) if texts]
-    candidate_texts = [[tokenizer.decode(c, skip_special_tokens=True) for c in drafts.chunk_ids[f]] for f in answered]
+    candidate_texts = [[decode_after(tokenizer, drafts.prefix_ids[f], c) for c in drafts.chunk_ids[f]] for f in answered]
     similarities = run.similarity.matrices(candidate_texts, [teacher_texts[f] for f in answered])  # step 5
     answered_drafts = Drafts([drafts.prefix_ids[f] for f in answered], [drafts.chunk_ids[f] for f in answered])
     priors = [None] * len(answered)
@@ -958,7 +1040,7 @@ def opd_loss(run, batch, cfg):
 @torch.no_grad()
 def sft_collect(run, rows, cfg) -> StepBatch:
     """SFT's collection: the teacher writes a full solution for each prompt (text only, so an API teacher works)."""
-    prompts = [cfg.prompt_template.format(question=r["question"]) for r in rows]
+    prompts = [teacher_view_template(cfg).format(question=r["question"]) for r in rows]
     solutions = run.teacher.continuations(prompts, 1, cfg.max_new_tokens, draw_name(cfg, run.step))
     kept = [(r["question"], s[0]) for r, s in zip(rows, solutions) if s and s[0].strip()]
     # each solution is trained on with the EOS that ends it
@@ -971,7 +1053,7 @@ def sft_loss(run, batch, cfg):
     if not batch.solutions:
         return torch.zeros((), requires_grad=True), batch.metrics
     loss = completion_nll(run.student, run.tokenizer, [q for q, _ in batch.solutions],
-                          [s for _, s in batch.solutions], cfg.prompt_template, batch.num_tokens)
+                          [s for _, s in batch.solutions], cfg.prompt_template, batch.num_tokens, cfg.system_prompt)
     return loss, {"loss/sft": loss.item(), **batch.metrics}
 
 
@@ -1188,8 +1270,10 @@ def train(cfg: Config) -> dict:
     if cfg.resume:
         keep_metrics_until(out / "metrics.jsonl", run.step)
     summary = {"before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")}
-    if cfg.eval_teacher and isinstance(run.teacher, HFTeacher):
-        summary["teacher"] = evaluate(run.teacher.model, run.teacher.tokenizer, eval_rows, cfg)[0]
+    if cfg.eval_teacher and isinstance(run.teacher, HFTeacher):  # in its chat format only if it has one
+        teacher_cfg = dataclasses.replace(cfg, prompt_template=PLAIN_TEMPLATE) if (
+            cfg.prompt_template == "chat" and not run.teacher.tokenizer.chat_template) else cfg
+        summary["teacher"] = evaluate(run.teacher.model, run.teacher.tokenizer, eval_rows, teacher_cfg)[0]
     collect, loss_fn = METHODS[cfg.method]
     nonfinite_in_a_row = silent_in_a_row = 0
     bar = tqdm(range(run.step, cfg.steps), initial=run.step, total=cfg.steps, desc=cfg.method)

@@ -46,8 +46,9 @@ def main():
                                  cfg.entropy_threshold)
     drafts = omniopd.draft_chunks(student, tokenizer, rollout, forks, cfg.num_drafts, cfg.chunk_len, cfg.temperature)
     prefixes = [tokenizer.decode(p, skip_special_tokens=True) for p in drafts.prefix_ids]
-    candidates = [[tokenizer.decode(c, skip_special_tokens=True) for c in chunks] for chunks in drafts.chunk_ids]
-    references = teacher.continuations(prefixes, cfg.teacher_samples, cfg.chunk_len)
+    candidates = [[omniopd.decode_after(tokenizer, prefix, c) for c in chunks]
+                  for prefix, chunks in zip(drafts.prefix_ids, drafts.chunk_ids)]
+    references = omniopd.teacher_rollouts(teacher, prefixes, cfg.teacher_samples, cfg.chunk_len, tokenizer)
     solutions = [cfg.prompt_template.format(question=rows[b]["question"]) + rows[b]["answer"] for b, _ in forks]
     right = [torch.tensor([draft_is_right(p, c, s) for c in cands])
              for p, cands, s in zip(prefixes, candidates, solutions)]

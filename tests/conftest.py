@@ -17,6 +17,11 @@ import toyworld  # noqa: E402
 from toyworld.build import new_model  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real: a real pretrained LLM (SmolLM2-135M-Instruct) or llama.cpp's server; "
+                                       "needs requirements-real.txt")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory) -> str:
     """A randomly initialised 2-layer Qwen2 with the character tokenizer, saved as an HF folder."""

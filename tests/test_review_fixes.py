@@ -275,3 +275,14 @@ def test_students_and_completion_teachers_see_the_bos_their_tokenizer_adds(bos_m
     ids = torch.tensor([tokenizer(prefix)["input_ids"]])
     expected = omniopd.generate(model, tokenizer, ids, torch.ones_like(ids), 6, 0.0)
     assert teacher.continuations([prefix], 1, 6)[0][0] == tokenizer.decode(expected[0], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("kind, expected", [("think", [["7+5=12. ", "7+5=12. "]]), ("think_unfinished", [None])])
+def test_a_think_block_is_stripped_and_unfinished_thinking_is_no_answer(serve, kind, expected):
+    """Reasoning models (Qwen3, R1 distills) write <think>...</think> before the answer."""
+    _, url = serve("toy", faults=FaultPlan(rate=1.0, kinds=(kind,)))
+    prefix = [TEMPLATE.format(question="Ann has 7 pens. She gets 5 more, then gives 3 away. How many pens now?")]
+    for teacher in (omniopd.OpenAITeacher("toy", url, KEY_ENV, "completion", temperature=0.0, retries=0),
+                    TeacherPool(["openai:toy"], url, KEY_ENV, "completion", temperature=0.0, retries=0)):
+        assert teacher.continuations(prefix, n=2, max_tokens=8) == expected
+        assert teacher.failures == (2 if expected == [None] else 0)

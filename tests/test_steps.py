@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import omniopd
+import toyworld
 
 
 # Step 1 ---------------------------------------------------------------------
@@ -320,3 +321,20 @@ def test_k3_anchor_gradient_by_hand():
         r = ref_logp[0, t, y] - logp[0, t, y]
         expected[0, t] = (1 - r.exp()) * (F.one_hot(y, 5) - logp[0, t].exp()) / 2
     assert torch.allclose(logits.grad, expected, atol=1e-6)
+
+
+def test_a_draft_is_decoded_in_context_so_sentencepiece_keeps_its_leading_space():
+    """'▁is' decoded alone is 'is'; after 'The answer' it is ' is', as the teacher's continuation will be."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    sentencepiece_like = Tokenizer(models.BPE(unk_token="<unk>"))
+    sentencepiece_like.pre_tokenizer, sentencepiece_like.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    sentencepiece_like.train_from_iterator(["The answer is 5. The sum is 12."] * 20, trainers.BpeTrainer(
+        vocab_size=80, special_tokens=["<unk>", "</s>"], show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=sentencepiece_like, eos_token="</s>", unk_token="<unk>")
+    prefix = tokenizer("The answer", add_special_tokens=False)["input_ids"]
+    chunk = tokenizer(" is 5.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert tokenizer.decode(chunk, skip_special_tokens=True) == "is 5."
+    assert omniopd.decode_after(tokenizer, prefix, chunk) == " is 5."
+    bpe = toyworld.build_char_tokenizer()   # byte-level: the same either way
+    assert omniopd.decode_after(bpe, bpe("7+5")["input_ids"], bpe("=12.")["input_ids"]) == "=12."

