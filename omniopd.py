@@ -37,7 +37,9 @@ F forks in the batch, K drafts per fork, M teacher continuations per fork.
 """
 
 import argparse
+import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -253,6 +255,20 @@ def load_gguf(path: Path, dtype):
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     return model, tokenizer
+
+
+def fp32_output_head(model):
+    """Under bf16 autocast the LM head's output would be bf16, in steps of 0.125 near logit 20. Measured by
+    bench/bf16_logits.py on SmolLM2-135M: with bf16 logits the anchor KL was 24 % off and its gradient 39 %;
+    with the head in fp32 (the decoder still in bf16), 7 % and 23 %. So the student's and the reference's
+    head runs in fp32; the state dict is unchanged."""
+    head = model.get_output_embeddings()
+
+    def forward(hidden):
+        with torch.autocast(hidden.device.type, enabled=False):
+            return F.linear(hidden.float(), head.weight.float(), None if head.bias is None else head.bias.float())
+    head.forward = forward
+    return model
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
@@ -528,6 +544,11 @@ def smooth_entropy(entropy_T, window):
 class Drafts:
     prefix_ids: list[list[int]]          # F prefixes s_t = (x, y_<t), unpadded
     chunk_ids: list[list[list[int]]]     # F × K candidate chunks c^k, unpadded
+    forks: list[tuple[int, int]] = field(default_factory=list)   # F (rollout row b, position t)
+
+    def subset(self, chosen: list[int]) -> "Drafts":
+        return Drafts([self.prefix_ids[f] for f in chosen], [self.chunk_ids[f] for f in chosen],
+                      [self.forks[f] for f in chosen] if self.forks else [])
 
 
 def draft_chunks(student, tokenizer, rollout, forks, num_drafts, chunk_len, temperature) -> Drafts:
@@ -549,7 +570,7 @@ def draft_chunks(student, tokenizer, rollout, forks, num_drafts, chunk_len, temp
                            temperature, n=num_drafts - 1).tolist()
         fresh = [[cut_at_stop(new_ids[f * (num_drafts - 1) + k], stops) for k in range(num_drafts - 1)]
                  for f in range(len(forks))]
-    return Drafts(prefixes, [[written[f]] + fresh[f] for f in range(len(forks))])
+    return Drafts(prefixes, [[written[f]] + fresh[f] for f in range(len(forks))], list(forks))
 
 
 def decode_after(tokenizer, prefix_ids: list[int], ids: list[int]) -> str:
@@ -599,6 +620,84 @@ def chunk_logprobs(model, drafts: Drafts, pad_id: int):
     return logprobs.view(num_forks, num_drafts), lengths.view(num_forks, num_drafts).to(logprobs.device)
 
 
+def rollout_and_drafts_forward(model, rollout: Rollout, drafts: Drafts):
+    """Steps 1, 3 and 8 in one forward pass: the response y and, packed after it in the same row, every fresh
+    draft of every fork of that rollout. A draft token attends to x, y_<t and its own chunk so far (a 4D
+    attention mask), at positions continuing from t, so it gets exactly the score chunk_logprobs gives it with
+    the prefix written out, while the prefix is computed once per rollout instead of once per draft. Draft 1,
+    y_{t:t+|c|}, is read off the response's own logits, and so is every fresh draft's first token (all are
+    scored by π_θ(·|x, y_<t)). Returns the response logits_B_T_V (for the anchor), ℓ_F_K and |c|_F_K."""
+    if model.config._attn_implementation not in ("sdpa", "eager") or (drafts.chunk_ids and not drafts.forks):
+        # flash attention takes no 4D mask: score the drafts with their prefixes written out
+        if not drafts.chunk_ids:
+            return response_logits(model, rollout), torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.long)
+        return response_logits(model, rollout), *chunk_logprobs(model, drafts, pad_id=0)   # padding is masked out
+    prompt_B_P, response_B_T = rollout.prompt_ids_B_P, rollout.response_ids_B_T
+    (B, P), T, device = prompt_B_P.shape, response_B_T.shape[1], response_B_T.device
+    width = P + T
+    real_B_W = torch.cat([rollout.prompt_mask_B_P, rollout.response_mask_B_T], 1).bool()
+    # where each fresh draft goes: row b, starting column; every block is as wide as the longest chunk
+    block = max((len(c) for chunks in drafts.chunk_ids for c in chunks[1:]), default=0)
+    blocks_by_row = [[] for _ in range(B)]
+    for f, (b, t) in enumerate(drafts.forks):
+        for k in range(1, len(drafts.chunk_ids[f])):
+            blocks_by_row[b].append((f, k, t))
+    extra = block * max((len(row) for row in blocks_by_row), default=0)
+    ids_B_S = torch.full((B, width + extra), 0, dtype=torch.long, device=device)
+    ids_B_S[:, :width] = torch.cat([prompt_B_P, response_B_T], 1)
+    position_B_S = torch.zeros_like(ids_B_S)
+    position_B_S[:, :width] = positions(real_B_W.long())
+    # allowed_B_S_S[b, q, k]: may the token in column q attend to column k
+    allowed_B_S_S = torch.zeros(B, width + extra, width + extra, dtype=torch.bool, device=device)
+    allowed_B_S_S[:, :width, :width] = torch.ones(width, width, dtype=torch.bool, device=device).tril() & real_B_W[:, None]
+    # a draft token's score needs the logits of the token before it: (row, kept column, token, draft index)
+    rows, columns, tokens, targets = [], [], [], []
+    for b, row_blocks in enumerate(blocks_by_row):
+        prompt_length = int(rollout.prompt_mask_B_P[b].sum())
+        for i, (f, k, t) in enumerate(row_blocks):
+            chunk, start = drafts.chunk_ids[f][k], width + i * block
+            n = len(chunk)
+            ids_B_S[b, start:start + n] = torch.tensor(chunk, device=device)
+            position_B_S[b, start:start + n] = prompt_length + t + torch.arange(n, device=device)
+            allowed_B_S_S[b, start:start + n, :P] = rollout.prompt_mask_B_P[b].bool()
+            allowed_B_S_S[b, start:start + n, P:P + t] = True
+            allowed_B_S_S[b, start:start + n, start:start + n] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+            # token 0 is scored by the response logits at t; token j by the block's column j - 1
+            rows += [b] * n
+            columns += [t] + [T + 1 + i * block + j for j in range(n - 1)]
+            tokens += chunk
+            targets += [f * len(drafts.chunk_ids[f]) + k] * n
+    for f, (b, t) in enumerate(drafts.forks):   # draft 1 is what the student wrote: y_t .. y_{t+|c|-1}
+        n = len(drafts.chunk_ids[f][0])
+        rows += [b] * n
+        columns += list(range(t, t + n))
+        tokens += response_B_T[b, t:t + n].tolist()
+        targets += [f * len(drafts.chunk_ids[f])] * n
+    allowed_B_S_S |= torch.eye(width + extra, dtype=torch.bool, device=device)  # no row attends to nothing
+    logits = model(input_ids=ids_B_S, attention_mask=attention_bias(allowed_B_S_S, model), position_ids=position_B_S,
+                   logits_to_keep=T + 1 + extra).logits.float()
+    num_forks = len(drafts.chunk_ids)
+    num_drafts = len(drafts.chunk_ids[0]) if num_forks else 0
+    lengths_F_K = torch.tensor([[len(c) for c in chunks] for chunks in drafts.chunk_ids], device=device).view(
+        num_forks, num_drafts)
+    logprobs_F_K = torch.zeros(num_forks * num_drafts, device=device)
+    if rows:
+        row, column = torch.tensor(rows, device=device), torch.tensor(columns, device=device)
+        # log π(c_j | ...) = logit of c_j - logsumexp over the vocabulary: no V-wide copy per draft token
+        token_logprobs = logits[row, column, torch.tensor(tokens, device=device)] - torch.logsumexp(logits, -1)[row, column]
+        logprobs_F_K = logprobs_F_K.index_add(0, torch.tensor(targets, device=device), token_logprobs)
+    return logits[:, :T], logprobs_F_K.view(num_forks, num_drafts), lengths_F_K
+
+
+def attention_bias(allowed_B_S_S, model):
+    """A custom 4D attention mask as the model's attention takes it: boolean for SDPA, additive for eager."""
+    if model.config._attn_implementation == "sdpa":
+        return allowed_B_S_S[:, None]
+    dtype = next(model.parameters()).dtype
+    return torch.zeros(allowed_B_S_S.shape, dtype=dtype, device=allowed_B_S_S.device).masked_fill(
+        ~allowed_B_S_S, torch.finfo(dtype).min)[:, None]
+
+
 # ----------------------------------------------------------------------------
 # Step 4: teacher rollouts (text only)
 
@@ -634,6 +733,9 @@ class HFTeacher:
         self.model.eval().requires_grad_(False)
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
         self.mode = ("chat" if has_template else "completion") if mode == "auto" else mode
+        if mode == "auto" and has_template:   # base models ship templates too (Qwen2.5-7B does)
+            print(f"note: teacher {name} continues in chat mode because its tokenizer has a chat template; "
+                  f"for a base model, --teacher-mode completion sends the raw prefix", file=sys.stderr)
         self.temperature = temperature
         self.calls = self.failures = self.tokens = 0
 
@@ -931,29 +1033,33 @@ class StepBatch:
 def omniopd_collect(run, rows, cfg) -> StepBatch:
     """Steps 1-6 for one batch, no gradient: rollouts, forks, drafts, teacher rollouts, S and each fork's p̂."""
     student, tokenizer = run.student, run.tokenizer
-    rollout = sample_rollouts(student, tokenizer, [r["question"] for r in rows], cfg)      # step 1
-    _, entropy_B_T = token_logprobs_and_entropy(response_logits(student, rollout), rollout.response_ids_B_T)
+    with run.clock("rollout"):
+        rollout = sample_rollouts(student, tokenizer, [r["question"] for r in rows], cfg)      # step 1
+        _, entropy_B_T = token_logprobs_and_entropy(response_logits(student, rollout), rollout.response_ids_B_T)
     mask_B_T = rollout.response_mask_B_T
-    forks = select_forks(entropy_B_T, mask_B_T, cfg.audit_budget, cfg.fork_gap,           # step 2
-                         cfg.entropy_threshold, cfg.entropy_window, cfg.audit_ratio, cfg.fork_selection)
-    drafts = draft_chunks(student, tokenizer, rollout, forks, cfg.num_drafts,             # step 3
-                          cfg.chunk_len, cfg.temperature)
-    prefix_texts = teacher_prefix_texts(tokenizer, rollout, forks, [r["question"] for r in rows], cfg)
-    teacher_texts = teacher_rollouts(run.teacher, prefix_texts, cfg.teacher_samples, cfg.chunk_len,  # step 4
-                                     tokenizer, cfg.teacher_max_tokens, draw_name(cfg, run.step))
+    with run.clock("drafts"):
+        forks = select_forks(entropy_B_T, mask_B_T, cfg.audit_budget, cfg.fork_gap,           # step 2
+                             cfg.entropy_threshold, cfg.entropy_window, cfg.audit_ratio, cfg.fork_selection)
+        drafts = draft_chunks(student, tokenizer, rollout, forks, cfg.num_drafts,             # step 3
+                              cfg.chunk_len, cfg.temperature)
+    with run.clock("teacher"):
+        prefix_texts = teacher_prefix_texts(tokenizer, rollout, forks, [r["question"] for r in rows], cfg)
+        teacher_texts = teacher_rollouts(run.teacher, prefix_texts, cfg.teacher_samples, cfg.chunk_len,  # step 4
+                                         tokenizer, cfg.teacher_max_tokens, draw_name(cfg, run.step))
     answered = [f for f, texts in enumerate(teacher_texts) if texts]
-    candidate_texts = [[decode_after(tokenizer, drafts.prefix_ids[f], c) for c in drafts.chunk_ids[f]] for f in answered]
-    similarities = run.similarity.matrices(candidate_texts, [teacher_texts[f] for f in answered])  # step 5
-    answered_drafts = Drafts([drafts.prefix_ids[f] for f in answered], [drafts.chunk_ids[f] for f in answered])
+    with run.clock("similarity"):
+        candidate_texts = [[decode_after(tokenizer, drafts.prefix_ids[f], c) for c in drafts.chunk_ids[f]]
+                           for f in answered]
+        similarities = run.similarity.matrices(candidate_texts, [teacher_texts[f] for f in answered])  # step 5
+    answered_drafts = drafts.subset(answered)
     priors = [None] * len(answered)
     if cfg.prior == "student" and answered:  # u_k ∝ the student's own length-normalised draft probabilities
-        logprobs_F_K, lengths_F_K = chunk_logprobs(student, answered_drafts, tokenizer.pad_token_id)
+        _, logprobs_F_K, lengths_F_K = rollout_and_drafts_forward(student, rollout, answered_drafts)
         priors = torch.softmax(logprobs_F_K / lengths_F_K.float() ** cfg.length_norm, 1).cpu()
     targets = [dirichlet_preference(S, cfg.dirichlet_alpha, cfg.vote_temperature, cfg.votes,  # step 6
                                     priors[f], cfg.vote_threshold) for f, S in enumerate(similarities)]
     voted = [f for f, target in enumerate(targets) if target is not None]
-    batch = StepBatch(rollout, Drafts([answered_drafts.prefix_ids[f] for f in voted],
-                                      [answered_drafts.chunk_ids[f] for f in voted]),
+    batch = StepBatch(rollout, answered_drafts.subset(voted),
                       torch.stack([targets[f] for f in voted]) if voted else torch.zeros(0, cfg.num_drafts),
                       num_tokens=int(mask_B_T.sum()), num_forks=len(voted))
     batch.metrics = {"forks/count": len(forks), "forks/skipped": len(forks) - len(answered),
@@ -973,13 +1079,12 @@ def omniopd_collect(run, rows, cfg) -> StepBatch:
 
 
 def omniopd_loss(run, batch, cfg):
-    """Steps 7-8 on a collected batch: L = L_chunk + β · L_anchor, and the step's metrics.
-    The drafts are scored last, so every process of a distributed run makes its passes in the same order."""
-    logits_B_T_V = response_logits(run.student, batch.rollout)
+    """Steps 7-8 on a collected batch: L = L_chunk + β · L_anchor, and the step's metrics. One forward pass
+    of the student scores the rollouts and every draft (rollout_and_drafts_forward)."""
+    logits_B_T_V, logprobs_F_K, lengths_F_K = rollout_and_drafts_forward(run.student, batch.rollout, batch.drafts)
     loss_anchor = anchor_term(run, batch.rollout, logits_B_T_V, cfg, batch.num_tokens)     # step 8
     loss_chunk = logits_B_T_V.sum() * 0.0
     if batch.drafts.chunk_ids:
-        logprobs_F_K, lengths_F_K = chunk_logprobs(run.student, batch.drafts, run.tokenizer.pad_token_id)
         loss_chunk = chunk_loss(batch.target_F_K.to(logprobs_F_K.device), logprobs_F_K, lengths_F_K,  # step 7
                                 cfg.length_norm, cfg.chunk_loss, batch.num_forks)
     loss = loss_chunk + cfg.kl_beta * loss_anchor                                         # step 9
@@ -1008,7 +1113,8 @@ def rollout_metrics(rollout, entropy_B_T) -> dict:
 @torch.no_grad()
 def rollout_collect(run, rows, cfg) -> StepBatch:
     """OPD's collection: student rollouts only (the teacher's logits are read in the loss)."""
-    rollout = sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
+    with run.clock("rollout"):
+        rollout = sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
     return StepBatch(rollout, num_tokens=int(rollout.response_mask_B_T.sum()))
 
 
@@ -1041,7 +1147,8 @@ def opd_loss(run, batch, cfg):
 def sft_collect(run, rows, cfg) -> StepBatch:
     """SFT's collection: the teacher writes a full solution for each prompt (text only, so an API teacher works)."""
     prompts = [teacher_view_template(cfg).format(question=r["question"]) for r in rows]
-    solutions = run.teacher.continuations(prompts, 1, cfg.max_new_tokens, draw_name(cfg, run.step))
+    with run.clock("teacher"):
+        solutions = run.teacher.continuations(prompts, 1, cfg.max_new_tokens, draw_name(cfg, run.step))
     kept = [(r["question"], s[0]) for r, s in zip(rows, solutions) if s and s[0].strip()]
     # each solution is trained on with the EOS that ends it
     num_tokens = sum(len(run.tokenizer(s, add_special_tokens=False)["input_ids"]) + 1 for _, s in kept)
@@ -1072,7 +1179,8 @@ def group_advantages(rewards_G: torch.Tensor) -> torch.Tensor:
 def grpo_collect(run, rows, cfg) -> StepBatch:
     """GRPO's collection: G samples per prompt (rows holds each prompt G times), reward 1 when the
     final answer checks, group-normalised advantages."""
-    rollout = sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
+    with run.clock("rollout"):
+        rollout = sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
     texts = response_texts(run.tokenizer, rollout)
     rewards_B = torch.tensor([float(answers_match(extract_answer(t), extract_answer(r["answer"] or "")))
                               for t, r in zip(texts, rows)])
@@ -1101,7 +1209,7 @@ METHODS = {"omniopd": (omniopd_collect, omniopd_loss), "opd": (rollout_collect, 
 
 @dataclass
 class RunState:
-    """Everything a step needs: the models, the teacher, the similarity, the optimizer."""
+    """Everything a step needs: the models, the teacher, the similarity, the optimizer, the step profile."""
     student: object
     tokenizer: object
     reference: object
@@ -1109,6 +1217,40 @@ class RunState:
     similarity: object
     optimizer: torch.optim.Optimizer
     step: int = 0
+    clock: "StageClock" = field(default_factory=lambda: StageClock())
+
+
+class StageClock:
+    """Seconds per stage of a step, logged as time/<stage> and reset each step:
+        with run.clock("teacher"): ...
+    On CUDA it waits for the GPU at both ends, so a stage is charged for the kernels it launched."""
+
+    def __init__(self):
+        self.seconds = collections.Counter()
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        synchronize()
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize()
+            self.seconds[f"time/{stage}"] += time.perf_counter() - started
+
+    def take(self) -> dict:
+        """This step's figures (with the peak GPU memory on CUDA), and a fresh start for the next step."""
+        taken = dict(self.seconds)
+        self.seconds.clear()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            taken["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            torch.cuda.reset_peak_memory_stats()
+        return taken
+
+
+def synchronize():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def update(run, loss, grad_clip) -> float:
@@ -1187,12 +1329,13 @@ def setup(cfg, teacher=None) -> RunState:
                            f"checkpoints are <out>/checkpoints/step-N")
     seed_everything(cfg.seed)
     student, tokenizer = load_model(cfg.resume or cfg.student, "student", device)
+    fp32_output_head(student)
     if cfg.gradient_checkpointing:  # drafts are scored with their whole prefix: F·K long sequences with grad
-        student.gradient_checkpointing_enable()
+        getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
     reference = None
     if cfg.kl_beta > 0:
         reference, _ = load_model(cfg.student, "student", device)
-        reference.eval().requires_grad_(False)
+        fp32_output_head(reference.eval().requires_grad_(False))
     if cfg.method != "grpo":   # GRPO learns from rewards alone
         teacher = teacher or make_teacher(cfg, device)
     if cfg.method == "opd":
@@ -1282,16 +1425,18 @@ def train(cfg: Config) -> dict:
             started = time.time()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.student.device.type == "cuda"):
                 batch = collect(run, batch_rows(train_rows, run.step, cfg), cfg)
-                loss, metrics = loss_fn(run, batch, cfg)
+                with run.clock("loss"):
+                    loss, metrics = loss_fn(run, batch, cfg)
             metrics["loss/total"] = loss.item()
             if math.isfinite(metrics["loss/total"]):
-                metrics["grad/norm"] = update(run, loss, cfg.grad_clip)
+                with run.clock("backward"):
+                    metrics["grad/norm"] = update(run, loss, cfg.grad_clip)
                 nonfinite_in_a_row = 0
             else:  # never applied: the weights stay as the last finite step left them
                 metrics["loss/nonfinite_skipped"] = 1
                 nonfinite_in_a_row += 1
             run.step += 1
-            metrics.update({"step": run.step, "time/step": time.time() - started,
+            metrics.update({"step": run.step, "time/step": time.time() - started, **run.clock.take(),
                             **{f"teacher/{k}": getattr(run.teacher, k, 0) for k in TEACHER_COUNTERS}})
             teacher_silent = (metrics.get("forks/count", 0) > 0 and metrics["forks/skipped"] == metrics["forks/count"]
                               or metrics.get("sft/solutions", 1) == 0)

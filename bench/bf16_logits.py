@@ -53,7 +53,7 @@ def measure(name, student, reference, tokenizer, batch, length):
         logits = logits_of(student, rollout, precision)
         kl = omniopd.anchor_kl(logits, reference_logits, rollout.response_mask_B_T)
         kl.backward()
-        grad = torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None])
+        grad = torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None]).double()
         results[precision] = (kl.item(), grad, logits.detach().abs().max().item())
     kl32, grad32, top = results["fp32"]
     tokens = int(rollout.response_mask_B_T.sum())

@@ -208,7 +208,8 @@ def distributed_step(run, batch, cfg) -> tuple[float, dict]:
     batch.num_tokens, batch.num_forks = (int(x) for x in all_reduce([batch.num_tokens, batch.num_forks]))
     _, loss_fn = omniopd.METHODS[cfg.method]
     before = run.forwards
-    loss, metrics = loss_fn(run, batch, cfg)
+    with run.clock("loss"):
+        loss, metrics = loss_fn(run, batch, cfg)
     # every rank must make the same sharded forward passes (each one all-gathers): a rank with no forks
     # or no solutions makes up the difference with passes that add exactly zero to its loss
     missing = int(all_reduce([run.forwards - before], dist.ReduceOp.MAX)[0]) - (run.forwards - before)
@@ -220,7 +221,8 @@ def distributed_step(run, batch, cfg) -> tuple[float, dict]:
     if math.isfinite(total):
         # each rank's loss is its share of the global mean and FSDP averages gradients over ranks,
         # so the share is scaled by the world size: the update is the one-process update
-        metrics["grad/norm"] = omniopd.update(run, loss * dist.get_world_size(), cfg.grad_clip)
+        with run.clock("backward"):
+            metrics["grad/norm"] = omniopd.update(run, loss * dist.get_world_size(), cfg.grad_clip)
     else:
         metrics["loss/nonfinite_skipped"] = 1
     return total, metrics
@@ -347,6 +349,7 @@ def train(cfg: ScaleConfig) -> dict:
         with gathered(run.student):
             batch = collect(run, rows, cfg)
         _, metrics = distributed_step(run, batch, cfg)
+        metrics.update(run.clock.take())
         nonfinite_in_a_row = nonfinite_in_a_row + 1 if "loss/nonfinite_skipped" in metrics else 0
         run.step += 1
         metrics = combine_metrics(metrics)

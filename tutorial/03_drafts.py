@@ -7,8 +7,7 @@
 # Draft 1 is what the student actually wrote, $y_{t:t+L}$; drafts 2…K are fresh samples.
 # Chunks, not single tokens, are what the teacher's text can be compared with: one
 # token says little, sixteen say what the student meant to do next.
-# All forks of a batch are drafted in **one** batched `generate` call, and all F × K
-# drafts are scored in **one** forward pass.
+# All forks of a batch are drafted in **one** batched `generate` call.
 #
 # ## Equation
 # $$c^1 = y_{t:t+L},\quad c^2,\dots,c^K \sim \pi_\theta(\cdot \mid s_t),\qquad
@@ -69,6 +68,26 @@ for k, chunk in enumerate(drafts.chunk_ids[0]):
           f"ℓ={logprobs[0, k].item():8.4f}  separate pass: {by_hand:8.4f}")
     assert abs(by_hand - logprobs[0, k].item()) < 1e-4
 print("q =", [round(v, 3) for v in torch.softmax(logprobs / lengths, 1)[0].tolist()])
+
+# %% [markdown]
+# ## Scoring every draft in the rollout's own forward pass
+# `chunk_logprobs` is the definition: each draft with its whole prefix written out, so a
+# prefix of 300 tokens is computed again for each of the F × K drafts. Training uses
+# `rollout_and_drafts_forward` instead: one row per rollout holds x, y and, after y, each
+# fresh draft of each fork. A 4D attention mask lets a draft token see x, $y_{<t}$ and its
+# own chunk so far, never y from t on or another draft, and its position ids continue from
+# t, so the prefix is computed once and every draft still gets exactly its ℓ. Draft 1 *is*
+# $y_{t:t+|c|}$, so its ℓ is read off the response's own logits, and so is every draft's
+# first token (scored by $\pi_\theta(\cdot \mid x, y_{<t})$). The same pass gives the logits
+# of the anchor (page 8).
+
+# %%
+show(omniopd.rollout_and_drafts_forward)
+with torch.no_grad():
+    _, packed, packed_lengths = omniopd.rollout_and_drafts_forward(student, rollout, drafts)
+print("ℓ, prefix written out:", [round(v, 4) for v in logprobs[0].tolist()])
+print("ℓ, one packed pass:   ", [round(v, 4) for v in packed[0].tolist()])
+assert torch.allclose(packed, logprobs, atol=1e-5) and torch.equal(packed_lengths, lengths)
 
 # %% [markdown]
 # ## What to log

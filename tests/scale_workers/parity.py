@@ -13,12 +13,14 @@ from scale import train as scale  # noqa: E402
 
 
 def share_of(batch, rank, world):
-    """This rank's rollouts and forks of a StepBatch; the loss's denominators are then re-summed."""
+    """This rank's rollouts and the forks of those rollouts (renumbered to the rank's rows), as scale/train.py's
+    collect gives them; the loss's denominators are then re-summed."""
     rows = scale.my_share(list(range(batch.rollout.prompt_ids_B_P.shape[0])), rank, world)
-    forks = scale.my_share(list(range(len(batch.drafts.chunk_ids))), rank, world)
+    forks = [f for f, (b, _) in enumerate(batch.drafts.forks) if b in rows]
     rollout = omniopd.Rollout(*(getattr(batch.rollout, f)[rows] for f in
                                 ("prompt_ids_B_P", "prompt_mask_B_P", "response_ids_B_T", "response_mask_B_T")))
-    drafts = omniopd.Drafts([batch.drafts.prefix_ids[f] for f in forks], [batch.drafts.chunk_ids[f] for f in forks])
+    drafts = batch.drafts.subset(forks)
+    drafts.forks = [(rows.index(b), t) for b, t in drafts.forks]
     return omniopd.StepBatch(rollout, drafts, batch.target_F_K[forks], num_tokens=int(rollout.response_mask_B_T.sum()),
                              num_forks=len(forks))
 

@@ -1,0 +1,262 @@
+"""Where a step's time and memory go (issue #10), every figure a ratio to a baseline measured in the same run.
+
+    pip install -r bench/requirements.txt       # TRL, for the GKDTrainer comparison only
+    python bench/speed.py                        # CPU: about 10 minutes on 2 cores -> bench/results/speed.md
+    python bench/speed.py --device cuda          # on a GPU machine (peak memory from the CUDA allocator)
+
+1. Scoring: the loss's forward and backward with every draft written out with its prefix
+   (response_logits + chunk_logprobs, the definition) against one packed pass per rollout
+   (rollout_and_drafts_forward): forward tokens, time and peak memory, at F·K = 64 drafts of
+   L = 16 on prefixes of 256 tokens and more.
+2. A whole OmniOPD step against a whole OPD step on the toy comparison's shapes, with the stage profile.
+3. The OmniOPD step as B, K, M and L double: the fitted exponent of each.
+4. Our OPD step against TRL's GKDTrainer (lmbda 1: on-policy; beta 1: reverse KL) on the same student,
+   teacher, prompts and generation length.
+Times are min and median of --repeats runs. CPU peak memory is the process's peak resident set size,
+reset before each measurement (/proc/self/clear_refs), minus what was resident before it.
+"""
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import torch  # noqa: E402
+
+import omniopd  # noqa: E402
+import toyworld  # noqa: E402
+
+LINES = []
+
+
+def say(line=""):
+    print(line, flush=True)
+    LINES.append(line)
+
+
+class PeakMemory:
+    """Peak memory of the code inside `with`, above what was in use when it started (GiB)."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")   # resets the peak resident set size
+            self.start = resident("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.gib = (torch.cuda.max_memory_allocated() - self.start) / 2**30
+        else:
+            self.gib = (resident("VmHWM") - self.start) / 2**30
+
+
+def resident(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def timed(function, repeats):
+    """(min, median) seconds of `repeats` calls, after one call to warm up."""
+    function()
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        seconds.append(time.perf_counter() - started)
+    return min(seconds), statistics.median(seconds)
+
+
+# 1. Scoring ------------------------------------------------------------------------------------------
+
+def scoring(args, device):
+    """Random weights and tokens in a mid-sized shape: what matters here is sequence lengths, not values."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=32768, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024)
+    model = Qwen2ForCausalLM(config).to(device)
+    rollouts, prompt, response, forks_per_rollout, K, L = 4, 192, 160, 4, 4, 16
+    prompt_ids = torch.randint(10, 32000, (rollouts, prompt), device=device)
+    response_ids = torch.randint(10, 32000, (rollouts, response), device=device)
+    rollout = omniopd.Rollout(prompt_ids, torch.ones_like(prompt_ids), response_ids, torch.ones_like(response_ids))
+    forks = [(b, 64 + 16 * i) for b in range(rollouts) for i in range(forks_per_rollout)]   # prefixes 256..304
+    chunks = [[response_ids[b, t:t + L].tolist()] + [torch.randint(10, 32000, (L,)).tolist() for _ in range(K - 1)]
+              for b, t in forks]
+    drafts = omniopd.Drafts([prompt_ids[b].tolist() + response_ids[b, :t].tolist() for b, t in forks], chunks, forks)
+    target = torch.full((len(forks), K), 1 / K, device=device)
+
+    def definition():
+        model.zero_grad(set_to_none=True)
+        logits = omniopd.response_logits(model, rollout)
+        logprobs, lengths = omniopd.chunk_logprobs(model, drafts, 0)
+        (omniopd.chunk_loss(target, logprobs, lengths) + logits.logsumexp(-1).mean() * 1e-3).backward()
+
+    def packed():
+        model.zero_grad(set_to_none=True)
+        logits, logprobs, lengths = omniopd.rollout_and_drafts_forward(model, rollout, drafts)
+        (omniopd.chunk_loss(target, logprobs, lengths) + logits.logsumexp(-1).mean() * 1e-3).backward()
+
+    tokens_definition = rollouts * (prompt + response) + sum(len(p) + L for p in drafts.prefix_ids for _ in range(K))
+    tokens_packed = rollouts * (prompt + response + forks_per_rollout * (K - 1) * L)
+    results = {}
+    for name, function in (("definition (prefix written out per draft)", definition), ("packed, one pass", packed)):
+        with PeakMemory(device) as memory:
+            function()
+        results[name] = (*timed(function, args.repeats), memory.gib)
+    say(f"## 1. Scoring: F·K = {len(forks) * K} drafts of L = {L} on prefixes of 256-304 tokens "
+        f"({rollouts} rollouts of {prompt} + {response} tokens; Qwen2 4 layers × 256, V = 32,768; forward + backward)")
+    say()
+    say("| scorer | forward tokens | ratio | time min / median (s) | ratio | peak memory (GiB) | ratio |")
+    say("|---|---|---|---|---|---|---|")
+    base = results["definition (prefix written out per draft)"]
+    for (name, (fastest, median, gib)), tokens in zip(results.items(), (tokens_definition, tokens_packed)):
+        say(f"| {name} | {tokens:,} | {tokens / tokens_definition:.2f} | {fastest:.3f} / {median:.3f} | "
+            f"{median / base[1]:.2f} | {gib:.3f} | {gib / base[2]:.2f} |")
+    say(f"\nPacked: {tokens_definition / tokens_packed:.1f}× fewer forward tokens, "
+        f"{base[1] / results['packed, one pass'][1]:.1f}× faster, "
+        f"{base[2] / max(results['packed, one pass'][2], 1e-9):.1f}× less peak memory.")
+
+
+# 2-3. Whole steps ------------------------------------------------------------------------------------------
+
+def toy_run(device, **options):
+    cfg = omniopd.Config(similarity="embed", eval_size=0, out="/tmp/omniopd-speed", device=device.type,
+                         **options).resolved()
+    run = omniopd.setup(cfg)
+    rows = omniopd.load_rows("toy", "train", 0)
+    return run, rows, cfg
+
+
+def step_seconds(run, rows, cfg, repeats):
+    """(min, median) of whole steps (collect, loss, backward, update) and the median stage profile."""
+    collect, loss_fn = omniopd.METHODS[cfg.method]
+    profiles = []
+
+    def one_step():
+        batch = collect(run, omniopd.batch_rows(rows, run.step, cfg), cfg)
+        with run.clock("loss"):
+            loss, _ = loss_fn(run, batch, cfg)
+        with run.clock("backward"):
+            omniopd.update(run, loss, cfg.grad_clip)
+        run.step += 1
+        profiles.append(run.clock.take())
+    fastest, median = timed(one_step, repeats)
+    stages = sorted({k for p in profiles for k in p})
+    return fastest, median, {k: statistics.median(p.get(k, 0.0) for p in profiles) for k in stages}
+
+
+def whole_steps(args, device):
+    say("\n## 2. A whole step on the toy comparison's shapes (batch 16, rollouts up to 48 tokens, K = M = 4, L = 16)")
+    say()
+    say("| method | step min / median (s) | ratio to OPD | stage medians (s) |")
+    say("|---|---|---|---|")
+    results = {}
+    for name, options in (("OPD, sampled-token", {"method": "opd"}), ("OmniOPD", {})):
+        run, rows, cfg = toy_run(device, **options)
+        results[name] = step_seconds(run, rows, cfg, args.repeats)
+    base = results["OPD, sampled-token"][1]
+    for name, (fastest, median, stages) in results.items():
+        profile = ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in stages.items())
+        say(f"| {name} | {fastest:.3f} / {median:.3f} | {median / base:.2f} | {profile} |")
+
+    say("\n## 3. The OmniOPD step as B, K, M and L double (exponent = log2 of the time ratio; 1 = linear)")
+    say()
+    say("| doubled | step median (s) | ratio to base | exponent |")
+    say("|---|---|---|---|")
+    base_options = {"batch_size": 8, "num_drafts": 4, "teacher_samples": 4, "chunk_len": 8}
+    run, rows, cfg = toy_run(device, **base_options)
+    base = step_seconds(run, rows, cfg, args.repeats)[1]
+    say(f"| none (B 8, K 4, M 4, L 8) | {base:.3f} | 1.00 | |")
+    for field, label in (("batch_size", "B"), ("num_drafts", "K"), ("teacher_samples", "M"), ("chunk_len", "L")):
+        doubled = dataclasses.replace(cfg, **{field: 2 * base_options[field]}).resolved()
+        doubled.fork_gap = doubled.chunk_len
+        median = step_seconds(run, rows, doubled, args.repeats)[1]
+        say(f"| {label} | {median:.3f} | {median / base:.2f} | {__import__('math').log2(median / base):.2f} |")
+
+
+# 4. TRL -------------------------------------------------------------------------------------------------
+
+CHAT = ("{% for m in messages %}{% if m['role'] == 'user' %}Question: {{ m['content'] }}\n{% else %}"
+        "Answer: {{ m['content'] }}{% endif %}{% endfor %}{% if add_generation_prompt %}Answer: {% endif %}")
+
+
+def against_trl(args, device):
+    say("\n## 4. Our OPD step against TRL's GKDTrainer (on-policy, reverse KL), identical models and batch")
+    say()
+    try:
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        import trl
+        from datasets import Dataset
+        from trl.experimental.gkd import GKDConfig, GKDTrainer
+    except ImportError as error:
+        say(f"TRL not installed ({error}): pip install -r bench/requirements.txt")
+        return
+    batch_size, length = 16, 48
+    run, rows, cfg = toy_run(device, method="opd", batch_size=batch_size, max_new_tokens=length)
+    ours = step_seconds(run, rows, cfg, args.repeats)
+    student, tokenizer = omniopd.load_model("toy", "student", device)
+    teacher, _ = omniopd.load_model("toy", "teacher", device)
+    tokenizer.chat_template = CHAT   # the toy tokenizer has none; this one writes our plain prompt
+    messages = [[{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}]
+                for r in rows[:256]]
+    trainer = GKDTrainer(model=student, teacher_model=teacher, processing_class=tokenizer,
+                         train_dataset=Dataset.from_dict({"messages": messages}),
+                         args=GKDConfig(output_dir="/tmp/omniopd-speed-trl", per_device_train_batch_size=batch_size,
+                                        lmbda=1.0, beta=1.0, temperature=1.0, max_new_tokens=length,
+                                        learning_rate=cfg.lr, report_to=[], use_cpu=device.type == "cpu",
+                                        bf16=False, max_length=256, logging_steps=10**6))
+    trainer.create_optimizer_and_scheduler(num_training_steps=100)
+    batches = iter(trainer.get_train_dataloader())
+
+    def trl_step():
+        trainer.training_step(trainer.model, next(batches))
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad()
+    theirs = timed(trl_step, args.repeats)
+    say(f"TRL {trl.__version__}. Both: the toy student and teacher, {batch_size} prompts, sampling at τ = 1 up to "
+        f"{length} new tokens, one AdamW step.")
+    say()
+    say("| step | min / median (s) | ratio to TRL GKDTrainer |")
+    say("|---|---|---|")
+    say(f"| TRL GKDTrainer | {theirs[0]:.3f} / {theirs[1]:.3f} | 1.00 |")
+    say(f"| ours, --method opd | {ours[0]:.3f} / {ours[1]:.3f} | {ours[1] / theirs[1]:.2f} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=["scoring", "steps", "trl"], default=None)
+    parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "speed.md"))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.set_num_threads(os.cpu_count() or 2)
+    say(f"# Speed and memory (`python bench/speed.py --device {args.device}`, {args.repeats} repeats, "
+        f"{torch.cuda.get_device_name() if device.type == 'cuda' else f'CPU, {os.cpu_count()} cores'})")
+    say()
+    for part, function in (("scoring", scoring), ("steps", whole_steps), ("trl", against_trl)):
+        if args.only in (None, part):
+            function(args, device)
+    if args.only is None:
+        Path(args.results).write_text("\n".join(LINES) + "\n")
+
+
+if __name__ == "__main__":
+    main()
