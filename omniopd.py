@@ -92,8 +92,9 @@ class Config:
     teacher_timeout: float = option(60.0, "seconds before one teacher request times out")
     teacher_retries: int = option(4, "retries per teacher request on timeouts, 429 and 5xx, with exponential backoff")
     teacher_concurrency: int = option(8, "teacher requests in flight at once")
-    teacher_max_tokens: int = option(0, "most tokens, in the teacher's own tokenizer, one continuation may use (0 = 2·L); "
-                                        "its text is then cut to L student tokens")
+    teacher_max_tokens: int = option(0, "most tokens, in the teacher's own tokenizer, one continuation may use (0 = L for a "
+                                        "local teacher with the student's tokenizer, else 2·L); its text is then cut to L "
+                                        "student tokens")
     teacher_reasoning_effort: str = option("", "API reasoning models: sent as reasoning_effort (e.g. low), with the budget as "
                                               "max_completion_tokens, which thinking also spends: raise --teacher-max-tokens")
     # step 1: on-policy rollout
@@ -487,13 +488,29 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+POSITIONS_AT_ONCE = 512   # vocabulary-wide work is done this many positions at a time
+
+
+def token_logprobs(logits_B_T_V, tokens_B_T):
+    """log π_θ(y_t | x, y_<t) = z_{y_t} - logsumexp_v z_v: no V-wide tensor of log-probabilities."""
+    return logits_B_T_V.gather(-1, tokens_B_T.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits_B_T_V, -1)
+
+
 def token_logprobs_and_entropy(logits_B_T_V, tokens_B_T):
-    """log π_θ(y_t | x, y_<t) and H_t = -Σ_v π_θ(v | x, y_<t) log π_θ(v | x, y_<t)."""
-    logp_B_T_V = F.log_softmax(logits_B_T_V, dim=-1)
-    logprobs_B_T = logp_B_T_V.gather(-1, tokens_B_T.unsqueeze(-1)).squeeze(-1)
-    # H_t = -Σ_v p log p
-    entropy_B_T = -(logp_B_T_V.exp() * logp_B_T_V).sum(-1)
-    return logprobs_B_T, entropy_B_T
+    """log π_θ(y_t | x, y_<t), with gradient, and H_t = -Σ_v π_θ(v | x, y_<t) log π_θ(v | x, y_<t) without (a metric and
+    the scheduler's signal), computed a few positions at a time: no second B × T × V tensor."""
+    logprobs_B_T = token_logprobs(logits_B_T_V, tokens_B_T)
+    with torch.no_grad():
+        flat_N_V = logits_B_T_V.detach().flatten(0, -2)
+        entropy_N = torch.cat([entropy(flat_N_V[i:i + POSITIONS_AT_ONCE])
+                               for i in range(0, flat_N_V.shape[0], POSITIONS_AT_ONCE)])
+    return logprobs_B_T, entropy_N.view(tokens_B_T.shape)
+
+
+def entropy(logits_N_V):
+    """H = -Σ_v p log p per row."""
+    logp_N_V = F.log_softmax(logits_N_V.float(), dim=-1)
+    return -(logp_N_V.exp() * logp_N_V).sum(-1)
 
 
 # ----------------------------------------------------------------------------
@@ -835,12 +852,14 @@ def make_teacher(cfg, device):
 def teacher_rollouts(teacher, prefix_texts: list[str], num_samples: int, chunk_len: int, tokenizer,
                      max_tokens=0, draw=""):
     """Step 4: r^1..r^M = M teacher continuations of each decoded prefix s_t, each about L tokens of text; None
-    where the teacher failed. The teacher may write max_tokens of its own tokens (default 2·L: another tokenizer
-    groups digits and words differently), and each text is cut to its first L tokens in the student's
-    tokenizer, so drafts and teacher rollouts have the same length in the same units.
+    where the teacher failed. The teacher may write max_tokens of its own tokens (default L for a local teacher
+    with the student's tokenizer, else 2·L: another tokenizer groups digits and words differently), and each
+    text is cut to its first L tokens in the student's tokenizer, so drafts and teacher rollouts have the same
+    length in the same units.
     draw names this call ("seed 0 step 12"): a caching teacher (scale/teachers.py) returns its stored answers
     only to the same draw, so a resumed run pays nothing twice and every new step gets fresh samples."""
-    answers = teacher.continuations(prefix_texts, num_samples, max_tokens or 2 * chunk_len, draw)
+    default = chunk_len if getattr(teacher, "shares_tokenizer", False) else 2 * chunk_len
+    answers = teacher.continuations(prefix_texts, num_samples, max_tokens or default, draw)
     return [None if texts is None else [first_tokens(t, tokenizer, chunk_len) for t in texts] for texts in answers]
 
 
@@ -900,9 +919,11 @@ class Similarity:
         texts = [t for cands, refs in zip(candidates_F_K, references_F_M) for t in cands + refs]
         if not texts:
             return []
+        position = {text: i for i, text in enumerate(dict.fromkeys(texts))}   # texts repeat: encode each once
+        vectors = self.encoder.encode(list(position), convert_to_tensor=True, normalize_embeddings=True,
+                                      batch_size=256, show_progress_bar=False).float().cpu()
         # S_km = E(c^k) · E(r^m) with ‖E‖ = 1
-        embeddings = self.encoder.encode(texts, convert_to_tensor=True, normalize_embeddings=True,
-                                         batch_size=256, show_progress_bar=False).float().cpu()
+        embeddings = vectors[[position[t] for t in texts]]
         out, start = [], 0
         for cands, refs in zip(candidates_F_K, references_F_M):
             e_c, e_r = embeddings[start:start + len(cands)], embeddings[start + len(cands):start + len(cands) + len(refs)]
@@ -998,17 +1019,39 @@ def anchor_kl(student_logits_B_T_V, reference_logits_B_T_V, mask_B_T, tokens_B_T
     """Step 8: mean over generated tokens of KL(π_θ(·|s_t) ‖ π_ref(·|s_t)), exact over the vocabulary.
     form="k3": the k3 estimator exp(r) - 1 - r, r = log π_ref(y_t) - log π_θ(y_t), on sampled tokens.
     The mean divides by num_tokens when given."""
-    logp_B_T_V = F.log_softmax(student_logits_B_T_V, dim=-1)
-    ref_logp_B_T_V = F.log_softmax(reference_logits_B_T_V, dim=-1)
     if form == "k3":
-        index = tokens_B_T.unsqueeze(-1)
-        ratio_B_T = (ref_logp_B_T_V.gather(-1, index) - logp_B_T_V.gather(-1, index)).squeeze(-1)
+        ratio_B_T = token_logprobs(reference_logits_B_T_V, tokens_B_T) - token_logprobs(student_logits_B_T_V, tokens_B_T)
         kl_B_T = ratio_B_T.exp() - 1 - ratio_B_T
     else:
-        # KL(π_θ ‖ π_ref) = Σ_v π_θ(v) (log π_θ(v) - log π_ref(v))
-        kl_B_T = (logp_B_T_V.exp() * (logp_B_T_V - ref_logp_B_T_V)).sum(-1)
+        kl_B_T = FullVocabularyKL.apply(student_logits_B_T_V.flatten(0, -2),
+                                        reference_logits_B_T_V.detach().flatten(0, -2)).view(mask_B_T.shape)
     mask = mask_B_T.float()
     return (kl_B_T * mask).sum() / (num_tokens or mask.sum().clamp(min=1))
+
+
+class FullVocabularyKL(torch.autograd.Function):
+    """KL(π_θ ‖ π_ref) = Σ_v p_v (log p_v - log q_v) per position, p = softmax(z), q = softmax(r), computed a few
+    positions at a time. Autograd would keep log p, p, and their product, several B × T × V tensors; this keeps
+    only the logits and recomputes the rest in backward, where ∂KL/∂z_v = p_v (log p_v - log q_v - KL)."""
+
+    @staticmethod
+    def forward(ctx, logits_N_V, reference_N_V):
+        kl_N = torch.empty(logits_N_V.shape[0], device=logits_N_V.device)
+        for rows in torch.arange(logits_N_V.shape[0]).split(POSITIONS_AT_ONCE):
+            logp, logq = F.log_softmax(logits_N_V[rows].float(), -1), F.log_softmax(reference_N_V[rows].float(), -1)
+            # KL(π_θ ‖ π_ref) = Σ_v π_θ(v) (log π_θ(v) - log π_ref(v))
+            kl_N[rows] = (logp.exp() * (logp - logq)).sum(-1)
+        ctx.save_for_backward(logits_N_V, reference_N_V, kl_N)
+        return kl_N
+
+    @staticmethod
+    def backward(ctx, grad_kl_N):
+        logits_N_V, reference_N_V, kl_N = ctx.saved_tensors
+        grad_N_V = torch.empty_like(logits_N_V)
+        for rows in torch.arange(logits_N_V.shape[0]).split(POSITIONS_AT_ONCE):
+            logp, logq = F.log_softmax(logits_N_V[rows].float(), -1), F.log_softmax(reference_N_V[rows].float(), -1)
+            grad_N_V[rows] = (grad_kl_N[rows, None] * logp.exp() * (logp - logq - kl_N[rows, None])).to(grad_N_V.dtype)
+        return grad_N_V, None
 
 
 # ----------------------------------------------------------------------------
@@ -1338,10 +1381,12 @@ def setup(cfg, teacher=None) -> RunState:
         fp32_output_head(reference.eval().requires_grad_(False))
     if cfg.method != "grpo":   # GRPO learns from rewards alone
         teacher = teacher or make_teacher(cfg, device)
+    if isinstance(teacher, HFTeacher):
+        teacher.shares_tokenizer = teacher.tokenizer.get_vocab() == tokenizer.get_vocab()
     if cfg.method == "opd":
         if not isinstance(teacher, HFTeacher):
             raise OmniOPDError("--method opd needs the teacher's logits: give a local model, not openai:")
-        if teacher.tokenizer.get_vocab() != tokenizer.get_vocab():
+        if not teacher.shares_tokenizer:
             raise OmniOPDError("--method opd needs a teacher with the student's tokenizer; this teacher's differs")
     similarity = Similarity(cfg.similarity, cfg.similarity_model, device) if cfg.method == "omniopd" else None
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

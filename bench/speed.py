@@ -8,6 +8,7 @@
    (response_logits + chunk_logprobs, the definition) against one packed pass per rollout
    (rollout_and_drafts_forward): forward tokens, time and peak memory, at F·K = 64 drafts of
    L = 16 on prefixes of 256 tokens and more.
+1b. The anchor's full-vocabulary KL: autograd through the formula against FullVocabularyKL.
 2. A whole OmniOPD step against a whole OPD step on the toy comparison's shapes, with the stage profile.
 3. The OmniOPD step as B, K, M and L double: the fitted exponent of each.
 4. Our OPD step against TRL's GKDTrainer (lmbda 1: on-policy; beta 1: reverse KL) on the same student,
@@ -31,7 +32,6 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import omniopd  # noqa: E402
-import toyworld  # noqa: E402
 
 LINES = []
 
@@ -85,8 +85,9 @@ def timed(function, repeats):
 
 # 1. Scoring ------------------------------------------------------------------------------------------
 
-def scoring(args, device):
-    """Random weights and tokens in a mid-sized shape: what matters here is sequence lengths, not values."""
+def scoring_setup(device):
+    """Random weights and tokens in a mid-sized shape: what matters here is sequence lengths, not values.
+    Returns {scorer name: function}, the forward token counts, and a description."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=32768, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
@@ -113,25 +114,71 @@ def scoring(args, device):
         logits, logprobs, lengths = omniopd.rollout_and_drafts_forward(model, rollout, drafts)
         (omniopd.chunk_loss(target, logprobs, lengths) + logits.logsumexp(-1).mean() * 1e-3).backward()
 
-    tokens_definition = rollouts * (prompt + response) + sum(len(p) + L for p in drafts.prefix_ids for _ in range(K))
-    tokens_packed = rollouts * (prompt + response + forks_per_rollout * (K - 1) * L)
-    results = {}
-    for name, function in (("definition (prefix written out per draft)", definition), ("packed, one pass", packed)):
-        with PeakMemory(device) as memory:
-            function()
-        results[name] = (*timed(function, args.repeats), memory.gib)
-    say(f"## 1. Scoring: F·K = {len(forks) * K} drafts of L = {L} on prefixes of 256-304 tokens "
-        f"({rollouts} rollouts of {prompt} + {response} tokens; Qwen2 4 layers × 256, V = 32,768; forward + backward)")
+    tokens = {"definition (prefix written out per draft)": rollouts * (prompt + response) + sum(
+                  len(p) + L for p in drafts.prefix_ids for _ in range(K)),
+              "packed, one pass": rollouts * (prompt + response + forks_per_rollout * (K - 1) * L)}
+    about = (f"F·K = {len(forks) * K} drafts of L = {L} on prefixes of 256-304 tokens ({rollouts} rollouts of "
+             f"{prompt} + {response} tokens; Qwen2 4 layers × 256, V = 32,768; forward + backward)")
+    return {"definition (prefix written out per draft)": definition, "packed, one pass": packed}, tokens, about
+
+
+def memory_in_own_process(part, name, device) -> float:
+    """Peak memory of one call of a variant, in a fresh process: in a process that ran the other variant
+    first, the allocator would hand back memory it kept, and the second would look free."""
+    import json
+    import subprocess
+    done = subprocess.run([sys.executable, __file__, "--device", device.type, "--memory-of", f"{part}:{name}"],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])["gib"]
+
+
+def scoring(args, device):
+    scorers, tokens, about = scoring_setup(device)
+    results = {name: (*timed(function, args.repeats), memory_in_own_process("scoring", name, device))
+               for name, function in scorers.items()}
+    say(f"## 1. Scoring: {about}")
     say()
     say("| scorer | forward tokens | ratio | time min / median (s) | ratio | peak memory (GiB) | ratio |")
     say("|---|---|---|---|---|---|---|")
-    base = results["definition (prefix written out per draft)"]
-    for (name, (fastest, median, gib)), tokens in zip(results.items(), (tokens_definition, tokens_packed)):
-        say(f"| {name} | {tokens:,} | {tokens / tokens_definition:.2f} | {fastest:.3f} / {median:.3f} | "
+    base, base_tokens = results["definition (prefix written out per draft)"], tokens["definition (prefix written out per draft)"]
+    for name, (fastest, median, gib) in results.items():
+        say(f"| {name} | {tokens[name]:,} | {tokens[name] / base_tokens:.2f} | {fastest:.3f} / {median:.3f} | "
             f"{median / base[1]:.2f} | {gib:.3f} | {gib / base[2]:.2f} |")
-    say(f"\nPacked: {tokens_definition / tokens_packed:.1f}× fewer forward tokens, "
+    say(f"\nPacked: {base_tokens / tokens['packed, one pass']:.1f}× fewer forward tokens, "
         f"{base[1] / results['packed, one pass'][1]:.1f}× faster, "
         f"{base[2] / max(results['packed, one pass'][2], 1e-9):.1f}× less peak memory.")
+
+
+def anchor_setup(device):
+    """The anchor's full-vocabulary KL and its backward on 4 × 512 positions, V = 32,768 (fp32 logits, 256 MiB
+    each): autograd through the formula, as omniopd.py computed it before, against FullVocabularyKL."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    logits = torch.randn(4, 512, 32768, device=device, requires_grad=True)
+    reference = torch.randn(4, 512, 32768, device=device)
+
+    def formula():
+        logits.grad = None
+        logp, ref_logp = F.log_softmax(logits, -1), F.log_softmax(reference, -1)
+        (logp.exp() * (logp - ref_logp)).sum(-1).mean().backward()
+
+    def lean():
+        logits.grad = None
+        omniopd.FullVocabularyKL.apply(logits.flatten(0, 1), reference.flatten(0, 1)).mean().backward()
+    return {"autograd through the formula (before)": formula, "FullVocabularyKL (now)": lean}
+
+
+def anchor(args, device):
+    variants = anchor_setup(device)
+    results = {name: (*timed(function, args.repeats), memory_in_own_process("anchor", name, device))
+               for name, function in variants.items()}
+    say("\n## 1b. The anchor's full-vocabulary KL, forward and backward, 4 × 512 positions, V = 32,768")
+    say()
+    say("| computed by | time min / median (s) | ratio | peak memory above the logits (GiB) | ratio |")
+    say("|---|---|---|---|---|")
+    base = results["autograd through the formula (before)"]
+    for name, (fastest, median, gib) in results.items():
+        say(f"| {name} | {fastest:.3f} / {median:.3f} | {median / base[1]:.2f} | {gib:.3f} | {gib / base[2]:.2f} |")
 
 
 # 2-3. Whole steps ------------------------------------------------------------------------------------------
@@ -180,13 +227,12 @@ def whole_steps(args, device):
     say()
     say("| doubled | step median (s) | ratio to base | exponent |")
     say("|---|---|---|---|")
-    base_options = {"batch_size": 8, "num_drafts": 4, "teacher_samples": 4, "chunk_len": 8}
+    base_options = {"batch_size": 8, "num_drafts": 4, "teacher_samples": 4, "chunk_len": 8, "fork_gap": 8}
     run, rows, cfg = toy_run(device, **base_options)
     base = step_seconds(run, rows, cfg, args.repeats)[1]
-    say(f"| none (B 8, K 4, M 4, L 8) | {base:.3f} | 1.00 | |")
+    say(f"| none (B 8, K 4, M 4, L 8; fork gap 8 throughout) | {base:.3f} | 1.00 | |")
     for field, label in (("batch_size", "B"), ("num_drafts", "K"), ("teacher_samples", "M"), ("chunk_len", "L")):
-        doubled = dataclasses.replace(cfg, **{field: 2 * base_options[field]}).resolved()
-        doubled.fork_gap = doubled.chunk_len
+        doubled = dataclasses.replace(cfg, **{field: 2 * base_options[field]})   # the fork gap stays 8
         median = step_seconds(run, rows, doubled, args.repeats)[1]
         say(f"| {label} | {median:.3f} | {median / base:.2f} | {__import__('math').log2(median / base):.2f} |")
 
@@ -222,36 +268,66 @@ def against_trl(args, device):
                                         lmbda=1.0, beta=1.0, temperature=1.0, max_new_tokens=length,
                                         learning_rate=cfg.lr, report_to=[], use_cpu=device.type == "cpu",
                                         bf16=False, max_length=256, logging_steps=10**6))
-    trainer.create_optimizer_and_scheduler(num_training_steps=100)
-    batches = iter(trainer.get_train_dataloader())
-
-    def trl_step():
-        trainer.training_step(trainer.model, next(batches))
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad()
-    theirs = timed(trl_step, args.repeats)
+    rows_trl = {"TRL GKDTrainer": timed(trl_step_function(trainer), args.repeats)}
+    try:
+        from trl import DistillationConfig, DistillationTrainer
+        student, _ = omniopd.load_model("toy", "student", device)
+        distill = DistillationTrainer(   # always on-policy; beta 1 is reverse KL; reads prompts only
+            model=student, teacher_model=teacher, processing_class=tokenizer,
+            train_dataset=Dataset.from_dict({"prompt": [m[:1] for m in messages]}),
+            args=DistillationConfig(output_dir="/tmp/omniopd-speed-trl2", per_device_train_batch_size=batch_size,
+                                    beta=1.0, temperature=1.0, top_k=0, top_p=1.0, max_completion_length=length,
+                                    learning_rate=cfg.lr, report_to=[], use_cpu=device.type == "cpu", bf16=False,
+                                    logging_steps=10**6))
+        rows_trl["TRL DistillationTrainer"] = timed(trl_step_function(distill), args.repeats)
+    except (ImportError, TypeError, ValueError) as error:
+        say(f"(DistillationTrainer not measured: {type(error).__name__}: {str(error)[:120]})")
+    theirs = rows_trl["TRL GKDTrainer"]
     say(f"TRL {trl.__version__}. Both: the toy student and teacher, {batch_size} prompts, sampling at τ = 1 up to "
         f"{length} new tokens, one AdamW step.")
     say()
     say("| step | min / median (s) | ratio to TRL GKDTrainer |")
     say("|---|---|---|")
-    say(f"| TRL GKDTrainer | {theirs[0]:.3f} / {theirs[1]:.3f} | 1.00 |")
+    for name, (fastest, median) in rows_trl.items():
+        say(f"| {name} | {fastest:.3f} / {median:.3f} | {median / theirs[1]:.2f} |")
     say(f"| ours, --method opd | {ours[0]:.3f} / {ours[1]:.3f} | {ours[1] / theirs[1]:.2f} |")
+
+
+def trl_step_function(trainer):
+    """One TRL step as its train() loop makes it: training_step (generate, loss, backward), then AdamW."""
+    trainer.create_optimizer_and_scheduler(num_training_steps=100)
+    trainer.current_gradient_accumulation_steps = 1   # train() sets this; we call training_step directly
+    batches = iter(trainer.get_train_dataloader())
+
+    def step():
+        trainer.training_step(trainer.model, next(batches), None)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad()
+    return step
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", choices=["scoring", "steps", "trl"], default=None)
+    parser.add_argument("--only", choices=["scoring", "anchor", "steps", "trl"], default=None)
     parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "speed.md"))
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)   # internal: PART:NAME, one variant's peak, alone
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.memory_of:
+        import json
+        part, name = args.memory_of.split(":", 1)
+        function = (scoring_setup(device)[0] if part == "scoring" else anchor_setup(device))[name]
+        with PeakMemory(device) as memory:
+            function()
+        print(json.dumps({"gib": memory.gib}))
+        return
     torch.set_num_threads(os.cpu_count() or 2)
     say(f"# Speed and memory (`python bench/speed.py --device {args.device}`, {args.repeats} repeats, "
         f"{torch.cuda.get_device_name() if device.type == 'cuda' else f'CPU, {os.cpu_count()} cores'})")
     say()
-    for part, function in (("scoring", scoring), ("steps", whole_steps), ("trl", against_trl)):
+    for part, function in (("scoring", scoring), ("anchor", anchor), ("steps", whole_steps), ("trl", against_trl)):
         if args.only in (None, part):
             function(args, device)
     if args.only is None:

@@ -338,3 +338,20 @@ def test_a_draft_is_decoded_in_context_so_sentencepiece_keeps_its_leading_space(
     assert omniopd.decode_after(tokenizer, prefix, chunk) == " is 5."
     bpe = toyworld.build_char_tokenizer()   # byte-level: the same either way
     assert omniopd.decode_after(bpe, bpe("7+5")["input_ids"], bpe("=12.")["input_ids"]) == "=12."
+
+
+def test_full_vocabulary_kl_function_equals_autograd_through_the_formula():
+    """The lean anchor (omniopd.FullVocabularyKL, position chunks, recomputed softmax) against torch.distributions."""
+    torch.manual_seed(0)
+    positions = omniopd.POSITIONS_AT_ONCE + 37          # more than one chunk
+    logits = (3 * torch.randn(2, positions // 2 + 1, 50)).requires_grad_()
+    reference = 3 * torch.randn(2, positions // 2 + 1, 50)
+    weights = torch.rand(2, positions // 2 + 1)          # a loss that weighs positions differently
+    expected = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=logits),
+                                                 torch.distributions.Categorical(logits=reference))
+    (expected * weights).sum().backward()
+    expected_grad, logits.grad = logits.grad.clone(), None
+    kl = omniopd.FullVocabularyKL.apply(logits.flatten(0, 1), reference.flatten(0, 1)).view(2, -1)
+    (kl * weights).sum().backward()
+    assert torch.allclose(kl, expected, atol=1e-5)
+    assert torch.allclose(logits.grad, expected_grad, atol=1e-5)
