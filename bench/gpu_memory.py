@@ -65,6 +65,8 @@ def main():
     teacher = qwen_like(3584, args.teacher_layers, 28, 4, 18944, torch.bfloat16, False).requires_grad_(False)
     for model in (student, reference, teacher):
         model.generation_config.eos_token_id = 2
+    omniopd.fp32_output_head(student)                                        # as omniopd.setup does
+    omniopd.fp32_output_head(reference)
     print(f"student {sum(p.numel() for p in student.parameters()) / 1e9:.2f}B params, "
           f"teacher {sum(p.numel() for p in teacher.parameters()) / 1e9:.2f}B params", flush=True)
     cfg = omniopd.Config(student="qwen-like", batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
