@@ -123,10 +123,11 @@ def test_omniopd_with_the_llama_cpp_server_as_teacher(llama_server, tmp_path, mo
     assert KEY not in done.stdout + done.stderr + (out / "config.json").read_text()
 
 
-def test_scale_pool_with_the_llama_cpp_server_as_teacher(llama_server, tmp_path):
+@pytest.mark.parametrize("mode", ["chat", "completion"])
+def test_scale_pool_with_the_llama_cpp_server_as_teacher(llama_server, tmp_path, mode):
     out = tmp_path / "run"
-    done = cli("--teacher", "openai:smollm2", "--teacher-base-url", llama_server.url, *SHORT, "--chunk-len", "8",
-               "--out", str(out), script="scale/train.py", env={"OPENAI_API_KEY": KEY})
+    done = cli("--teacher", "openai:smollm2", "--teacher-base-url", llama_server.url, "--teacher-mode", mode, *SHORT,
+               "--chunk-len", "8", "--out", str(out), script="scale/train.py", env={"OPENAI_API_KEY": KEY})
     assert done.returncode == 0, done.stderr[-3000:]
     steps = steps_of(out)
     assert all(m["forks/count"] > 0 and m["forks/skipped"] == 0 for m in steps)
