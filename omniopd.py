@@ -502,12 +502,12 @@ def token_logprobs_and_entropy(logits_B_T_V, tokens_B_T):
     logprobs_B_T = token_logprobs(logits_B_T_V, tokens_B_T)
     with torch.no_grad():
         flat_N_V = logits_B_T_V.detach().flatten(0, -2)
-        entropy_N = torch.cat([entropy(flat_N_V[i:i + POSITIONS_AT_ONCE])
+        entropy_N = torch.cat([entropy_of(flat_N_V[i:i + POSITIONS_AT_ONCE])
                                for i in range(0, flat_N_V.shape[0], POSITIONS_AT_ONCE)])
     return logprobs_B_T, entropy_N.view(tokens_B_T.shape)
 
 
-def entropy(logits_N_V):
+def entropy_of(logits_N_V):
     """H = -Σ_v p log p per row."""
     logp_N_V = F.log_softmax(logits_N_V.float(), dim=-1)
     return -(logp_N_V.exp() * logp_N_V).sum(-1)
@@ -1037,7 +1037,8 @@ class FullVocabularyKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits_N_V, reference_N_V):
         kl_N = torch.empty(logits_N_V.shape[0], device=logits_N_V.device)
-        for rows in torch.arange(logits_N_V.shape[0]).split(POSITIONS_AT_ONCE):
+        for start in range(0, logits_N_V.shape[0], POSITIONS_AT_ONCE):
+            rows = slice(start, start + POSITIONS_AT_ONCE)
             logp, logq = F.log_softmax(logits_N_V[rows].float(), -1), F.log_softmax(reference_N_V[rows].float(), -1)
             # KL(π_θ ‖ π_ref) = Σ_v π_θ(v) (log π_θ(v) - log π_ref(v))
             kl_N[rows] = (logp.exp() * (logp - logq)).sum(-1)
@@ -1048,7 +1049,8 @@ class FullVocabularyKL(torch.autograd.Function):
     def backward(ctx, grad_kl_N):
         logits_N_V, reference_N_V, kl_N = ctx.saved_tensors
         grad_N_V = torch.empty_like(logits_N_V)
-        for rows in torch.arange(logits_N_V.shape[0]).split(POSITIONS_AT_ONCE):
+        for start in range(0, logits_N_V.shape[0], POSITIONS_AT_ONCE):
+            rows = slice(start, start + POSITIONS_AT_ONCE)
             logp, logq = F.log_softmax(logits_N_V[rows].float(), -1), F.log_softmax(reference_N_V[rows].float(), -1)
             grad_N_V[rows] = (grad_kl_N[rows, None] * logp.exp() * (logp - logq - kl_N[rows, None])).to(grad_N_V.dtype)
         return grad_N_V, None
