@@ -87,10 +87,13 @@ def write_report(results, args):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "real_lm.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     base = results["student (untrained)"]["accuracy"]
+    first_eval = Path(args.runs) / "student_(untrained)-seed0" / "eval-step-000000.jsonl"
+    evaluated = len(first_eval.read_text().splitlines()) if first_eval.exists() else args.eval_size
     lines = [f"# SmolLM2-135M-Instruct as student: every method, {args.steps} steps × {args.batch_size} rollouts, "
              f"lr {args.lr:g}, seed {args.seed}", "",
              f"Made by `python bench/real_lm.py` (device {args.device}). reasoning-gym chain_sum (2-3 terms, 1-2 "
-             f"digits), greedy pass@1 on {args.eval_size} held-out problems. The API teacher is the same GGUF behind "
+             f"digits), greedy pass@1 on {evaluated} held-out problems ({args.eval_size} generated, those also in the "
+             "training data left out; one standard error is about 3 points). The API teacher is the same GGUF behind "
              "llama.cpp's server; see the script's docstring for what that means for each row.", "",
              "| method | accuracy | vs untrained | curve (step: accuracy) | wall time (s) | teacher calls |",
              "|---|---|---|---|---|---|"]
