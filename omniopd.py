@@ -377,9 +377,10 @@ def encode_prompts(tokenizer, questions: list[str], template: str, device, syste
     return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=template != "chat").to(device)
 
 
-def generate(model, tokenizer, input_ids, attention_mask, max_new_tokens, temperature, n=1):
+def generate(model, tokenizer, input_ids, attention_mask, max_new_tokens, temperature, n=1, watch=None):
     """Sample from softmax(logits / τ) (temperature > 0) or decode greedily: no top-k, top-p, min-p or penalties,
-    whatever the checkpoint's generation_config.json says."""
+    whatever the checkpoint's generation_config.json says. watch: a logits processor that sees each step's raw
+    logits (EntropyRecorder)."""
     from transformers import GenerationConfig
     sampling = (dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, num_return_sequences=n)
                 if temperature > 0 else dict(do_sample=False))   # n greedy answers are one answer n times
@@ -392,7 +393,8 @@ def generate(model, tokenizer, input_ids, attention_mask, max_new_tokens, temper
     model.eval()  # in train mode, gradient checkpointing would switch off the KV cache
     try:
         with torch.no_grad():
-            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                                 logits_processor=[watch] if watch else None)
     finally:
         model.generation_config = checkpoint_defaults
         model.train(was_training)
@@ -452,17 +454,34 @@ class Rollout:
     prompt_mask_B_P: torch.Tensor
     response_ids_B_T: torch.Tensor    # sampled y, padded after its end
     response_mask_B_T: torch.Tensor   # 1 on y's tokens up to and including EOS
+    entropy_B_T: torch.Tensor | None = None   # H_t of π_θ(·|x, y_<t), recorded while sampling
+
+
+class EntropyRecorder:
+    """A logits processor that keeps H_t = -Σ_v π_θ(v|x, y_<t) log π_θ(v|x, y_<t) of every generation step.
+    generate() applies it before the temperature, so it sees π_θ itself, and the rollout needs no second
+    forward pass to find its forks."""
+
+    def __init__(self):
+        self.steps = []
+
+    def __call__(self, input_ids, scores):
+        self.steps.append(entropy_of(scores))
+        return scores
 
 
 def sample_rollouts(student, tokenizer, questions, cfg) -> Rollout:
-    """Step 1: y ~ π_θ(·|x) at temperature τ, up to max_new_tokens; marks where each y ends."""
+    """Step 1: y ~ π_θ(·|x) at temperature τ, up to max_new_tokens; marks where each y ends and keeps each
+    position's entropy H_t."""
     prompts = encode_prompts(tokenizer, questions, cfg.prompt_template, student.device, cfg.system_prompt)
+    recorder = EntropyRecorder()
     response_ids_B_T = generate(student, tokenizer, prompts.input_ids, prompts.attention_mask,
-                                cfg.max_new_tokens, cfg.temperature)
+                                cfg.max_new_tokens, cfg.temperature, watch=recorder)
     is_stop_B_T = torch.isin(response_ids_B_T, torch.tensor(stop_token_ids(student, tokenizer), device=student.device))
     # a token is part of y if no stop token came strictly before it
     stops_before_B_T = is_stop_B_T.long().cumsum(-1) - is_stop_B_T.long()
-    return Rollout(prompts.input_ids, prompts.attention_mask, response_ids_B_T, (stops_before_B_T == 0).long())
+    return Rollout(prompts.input_ids, prompts.attention_mask, response_ids_B_T, (stops_before_B_T == 0).long(),
+                   torch.stack(recorder.steps, 1) if recorder.steps else None)
 
 
 def response_texts(tokenizer, rollout: Rollout) -> list[str]:
@@ -1080,7 +1099,9 @@ def omniopd_collect(run, rows, cfg) -> StepBatch:
     student, tokenizer = run.student, run.tokenizer
     with run.clock("rollout"):
         rollout = sample_rollouts(student, tokenizer, [r["question"] for r in rows], cfg)      # step 1
-        _, entropy_B_T = token_logprobs_and_entropy(response_logits(student, rollout), rollout.response_ids_B_T)
+        entropy_B_T = rollout.entropy_B_T
+        if entropy_B_T is None:   # a rollout not sampled here: one forward pass gives H_t
+            _, entropy_B_T = token_logprobs_and_entropy(response_logits(student, rollout), rollout.response_ids_B_T)
     mask_B_T = rollout.response_mask_B_T
     with run.clock("drafts"):
         forks = select_forks(entropy_B_T, mask_B_T, cfg.audit_budget, cfg.fork_gap,           # step 2

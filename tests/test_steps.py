@@ -355,3 +355,18 @@ def test_full_vocabulary_kl_function_equals_autograd_through_the_formula():
     (kl * weights).sum().backward()
     assert torch.allclose(kl, expected, atol=1e-5)
     assert torch.allclose(logits.grad, expected_grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_the_entropy_recorded_while_sampling_is_the_forward_pass_entropy(tiny_lm, temperature):
+    """H_t of π_θ itself (not of the tempered sampling distribution), without a second forward pass."""
+    model, tokenizer = tiny_lm
+    torch.manual_seed(0)
+    cfg = omniopd.Config(max_new_tokens=20, temperature=temperature)
+    rollout = omniopd.sample_rollouts(model, tokenizer, ["Ann has 3 pens.", "Ben has 12 cats. How many?"], cfg)
+    with torch.no_grad():
+        _, expected = omniopd.token_logprobs_and_entropy(omniopd.response_logits(model, rollout),
+                                                         rollout.response_ids_B_T)
+    mask = rollout.response_mask_B_T.bool()
+    assert rollout.entropy_B_T.shape == rollout.response_ids_B_T.shape
+    assert torch.allclose(rollout.entropy_B_T[mask], expected[mask], atol=1e-4)

@@ -17,15 +17,19 @@
 #
 # ## Code
 # `sample_rollouts` samples with Hugging Face `generate` (no top-k, top-p or penalties,
-# so the samples really come from $\pi_\theta$) and marks where each y ends;
-# `response_logits` runs the one forward pass; `token_logprobs_and_entropy` turns its
-# logits into $\log \pi_\theta(y_t \mid \cdot)$ and $H_t$.
+# so the samples really come from $\pi_\theta$), marks where each y ends, and keeps $H_t$
+# as it samples: `EntropyRecorder` is a logits processor, and `generate` applies it to the
+# raw logits, before the temperature, so it sees $\pi_\theta$ itself and no second forward
+# pass is needed. In the loss, `response_logits` (or the packed pass of page 3) scores y
+# with gradient; `token_logprobs_and_entropy` turns logits into
+# $\log \pi_\theta(y_t \mid \cdot)$ and $H_t$.
 
 # %%
 from helpers import show
 import omniopd
 
 show(omniopd.sample_rollouts)
+show(omniopd.EntropyRecorder)
 show(omniopd.token_logprobs_and_entropy)
 
 # %% [markdown]
@@ -75,5 +79,5 @@ assert rollout.response_mask_B_T[0, :length].all() and length <= page["cfg"].max
 #
 # ## Exercises
 # 1. Sample the same problem at τ = 0.5 and τ = 1.5. Where does the entropy change most?
-# 2. Why is $H_t$ computed from a separate forward pass rather than from `generate`'s
-#    scores? (Hint: what does the temperature do to those scores, and which pass has gradients?)
+# 2. `EntropyRecorder` would see tempered scores if `generate` applied the temperature
+#    first. At τ = 0.5, how far would that $H_t$ be from $\pi_\theta$'s, and which forks would move?
