@@ -393,13 +393,32 @@ def generate(model, tokenizer, input_ids, attention_mask, max_new_tokens, temper
     model.eval()  # in train mode, gradient checkpointing would switch off the KV cache
     try:
         with torch.no_grad():
+            prefilled = {}
+            if n > 1 and temperature > 0 and input_ids.shape[1] > 1:
+                prefilled, input_ids, attention_mask = prefill_once(model, input_ids, attention_mask, n)
+                config.num_return_sequences = 1
             out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                                 logits_processor=[watch] if watch else None)
+                                 logits_processor=[watch] if watch else None, **prefilled)
     finally:
         model.generation_config = checkpoint_defaults
         model.train(was_training)
     out = out if temperature > 0 else out.repeat_interleave(n, dim=0)
     return out[:, input_ids.shape[1]:]
+
+
+def prefill_once(model, input_ids, attention_mask, n):
+    """The KV cache of each prompt but its last token, computed once and copied to its n samples (generate()
+    with num_return_sequences = n would run the prompt n times). Returns generate()'s cache argument and the
+    prompts repeated n times; generate() then starts from the last prompt token, exactly where it would have."""
+    import inspect
+    from transformers import DynamicCache
+    cache = DynamicCache(config=model.config)
+    # transformers 5 renamed past_key_values to cache
+    argument = {("cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"): cache}
+    model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+          position_ids=positions(attention_mask[:, :-1]), use_cache=True, logits_to_keep=1, **argument)
+    cache.batch_repeat_interleave(n)
+    return argument, input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0)
 
 
 def completion_nll(model, tokenizer, questions, completions, template, num_tokens=None, system_prompt="") -> torch.Tensor:
@@ -515,15 +534,56 @@ def token_logprobs(logits_B_T_V, tokens_B_T):
     return logits_B_T_V.gather(-1, tokens_B_T.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits_B_T_V, -1)
 
 
+class PickedTokenLogprobs(torch.autograd.Function):
+    """log π(token_n | ·) = z_{token_n} - logsumexp_v z_v at N picked (row, column) places of a B × S × V logits
+    tensor, a few places at a time. Indexing and logsumexp under autograd would each leave a B × S × V gradient
+    behind; this writes one, ∂/∂z_v = Σ over the picks at a place of g_n (1[v = token_n] - softmax(z)_v), with
+    each place written once (an accumulating write of V-wide rows is threaded, so its sum order, and the
+    last bits of the result, would change from run to run)."""
+
+    @staticmethod
+    def forward(ctx, logits_B_S_V, row_N, column_N, token_N):
+        length = logits_B_S_V.shape[1]
+        places_U, pick_to_place_N = torch.unique(row_N * length + column_N, return_inverse=True)
+        logsumexp_U = torch.empty(places_U.shape[0], device=logits_B_S_V.device)
+        for start in range(0, places_U.shape[0], POSITIONS_AT_ONCE):
+            at = places_U[start:start + POSITIONS_AT_ONCE]
+            logsumexp_U[start:start + POSITIONS_AT_ONCE] = torch.logsumexp(
+                logits_B_S_V[at // length, at % length].float(), -1)
+        ctx.save_for_backward(logits_B_S_V, row_N, column_N, token_N, places_U, pick_to_place_N, logsumexp_U)
+        return logits_B_S_V[row_N, column_N, token_N].float() - logsumexp_U[pick_to_place_N]
+
+    @staticmethod
+    def backward(ctx, grad_N):
+        logits_B_S_V, row_N, column_N, token_N, places_U, pick_to_place_N, logsumexp_U = ctx.saved_tensors
+        (batch, length, vocabulary), grad_N = logits_B_S_V.shape, grad_N.float()
+        grad_B_S_V = torch.zeros(logits_B_S_V.shape, dtype=logits_B_S_V.dtype, device=logits_B_S_V.device)
+        grad_U = torch.zeros_like(logsumexp_U).index_add_(0, pick_to_place_N, grad_N)   # Σ g_n at each place
+        for start in range(0, places_U.shape[0], POSITIONS_AT_ONCE):
+            at, chunk = places_U[start:start + POSITIONS_AT_ONCE], slice(start, start + POSITIONS_AT_ONCE)
+            softmax_u_V = (logits_B_S_V[at // length, at % length].float() - logsumexp_U[chunk, None]).exp_()
+            grad_B_S_V[at // length, at % length] = softmax_u_V.mul_(-grad_U[chunk, None]).to(grad_B_S_V.dtype)
+        flat_N = (row_N * length + column_N) * vocabulary + token_N
+        grad_B_S_V.view(-1).index_add_(0, flat_N, grad_N.to(grad_B_S_V.dtype))   # the 1[v = token_n] terms
+        return grad_B_S_V, None, None, None
+
+
 def token_logprobs_and_entropy(logits_B_T_V, tokens_B_T):
     """log π_θ(y_t | x, y_<t), with gradient, and H_t = -Σ_v π_θ(v | x, y_<t) log π_θ(v | x, y_<t) without (a metric and
     the scheduler's signal), computed a few positions at a time: no second B × T × V tensor."""
     logprobs_B_T = token_logprobs(logits_B_T_V, tokens_B_T)
+    entropy_B_T = torch.empty(tokens_B_T.shape, device=logits_B_T_V.device)
     with torch.no_grad():
-        flat_N_V = logits_B_T_V.detach().flatten(0, -2)
-        entropy_N = torch.cat([entropy_of(flat_N_V[i:i + POSITIONS_AT_ONCE])
-                               for i in range(0, flat_N_V.shape[0], POSITIONS_AT_ONCE)])
-    return logprobs_B_T, entropy_N.view(tokens_B_T.shape)
+        for at in a_few_positions_at_a_time(logits_B_T_V):
+            entropy_B_T[at] = entropy_of(logits_B_T_V[at])
+    return logprobs_B_T, entropy_B_T
+
+
+def a_few_positions_at_a_time(logits_B_T_V):
+    """Index pairs (b, t:t + POSITIONS_AT_ONCE) covering B × T: vocabulary-wide work one slice at a time, on
+    the logits as they are (a slice such as logits[:, :-1] would be copied whole by a flatten)."""
+    batch, length = logits_B_T_V.shape[:2]
+    return [(b, slice(start, start + POSITIONS_AT_ONCE)) for b in range(batch) for start in range(0, length, POSITIONS_AT_ONCE)]
 
 
 def entropy_of(logits_N_V):
@@ -718,9 +778,7 @@ def rollout_and_drafts_forward(model, rollout: Rollout, drafts: Drafts):
         num_forks, num_drafts)
     logprobs_F_K = torch.zeros(num_forks * num_drafts, device=device)
     if rows:
-        row, column = torch.tensor(rows, device=device), torch.tensor(columns, device=device)
-        # log π(c_j | ...) = logit of c_j - logsumexp over the vocabulary: no V-wide copy per draft token
-        token_logprobs = logits[row, column, torch.tensor(tokens, device=device)] - torch.logsumexp(logits, -1)[row, column]
+        token_logprobs = PickedTokenLogprobs.apply(logits, *(torch.tensor(x, device=device) for x in (rows, columns, tokens)))
         logprobs_F_K = logprobs_F_K.index_add(0, torch.tensor(targets, device=device), token_logprobs)
     return logits[:, :T], logprobs_F_K.view(num_forks, num_drafts), lengths_F_K
 
@@ -1042,8 +1100,7 @@ def anchor_kl(student_logits_B_T_V, reference_logits_B_T_V, mask_B_T, tokens_B_T
         ratio_B_T = token_logprobs(reference_logits_B_T_V, tokens_B_T) - token_logprobs(student_logits_B_T_V, tokens_B_T)
         kl_B_T = ratio_B_T.exp() - 1 - ratio_B_T
     else:
-        kl_B_T = FullVocabularyKL.apply(student_logits_B_T_V.flatten(0, -2),
-                                        reference_logits_B_T_V.detach().flatten(0, -2)).view(mask_B_T.shape)
+        kl_B_T = FullVocabularyKL.apply(student_logits_B_T_V, reference_logits_B_T_V.detach())
     mask = mask_B_T.float()
     return (kl_B_T * mask).sum() / (num_tokens or mask.sum().clamp(min=1))
 
@@ -1054,25 +1111,23 @@ class FullVocabularyKL(torch.autograd.Function):
     only the logits and recomputes the rest in backward, where ∂KL/∂z_v = p_v (log p_v - log q_v - KL)."""
 
     @staticmethod
-    def forward(ctx, logits_N_V, reference_N_V):
-        kl_N = torch.empty(logits_N_V.shape[0], device=logits_N_V.device)
-        for start in range(0, logits_N_V.shape[0], POSITIONS_AT_ONCE):
-            rows = slice(start, start + POSITIONS_AT_ONCE)
-            logp, logq = F.log_softmax(logits_N_V[rows].float(), -1), F.log_softmax(reference_N_V[rows].float(), -1)
+    def forward(ctx, logits_B_T_V, reference_B_T_V):
+        kl_B_T = torch.empty(logits_B_T_V.shape[:2], device=logits_B_T_V.device)
+        for at in a_few_positions_at_a_time(logits_B_T_V):
+            logp, logq = F.log_softmax(logits_B_T_V[at].float(), -1), F.log_softmax(reference_B_T_V[at].float(), -1)
             # KL(π_θ ‖ π_ref) = Σ_v π_θ(v) (log π_θ(v) - log π_ref(v))
-            kl_N[rows] = (logp.exp() * (logp - logq)).sum(-1)
-        ctx.save_for_backward(logits_N_V, reference_N_V, kl_N)
-        return kl_N
+            kl_B_T[at] = (logp.exp() * (logp - logq)).sum(-1)
+        ctx.save_for_backward(logits_B_T_V, reference_B_T_V, kl_B_T)
+        return kl_B_T
 
     @staticmethod
-    def backward(ctx, grad_kl_N):
-        logits_N_V, reference_N_V, kl_N = ctx.saved_tensors
-        grad_N_V = torch.empty_like(logits_N_V)
-        for start in range(0, logits_N_V.shape[0], POSITIONS_AT_ONCE):
-            rows = slice(start, start + POSITIONS_AT_ONCE)
-            logp, logq = F.log_softmax(logits_N_V[rows].float(), -1), F.log_softmax(reference_N_V[rows].float(), -1)
-            grad_N_V[rows] = (grad_kl_N[rows, None] * logp.exp() * (logp - logq - kl_N[rows, None])).to(grad_N_V.dtype)
-        return grad_N_V, None
+    def backward(ctx, grad_kl_B_T):
+        logits_B_T_V, reference_B_T_V, kl_B_T = ctx.saved_tensors
+        grad_B_T_V = torch.empty(logits_B_T_V.shape, dtype=logits_B_T_V.dtype, device=logits_B_T_V.device)
+        for at in a_few_positions_at_a_time(logits_B_T_V):
+            logp, logq = F.log_softmax(logits_B_T_V[at].float(), -1), F.log_softmax(reference_B_T_V[at].float(), -1)
+            grad_B_T_V[at] = (grad_kl_B_T[at][:, None] * logp.exp() * (logp - logq - kl_B_T[at][:, None])).to(grad_B_T_V.dtype)
+        return grad_B_T_V, None
 
 
 # ----------------------------------------------------------------------------

@@ -76,3 +76,46 @@ def test_a_step_with_no_forks_scores_only_the_rollout():
                                                      atol=1e-5)
     loss, metrics = omniopd.omniopd_loss(run, empty, cfg)
     assert metrics["loss/chunk"] == 0.0 and torch.isfinite(loss)
+
+
+def test_picked_token_logprobs_equal_autograd_through_log_softmax():
+    """PickedTokenLogprobs (position slices, a gradient written only where picked) against log_softmax and
+    indexing under autograd, with places picked more than once (draft 1 and a fresh draft share column t)
+    and more places than one slice holds."""
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(3, 40, 50)).requires_grad_()
+    picked = omniopd.POSITIONS_AT_ONCE + 61
+    row, column, token = torch.randint(3, (picked,)), torch.randint(40, (picked,)), torch.randint(50, (picked,))
+    weights = torch.randn(picked)
+    expected = torch.log_softmax(logits, -1)[row, column, token]
+    (expected * weights).sum().backward()
+    expected_grad, logits.grad = logits.grad.clone(), None
+    got = omniopd.PickedTokenLogprobs.apply(logits, row, column, token)
+    (got * weights).sum().backward()
+    assert torch.allclose(got, expected, atol=TOLERANCE)
+    assert torch.allclose(logits.grad, expected_grad, atol=TOLERANCE)
+
+
+def test_n_samples_of_a_prompt_share_one_prefill_and_equal_num_return_sequences(qwen_like_path):
+    """generate(n > 1) runs each prompt through the model once and copies its KV cache n times; the tokens are
+    those of transformers' own num_return_sequences = n (which runs each prompt n times), drawn from the same
+    random stream, with left padding in the batch."""
+    from transformers import GenerationConfig
+    model, tokenizer = omniopd.load_model(qwen_like_path, "student", torch.device("cpu"))
+    prompts = omniopd.encode_prompts(tokenizer, ["Ann has 3 pens.", "Ben has 12 cats and 4 dogs. How many?"],
+                                     omniopd.Config.prompt_template, torch.device("cpu"))
+    rows_seen = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, args, out: rows_seen.append(tuple(out.shape[:2])))
+    torch.manual_seed(0)
+    ours = omniopd.generate(model, tokenizer, prompts.input_ids, prompts.attention_mask, 10, 1.0, n=3)
+    hook.remove()
+    width = prompts.input_ids.shape[1]
+    assert rows_seen[0] == (2, width - 1), "the prompts, once each"
+    assert all(rows == 6 and length == 1 for rows, length in rows_seen[1:]), "then one token at a time, 3 per prompt"
+    config = GenerationConfig(max_new_tokens=10, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                              num_return_sequences=3, pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=omniopd.stop_token_ids(model, tokenizer))
+    model.generation_config = GenerationConfig()
+    torch.manual_seed(0)
+    theirs = model.generate(**prompts, generation_config=config)[:, width:]
+    assert torch.equal(ours, theirs)

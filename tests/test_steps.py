@@ -343,15 +343,15 @@ def test_a_draft_is_decoded_in_context_so_sentencepiece_keeps_its_leading_space(
 def test_full_vocabulary_kl_function_equals_autograd_through_the_formula():
     """The lean anchor (omniopd.FullVocabularyKL, position chunks, recomputed softmax) against torch.distributions."""
     torch.manual_seed(0)
-    positions = omniopd.POSITIONS_AT_ONCE + 37          # more than one chunk
-    logits = (3 * torch.randn(2, positions // 2 + 1, 50)).requires_grad_()
-    reference = 3 * torch.randn(2, positions // 2 + 1, 50)
-    weights = torch.rand(2, positions // 2 + 1)          # a loss that weighs positions differently
-    expected = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=logits),
+    positions = omniopd.POSITIONS_AT_ONCE + 37          # more than one chunk per row
+    logits = (3 * torch.randn(2, positions + 1, 50)).requires_grad_()
+    reference = 3 * torch.randn(2, positions, 50)
+    weights = torch.rand(2, positions)                   # a loss that weighs positions differently
+    expected = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=logits[:, :-1]),
                                                  torch.distributions.Categorical(logits=reference))
     (expected * weights).sum().backward()
     expected_grad, logits.grad = logits.grad.clone(), None
-    kl = omniopd.FullVocabularyKL.apply(logits.flatten(0, 1), reference.flatten(0, 1)).view(2, -1)
+    kl = omniopd.FullVocabularyKL.apply(logits[:, :-1], reference)   # a slice, as response_logits gives
     (kl * weights).sum().backward()
     assert torch.allclose(kl, expected, atol=1e-5)
     assert torch.allclose(logits.grad, expected_grad, atol=1e-5)
