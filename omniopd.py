@@ -556,7 +556,7 @@ class PickedTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_N):
         logits_B_S_V, row_N, column_N, token_N, places_U, pick_to_place_N, logsumexp_U = ctx.saved_tensors
-        (batch, length, vocabulary), grad_N = logits_B_S_V.shape, grad_N.float()
+        (_, length, vocabulary), grad_N = logits_B_S_V.shape, grad_N.float()
         grad_B_S_V = torch.zeros(logits_B_S_V.shape, dtype=logits_B_S_V.dtype, device=logits_B_S_V.device)
         grad_U = torch.zeros_like(logsumexp_U).index_add_(0, pick_to_place_N, grad_N)   # Σ g_n at each place
         for start in range(0, places_U.shape[0], POSITIONS_AT_ONCE):

@@ -1,16 +1,28 @@
-"""Peak GPU memory and step time of OmniOPD in the paper's shapes, with no download.
+"""Peak memory and step time of OmniOPD in the paper's shapes, with no download.
 
-    python bench/gpu_memory.py [--teacher-layers 28] [--batch-size 8] [--max-new-tokens 512]
+    python bench/gpu_memory.py [--teacher-layers 28] [--batch-size 8] [--max-new-tokens 512]   # one shape
+    python bench/gpu_memory.py --table                     # the grid below -> bench/results/memory_cuda.md
+    python bench/gpu_memory.py --table --device cpu --student-layers 4 --teacher-layers 2 --length-divisor 4
+                                                           # the same grid scaled down -> memory_cpu.md
 
-Builds, from configs, a student shaped like Qwen2.5-0.5B and a teacher shaped like
-Qwen2.5-7B (random weights; bf16 teacher and reference, fp32 student with AdamW), and
-a byte-level tokenizer padded to Qwen's 151,936-token vocabulary, then runs two OmniOPD
-steps through omniopd.omniopd_loss and omniopd.update and prints the peak memory and
-the seconds per step (with --gradient-checkpointing, as the README's GPU preset). Random weights rarely emit EOS, so every rollout runs to
---max-new-tokens: an upper bound for real solutions of that length.
+Builds, from configs, a student shaped like Qwen2.5-0.5B and a teacher shaped like Qwen2.5-7B (random
+weights; bf16 teacher and reference (fp32 on CPU), fp32 student with AdamW), and a byte-level tokenizer padded to Qwen's
+151,936-token vocabulary, then runs two OmniOPD steps through omniopd.omniopd_collect, omniopd_loss and
+omniopd.update (with gradient checkpointing, as the README's GPU preset) and reports the peak memory and the
+seconds of the second step. Random weights rarely emit EOS, so every rollout runs to --max-new-tokens: an upper
+bound for real solutions of that length.
+
+--table runs, each in its own process: batch 8 × 512, 16 × 1024 and 8 × 2048 new tokens (each length divided by
+--length-divisor), with the teacher on the same device and with the teacher served elsewhere (a loopback server
+that echoes text, so only the trainer's own memory and time are counted), and with both scorers: the packed one
+pass (rollout_and_drafts_forward) and the definition (every draft with its prefix written out).
+Peak memory: the CUDA allocator's peak, or on CPU the process's peak resident set size (models included).
 """
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,11 +30,14 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 import omniopd  # noqa: E402
 import toyworld  # noqa: E402
 
 VOCAB = 151936
+SHAPES = ((8, 512), (16, 1024), (8, 2048))   # batch × new tokens, as issue #10 asks
+KEY_ENV = "GPU_MEMORY_BENCH_KEY"
 
 
 def padded_tokenizer():
@@ -35,12 +50,14 @@ def padded_tokenizer():
                           eos_token="<eos>", pad_token="<pad>", padding_side="left")
 
 
-def qwen_like(hidden, layers, heads, kv_heads, intermediate, dtype, tie):
+def qwen_like(hidden, layers, heads, kv_heads, intermediate, dtype, tie, device):
     config = Qwen2Config(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                          num_key_value_heads=kv_heads, intermediate_size=intermediate, tie_word_embeddings=tie,
                          max_position_embeddings=4096, pad_token_id=0, eos_token_id=2)
-    with torch.device("cuda"):
-        return Qwen2ForCausalLM(config).to(dtype)
+    with device:
+        model = Qwen2ForCausalLM(config).to(dtype)
+    model.generation_config.eos_token_id = 2
+    return model
 
 
 class LocalTeacher(omniopd.HFTeacher):
@@ -51,40 +68,158 @@ class LocalTeacher(omniopd.HFTeacher):
         self.calls = self.failures = self.tokens = 0
 
 
+def definition_scorer(model, rollout, drafts):
+    """What omniopd_loss scored with before the packed pass: the response, then every draft with its prefix."""
+    logits = omniopd.response_logits(model, rollout)
+    if not drafts.chunk_ids:
+        return logits, torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.long)
+    return logits, *omniopd.chunk_logprobs(model, drafts, pad_id=0)
+
+
+class Peak:
+    """Peak memory inside `with`, GiB: the CUDA allocator's, or the process's resident set size on CPU."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")   # resets the peak resident set size
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.gib = torch.cuda.max_memory_allocated() / 2**30
+        else:
+            status = Path("/proc/self/status").read_text().splitlines()
+            self.gib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 2**20
+
+
+def one_run(args) -> dict:
+    """Two OmniOPD steps in one shape; the figures of the second (the first also pays for warm-up)."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    tokenizer = padded_tokenizer()
+    student = qwen_like(896, args.student_layers, 14, 2, 4864, torch.float32, True, device)   # Qwen2.5-0.5B
+    student.gradient_checkpointing_enable()                                                   # as the GPU preset
+    # on CPU, bf16 matmuls on a strided input (the last position's hidden state, as logits_to_keep=1 slices it)
+    # take a slow path: 26 s against 0.66 s for the whole tensor, measured on this bench's teacher head
+    half = torch.bfloat16 if device.type == "cuda" else torch.float32
+    reference = qwen_like(896, args.student_layers, 14, 2, 4864, half, True, device).requires_grad_(False)
+    omniopd.fp32_output_head(student)                                                         # as omniopd.setup
+    omniopd.fp32_output_head(reference)
+    if args.teacher == "served":
+        from toyworld.serve import start_in_thread
+        server = start_in_thread("echo")
+        os.environ[KEY_ENV] = "not-a-secret"
+        teacher = omniopd.OpenAITeacher("echo", f"http://127.0.0.1:{server.server_address[1]}/v1", KEY_ENV,
+                                        "completion", concurrency=64)
+    else:
+        teacher = LocalTeacher(qwen_like(3584, args.teacher_layers, 28, 4, 18944, half, False,
+                                         device).requires_grad_(False), tokenizer)               # Qwen2.5-7B
+    if args.scorer == "definition":
+        omniopd.rollout_and_drafts_forward = definition_scorer
+    cfg = omniopd.Config(student="qwen-like", batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                         similarity="lexical", entropy_threshold=0.0).resolved()
+    run = omniopd.RunState(student, tokenizer, reference, teacher, omniopd.Similarity("lexical"),
+                           torch.optim.AdamW(student.parameters(), lr=cfg.lr))
+    rows = [{"question": f"What is {i} plus {i + 3}?", "answer": str(2 * i + 3)} for i in range(args.batch_size)]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    result = {}
+    for step in range(2):
+        with Peak(device) as peak:
+            started = time.perf_counter()
+            try:
+                with autocast:
+                    batch = omniopd.omniopd_collect(run, rows, cfg)
+                    with run.clock("loss"):
+                        loss, metrics = omniopd.omniopd_loss(run, batch, cfg)
+                with run.clock("backward"):
+                    omniopd.update(run, loss, cfg.grad_clip)
+            except torch.OutOfMemoryError:
+                return {"out_of_memory": True}
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - started
+        result = {"seconds": seconds, "peak_gib": peak.gib, "forks": metrics["forks/count"],
+                  "length": metrics["rollout/length"]}
+        print(f"step {step + 1}: {seconds:.1f} s, peak memory {peak.gib:.1f} GiB, forks {metrics['forks/count']}, "
+              f"rollout length {metrics['rollout/length']:.0f}, loss {loss.item():.4f}, "
+              f"stages {' '.join(f'{k[5:]} {v:.1f}' for k, v in run.clock.take().items() if k.startswith('time/'))}",
+              file=sys.stderr, flush=True)
+    return result
+
+
+def table(args):
+    """Every shape × teacher placement × scorer, each in a fresh process, into bench/results/memory_<device>.md."""
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
+    lines = [f"# Peak memory and seconds per OmniOPD step ({name})", "",
+             f"`python bench/gpu_memory.py {' '.join(sys.argv[1:])}`", "",
+             f"Student: Qwen2.5-0.5B's shape with {args.student_layers} of its 24 layers (fp32, AdamW, gradient "
+             f"checkpointing); reference and teacher ({'bf16' if device.type == 'cuda' else 'fp32 on CPU'}): "
+             f"the student's shape and Qwen2.5-7B's with {args.teacher_layers} of its 28 layers; vocabulary 151,936; K = 4 drafts of L = 16, M = 4. Lengths: issue #10's shapes divided "
+             f"by {args.length_divisor}. Served: the teacher is a loopback server that echoes text, so only the "
+             "trainer's memory and time count. The second of two steps; random weights, so every rollout runs to "
+             "its full length.", "",
+             "| batch × new tokens | teacher | peak (GiB), definition scorer | peak (GiB), packed | ratio | "
+             "s/step, definition | s/step, packed | ratio |", "|---|---|---|---|---|---|---|---|"]
+    for batch_size, new_tokens in SHAPES:
+        new_tokens //= args.length_divisor
+        for placement in ("same device", "served"):
+            figures = {}
+            for scorer in ("definition", "packed"):
+                command = [sys.executable, __file__, "--device", args.device, "--batch-size", str(batch_size),
+                           "--max-new-tokens", str(new_tokens), "--student-layers", str(args.student_layers),
+                           "--teacher-layers", str(args.teacher_layers), "--scorer", scorer, "--json",
+                           "--teacher", "served" if placement == "served" else "local"]
+                done = subprocess.run(command, capture_output=True, text=True)
+                figures[scorer] = (json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0
+                                   else {"failed": done.stderr.strip().splitlines()[-1:]})
+                print(batch_size, new_tokens, placement, scorer, figures[scorer], flush=True)
+            lines.append(f"| {batch_size} × {new_tokens} | {placement} | " + " | ".join(cells(figures)) + " |")
+    out = ROOT / "bench" / "results" / f"memory_{device.type}.md"
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def cells(figures):
+    """Table cells for one row: each scorer's peak and time, and packed / definition."""
+    def shown(result, key, fmt):
+        if "out_of_memory" in result:
+            return "out of memory"
+        return format(result[key], fmt) if key in result else "failed"
+    before, after = figures["definition"], figures["packed"]
+    ratio = lambda key: (f"{after[key] / before[key]:.2f}" if key in before and key in after else "")  # noqa: E731
+    return [shown(before, "peak_gib", ".2f"), shown(after, "peak_gib", ".2f"), ratio("peak_gib"),
+            shown(before, "seconds", ".1f"), shown(after, "seconds", ".1f"), ratio("seconds")]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--student-layers", type=int, default=24, help="24 = Qwen2.5-0.5B's depth")
     parser.add_argument("--teacher-layers", type=int, default=28, help="28 = Qwen2.5-7B's depth")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--teacher", choices=["local", "served"], default="local")
+    parser.add_argument("--scorer", choices=["packed", "definition"], default="packed")
+    parser.add_argument("--table", action="store_true", help="the whole grid, written to bench/results")
+    parser.add_argument("--length-divisor", type=int, default=1, help="--table: divide every length by this")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)   # internal: one run's figures
     args = parser.parse_args()
-    torch.manual_seed(0)
-    tokenizer = padded_tokenizer()
-    student = qwen_like(896, 24, 14, 2, 4864, torch.float32, True)          # Qwen2.5-0.5B
-    student.gradient_checkpointing_enable()                                  # as --gradient-checkpointing does
-    reference = qwen_like(896, 24, 14, 2, 4864, torch.bfloat16, True).requires_grad_(False)
-    teacher = qwen_like(3584, args.teacher_layers, 28, 4, 18944, torch.bfloat16, False).requires_grad_(False)
-    for model in (student, reference, teacher):
-        model.generation_config.eos_token_id = 2
-    omniopd.fp32_output_head(student)                                        # as omniopd.setup does
-    omniopd.fp32_output_head(reference)
-    print(f"student {sum(p.numel() for p in student.parameters()) / 1e9:.2f}B params, "
-          f"teacher {sum(p.numel() for p in teacher.parameters()) / 1e9:.2f}B params", flush=True)
-    cfg = omniopd.Config(student="qwen-like", batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                         similarity="lexical", entropy_threshold=0.0).resolved()
-    run = omniopd.RunState(student, tokenizer, reference, LocalTeacher(teacher, tokenizer),
-                           omniopd.Similarity("lexical"), torch.optim.AdamW(student.parameters(), lr=cfg.lr))
-    rows = [{"question": f"What is {i} plus {i + 3}?", "answer": str(2 * i + 3)} for i in range(args.batch_size)]
-    for step in range(2):
-        torch.cuda.reset_peak_memory_stats()
-        torch.cuda.synchronize()
-        started = time.time()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss, metrics = omniopd.omniopd_loss(run, omniopd.omniopd_collect(run, rows, cfg), cfg)
-        omniopd.update(run, loss, cfg.grad_clip)
-        torch.cuda.synchronize()
-        print(f"step {step + 1}: {time.time() - started:.1f} s, peak memory "
-              f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB, forks {metrics['forks/count']}, "
-              f"rollout length {metrics['rollout/length']:.0f}, loss {loss.item():.4f}", flush=True)
+    if args.device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 2)
+    if args.table:
+        table(args)
+    elif args.json:
+        print(json.dumps(one_run(args)))
+    else:
+        one_run(args)
 
 
 if __name__ == "__main__":
