@@ -412,11 +412,11 @@ def prefill_once(model, input_ids, attention_mask, n):
     prompts repeated n times; generate() then starts from the last prompt token, exactly where it would have."""
     import inspect
     from transformers import DynamicCache
-    cache = DynamicCache(config=model.config)
+    cache, decoder = DynamicCache(config=model.config), model.get_decoder()   # the decoder alone: no logits needed
     # transformers 5 renamed past_key_values to cache
-    argument = {("cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"): cache}
-    model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
-          position_ids=positions(attention_mask[:, :-1]), use_cache=True, logits_to_keep=1, **argument)
+    argument = {("cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"): cache}
+    decoder(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+            position_ids=positions(attention_mask[:, :-1]), use_cache=True, **argument)
     cache.batch_repeat_interleave(n)
     return argument, input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0)
 
@@ -1143,6 +1143,7 @@ class StepBatch:
     target_F_K: torch.Tensor | None = None
     advantages_B: torch.Tensor | None = None     # grpo
     solutions: list = field(default_factory=list)  # sft: (question, teacher solution) pairs
+    fork_texts: list = field(default_factory=list)  # omniopd, per fork in drafts: (draft texts, teacher texts, S)
     num_tokens: int = 0
     num_forks: int = 0
     metrics: dict = field(default_factory=dict)
@@ -1182,7 +1183,8 @@ def omniopd_collect(run, rows, cfg) -> StepBatch:
     voted = [f for f, target in enumerate(targets) if target is not None]
     batch = StepBatch(rollout, answered_drafts.subset(voted),
                       torch.stack([targets[f] for f in voted]) if voted else torch.zeros(0, cfg.num_drafts),
-                      num_tokens=int(mask_B_T.sum()), num_forks=len(voted))
+                      num_tokens=int(mask_B_T.sum()), num_forks=len(voted),
+                      fork_texts=[(candidate_texts[f], teacher_texts[answered[f]], similarities[f]) for f in voted])
     batch.metrics = {"forks/count": len(forks), "forks/skipped": len(forks) - len(answered),
                      "forks/no_match": len(answered) - len(voted), **rollout_metrics(rollout, entropy_B_T)}
     if answered:

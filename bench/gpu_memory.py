@@ -6,7 +6,7 @@
                                                            # the same grid scaled down -> memory_cpu.md
 
 Builds, from configs, a student shaped like Qwen2.5-0.5B and a teacher shaped like Qwen2.5-7B (random
-weights; bf16 teacher and reference (fp32 on CPU), fp32 student with AdamW), and a byte-level tokenizer padded to Qwen's
+weights; bf16 teacher, bf16 reference (fp32 on CPU), fp32 student with AdamW), and a byte-level tokenizer padded to Qwen's
 151,936-token vocabulary, then runs two OmniOPD steps through omniopd.omniopd_collect, omniopd_loss and
 omniopd.update (with gradient checkpointing, as the README's GPU preset) and reports the peak memory and the
 seconds of the second step. Random weights rarely emit EOS, so every rollout runs to --max-new-tokens: an upper
@@ -66,6 +66,7 @@ class LocalTeacher(omniopd.HFTeacher):
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer, self.mode, self.temperature, self.max_batch = model, tokenizer, "completion", 1.0, 32
         self.calls = self.failures = self.tokens = 0
+        self.shares_tokenizer = True   # as omniopd.setup finds: the same tokenizer, so L teacher tokens
 
 
 def definition_scorer(model, rollout, drafts):
@@ -106,10 +107,10 @@ def one_run(args) -> dict:
     tokenizer = padded_tokenizer()
     student = qwen_like(896, args.student_layers, 14, 2, 4864, torch.float32, True, device)   # Qwen2.5-0.5B
     student.gradient_checkpointing_enable()                                                   # as the GPU preset
-    # on CPU, bf16 matmuls on a strided input (the last position's hidden state, as logits_to_keep=1 slices it)
-    # take a slow path: 26 s against 0.66 s for the whole tensor, measured on this bench's teacher head
-    half = torch.bfloat16 if device.type == "cuda" else torch.float32
-    reference = qwen_like(896, args.student_layers, 14, 2, 4864, half, True, device).requires_grad_(False)
+    # on CPU, a bf16 matmul on a strided input (the response's hidden states, as logits_to_keep slices them) takes
+    # a slow path: 26 s against 0.66 s for the whole tensor, measured on the teacher's head; so fp32 there
+    reference_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    reference = qwen_like(896, args.student_layers, 14, 2, 4864, reference_dtype, True, device).requires_grad_(False)
     omniopd.fp32_output_head(student)                                                         # as omniopd.setup
     omniopd.fp32_output_head(reference)
     if args.teacher == "served":
@@ -119,7 +120,7 @@ def one_run(args) -> dict:
         teacher = omniopd.OpenAITeacher("echo", f"http://127.0.0.1:{server.server_address[1]}/v1", KEY_ENV,
                                         "completion", concurrency=64)
     else:
-        teacher = LocalTeacher(qwen_like(3584, args.teacher_layers, 28, 4, 18944, half, False,
+        teacher = LocalTeacher(qwen_like(3584, args.teacher_layers, 28, 4, 18944, torch.bfloat16, False,
                                          device).requires_grad_(False), tokenizer)               # Qwen2.5-7B
     if args.scorer == "definition":
         omniopd.rollout_and_drafts_forward = definition_scorer
@@ -161,7 +162,7 @@ def table(args):
     lines = [f"# Peak memory and seconds per OmniOPD step ({name})", "",
              f"`python bench/gpu_memory.py {' '.join(sys.argv[1:])}`", "",
              f"Student: Qwen2.5-0.5B's shape with {args.student_layers} of its 24 layers (fp32, AdamW, gradient "
-             f"checkpointing); reference and teacher ({'bf16' if device.type == 'cuda' else 'fp32 on CPU'}): "
+             f"checkpointing); reference ({'bf16' if device.type == 'cuda' else 'fp32 on CPU'}) and teacher (bf16): "
              f"the student's shape and Qwen2.5-7B's with {args.teacher_layers} of its 28 layers; vocabulary 151,936; K = 4 drafts of L = 16, M = 4. Lengths: issue #10's shapes divided "
              f"by {args.length_divisor}. Served: the teacher is a loopback server that echoes text, so only the "
              "trainer's memory and time count. The second of two steps; random weights, so every rollout runs to "

@@ -1,0 +1,316 @@
+"""Why OmniOPD barely learns on the toy world (issue #13), in numbers.
+
+    python bench/diagnose.py            # about 20 minutes on 2 CPU cores -> bench/results/diagnosis.md, .png
+    python bench/diagnose.py --quick    # a few batches and steps: checks that it runs
+
+1. What a fork offers. Over several batches of the untrained student: how often a right draft is among
+   the K, how often the student's own draft is right, and how often a fork is informative (right and wrong
+   drafts both present, the only case where p̂ can prefer anything). A draft is right when its numbers agree
+   with those of most of the teacher's continuations of the same prefix (the teacher scores 100 %).
+2. What p̂ makes of it: the p̂ mass on right drafts at informative forks, against the share a uniform p̂
+   would give and against q, the student's own distribution over the same drafts.
+3. What one update does: the change of the per-token log-probability ℓ_k / |c_k| of right and of wrong
+   drafts after one AdamW step on one batch, and the gradient norms of the chunk loss and of β · the anchor.
+4. Controls that must learn if the code is right, each trained with the same budget as the comparison:
+   OmniOPD with an oracle similarity (S = 1 when a draft's numbers agree with the teacher continuation's,
+   else 0); rejection sampling built from the same functions (sample, keep the rollouts whose answer
+   checks, NLL on them); GRPO with its reward and advantages logged; and the default OmniOPD.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import torch  # noqa: E402
+
+import omniopd  # noqa: E402
+
+LINES = []
+
+
+def say(line=""):
+    print(line, flush=True)
+    LINES.append(line)
+
+
+# Right and wrong drafts -------------------------------------------------------------------------------------
+
+def numbers_agree(draft: str, reference: str) -> bool:
+    """Do two continuations of the same prefix write the same numbers, as far as both go? A number at the very
+    end of the shorter text may be cut mid-way ("1" of "12"), so there it need only be a prefix."""
+    draft_numbers, reference_numbers = re.findall(r"\d+", draft), re.findall(r"\d+", reference)
+    shorter = min(len(draft_numbers), len(reference_numbers))
+    for i in range(shorter):
+        a, b = draft_numbers[i], reference_numbers[i]
+        cut = i == shorter - 1 and (draft.rstrip()[-1:].isdigit() or reference.rstrip()[-1:].isdigit())
+        if not (a == b or (cut and (a.startswith(b) or b.startswith(a)))):
+            return False
+    return True
+
+
+def oracle_similarity(draft_texts, teacher_texts):
+    """S_km = 1 when draft k's numbers agree with teacher rollout m's, else 0: what a perfect verifier says."""
+    return torch.tensor([[float(numbers_agree(c, r)) for r in teacher_texts] for c in draft_texts])
+
+
+def right_drafts(draft_texts, teacher_texts) -> list[bool]:
+    """A draft is right when it agrees with at least half of the teacher's continuations."""
+    return [2 * sum(numbers_agree(c, r) for r in teacher_texts) >= len(teacher_texts) for c in draft_texts]
+
+
+# 1-2. Fork census ---------------------------------------------------------------------------------------
+
+def toy_run(**options):
+    cfg = omniopd.Config(eval_size=200, out="/tmp/omniopd-diagnose", **options).resolved()
+    return omniopd.setup(cfg), omniopd.load_rows("toy", "train", cfg.seed), cfg
+
+
+def census(run, rows, cfg, batches):
+    """Per fork of `batches` batches: is each draft right, p̂, q, and S's favourite."""
+    forks = []
+    for step in range(batches):
+        batch = omniopd.omniopd_collect(run, omniopd.batch_rows(rows, step, cfg), cfg)
+        with torch.no_grad():
+            _, logprobs_F_K, lengths_F_K = omniopd.rollout_and_drafts_forward(run.student, batch.rollout, batch.drafts)
+            q_F_K = torch.softmax(logprobs_F_K / lengths_F_K.float() ** cfg.length_norm, 1)
+        for f, (draft_texts, teacher_texts, similarity_K_M) in enumerate(batch.fork_texts):
+            right = right_drafts(draft_texts, teacher_texts)
+            forks.append({"right": right, "target": batch.target_F_K[f].tolist(), "q": q_F_K[f].tolist(),
+                          "distinct": len(set(draft_texts)), "favourite": int(similarity_K_M.mean(1).argmax()),
+                          "drafts": draft_texts, "teacher": teacher_texts})
+    return forks
+
+
+def share(values):
+    values = list(values)
+    return sum(values) / max(len(values), 1)
+
+
+def report_census(forks, rollouts):
+    informative = [f for f in forks if any(f["right"]) and not all(f["right"])]
+    say(f"## 1. What a fork offers ({len(forks)} forks of {rollouts} rollouts of the untrained student; K = "
+        f"{len(forks[0]['right']) if forks else 0})")
+    say()
+    say("| | share of forks |")
+    say("|---|---|")
+    say(f"| a right draft among the K | {share(any(f['right']) for f in forks):.1%} |")
+    say(f"| the student's own draft (k = 1) right | {share(f['right'][0] for f in forks):.1%} |")
+    say(f"| every draft right | {share(all(f['right']) for f in forks):.1%} |")
+    say(f"| no draft right | {share(not any(f['right']) for f in forks):.1%} |")
+    say(f"| informative: right and wrong drafts both present | {len(informative) / max(len(forks), 1):.1%} |")
+    say(f"| own draft wrong and a fresh draft right (what the method exists for) | "
+        f"{share(not f['right'][0] and any(f['right'][1:]) for f in forks):.1%} |")
+    say(f"\nDistinct draft texts per fork: {statistics.mean(f['distinct'] for f in forks):.2f} of K.")
+    say()
+    say(f"## 2. What p̂ makes of it ({len(informative)} informative forks)")
+    say()
+    say("| mass on the right drafts | mean |")
+    say("|---|---|")
+    say(f"| uniform share (right drafts / K) | {statistics.mean(share(f['right']) for f in informative):.3f} |")
+    say(f"| q, the student's own distribution over the drafts | "
+        f"{statistics.mean(sum(q for q, r in zip(f['q'], f['right']) if r) for f in informative):.3f} |")
+    say(f"| p̂ (the target) | "
+        f"{statistics.mean(sum(p for p, r in zip(f['target'], f['right']) if r) for f in informative):.3f} |")
+    say(f"\nThe draft with the highest mean similarity is right at {share(f['right'][f['favourite']] for f in informative):.1%} "
+        "of informative forks.")
+    say(f"At uninformative forks (all right or all wrong, {len(forks) - len(informative)}), p̂ still moves q: "
+        f"mean |p̂ - q| summed over drafts = "
+        f"{statistics.mean(sum(abs(p - q) for p, q in zip(f['target'], f['q'])) for f in forks if f not in informative):.3f}"
+        f" (informative forks: {statistics.mean(sum(abs(p - q) for p, q in zip(f['target'], f['q'])) for f in informative):.3f}).")
+    example = next((f for f in informative), None)
+    if example:
+        say("\nOne informative fork (drafts with right/wrong, p̂, q; then the teacher's continuations):\n")
+        say("```")
+        for text, right, p, q in zip(example["drafts"], example["right"], example["target"], example["q"]):
+            say(f"{'right' if right else 'wrong'}  p̂ {p:.2f}  q {q:.2f}  {text!r}")
+        for text in example["teacher"]:
+            say(f"teacher           {text!r}")
+        say("```")
+    return informative
+
+
+# 3. One update ---------------------------------------------------------------------------------------------
+
+def gradient_norm(run, loss):
+    run.student.zero_grad(set_to_none=True)
+    loss.backward()
+    return torch.sqrt(sum((p.grad ** 2).sum() for p in run.student.parameters() if p.grad is not None)).item()
+
+
+def one_update(run, rows, cfg, batches):
+    """Δ(ℓ_k / |c_k|) of right and wrong drafts after one AdamW step on their own batch, and the gradient
+    norms of the two loss terms, each over `batches` batches (the weights are restored after each)."""
+    right_changes, wrong_changes, own_changes, chunk_norms, anchor_norms = [], [], [], [], []
+    start = {k: v.clone() for k, v in run.student.state_dict().items()}
+    for step in range(batches):
+        batch = omniopd.omniopd_collect(run, omniopd.batch_rows(rows, 100 + step, cfg), cfg)
+        if not batch.num_forks:
+            continue
+
+        def per_token():
+            with torch.no_grad():
+                _, logprobs_F_K, lengths_F_K = omniopd.rollout_and_drafts_forward(run.student, batch.rollout,
+                                                                                 batch.drafts)
+            return logprobs_F_K / lengths_F_K
+        before = per_token()
+        logits_B_T_V, logprobs_F_K, lengths_F_K = omniopd.rollout_and_drafts_forward(run.student, batch.rollout,
+                                                                                      batch.drafts)
+        chunk = omniopd.chunk_loss(batch.target_F_K, logprobs_F_K, lengths_F_K, cfg.length_norm, cfg.chunk_loss,
+                                   batch.num_forks)
+        chunk_norms.append(gradient_norm(run, chunk))
+        logits_B_T_V, _, _ = omniopd.rollout_and_drafts_forward(run.student, batch.rollout, batch.drafts)
+        anchor_norms.append(gradient_norm(run, cfg.kl_beta * omniopd.anchor_term(run, batch.rollout, logits_B_T_V, cfg,
+                                                                                 batch.num_tokens)))
+        loss, _ = omniopd.omniopd_loss(run, batch, cfg)
+        omniopd.update(run, loss, cfg.grad_clip)
+        change = per_token() - before
+        for f, (draft_texts, teacher_texts, _) in enumerate(batch.fork_texts):
+            right = right_drafts(draft_texts, teacher_texts)
+            if any(right) and not all(right):
+                right_changes += [change[f, k].item() for k in range(len(right)) if right[k]]
+                wrong_changes += [change[f, k].item() for k in range(len(right)) if not right[k]]
+            own_changes.append(change[f, 0].item())
+        run.student.load_state_dict(start)
+        run.optimizer = torch.optim.AdamW(run.student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    say(f"\n## 3. One update (AdamW, learning rate {cfg.lr:g}, one step on its own batch; {batches} batches)")
+    say()
+    say("| | mean | drafts |")
+    say("|---|---|---|")
+    say(f"| Δ ℓ/|c| of right drafts at informative forks | {statistics.mean(right_changes or [0]):+.4f} | "
+        f"{len(right_changes)} |")
+    say(f"| Δ ℓ/|c| of wrong drafts at informative forks | {statistics.mean(wrong_changes or [0]):+.4f} | "
+        f"{len(wrong_changes)} |")
+    say(f"| Δ ℓ/|c| of the student's own draft, every fork | {statistics.mean(own_changes or [0]):+.4f} | "
+        f"{len(own_changes)} |")
+    say(f"\nGradient norm of the chunk loss {statistics.mean(chunk_norms):.4f}, of β · anchor "
+        f"{statistics.mean(anchor_norms):.4f} (β = {cfg.kl_beta}); the chunk loss's share "
+        f"{statistics.mean(c / (c + a) for c, a in zip(chunk_norms, anchor_norms)):.1%}.")
+    return {"right": right_changes, "wrong": wrong_changes, "chunk_norm": chunk_norms, "anchor_norm": anchor_norms}
+
+
+# 4. Controls -----------------------------------------------------------------------------------------------
+
+def rejection_sampling_collect(run, rows, cfg):
+    """Rejection sampling from the same functions: G rollouts per prompt (rows repeat each prompt G times, as
+    for GRPO), kept when the final answer checks; the loss is then SFT's NLL on the kept ones."""
+    with torch.no_grad():
+        rollout = omniopd.sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
+    texts = omniopd.response_texts(run.tokenizer, rollout)
+    kept = [(r["question"], t) for r, t in zip(rows, texts)
+            if omniopd.answers_match(omniopd.extract_answer(t), omniopd.extract_answer(r["answer"]))]
+    num_tokens = sum(len(run.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for _, t in kept)
+    return omniopd.StepBatch(solutions=kept, num_tokens=num_tokens, metrics={"rs/kept": len(kept) / len(rows)})
+
+
+def train_control(name, steps, eval_rows, method=None, similarity=None, seed=0, **options):
+    """Train one control for `steps` steps as omniopd.train would; returns accuracies and logged metrics."""
+    run, rows, cfg = toy_run(seed=seed, method=method or "omniopd", **options)
+    if similarity is not None:
+        run.similarity = omniopd.Similarity(similarity)
+    collect, loss_fn = omniopd.METHODS[cfg.method]
+    if name == "rejection sampling":
+        collect, loss_fn = rejection_sampling_collect, omniopd.sft_loss
+        cfg.group_size = 4
+        cfg.method = "grpo"    # batch_rows repeats each prompt group_size times
+    before = omniopd.evaluate(run.student, run.tokenizer, eval_rows, cfg, samples=4)[1]
+    logged, started = [], time.time()
+    for step in range(steps):
+        batch = collect(run, omniopd.batch_rows(rows, step, cfg), cfg)
+        loss, metrics = loss_fn(run, batch, cfg)
+        metrics["grad/norm"] = omniopd.update(run, loss, cfg.grad_clip)
+        if cfg.method == "grpo" and batch.advantages_B is not None:
+            groups = batch.advantages_B.view(-1, cfg.group_size)
+            metrics["grpo/groups_with_signal"] = (groups.abs().sum(1) > 0).float().mean().item()
+        logged.append(metrics)
+        run.step += 1
+    after = omniopd.evaluate(run.student, run.tokenizer, eval_rows, cfg, samples=4)[1]
+    greedy = lambda records: share(r["correct"] for r in records)  # noqa: E731
+    sampled = lambda records: statistics.mean(r["sampled_correct"] for r in records)  # noqa: E731
+    result = {"name": name, "seed": seed, "greedy_before": greedy(before), "greedy_after": greedy(after),
+              "sampled_before": sampled(before), "sampled_after": sampled(after), "seconds": time.time() - started,
+              "metrics": logged}
+    print(f"{name} seed {seed}: greedy {result['greedy_before']:.1%} -> {result['greedy_after']:.1%}, sampled "
+          f"{result['sampled_before']:.1%} -> {result['sampled_after']:.1%} ({result['seconds']:.0f} s)", flush=True)
+    return result
+
+
+def report_controls(results, steps):
+    say(f"\n## 4. Controls ({steps} steps × 16 rollouts, learning rate "
+        f"{omniopd.Config().resolved().lr:g}, as the comparison; 200 held-out problems; sampled = mean of 4 "
+        "answers at τ = 1)")
+    say()
+    say("| run | seeds | greedy before → after | sampled before → after | what its log says |")
+    say("|---|---|---|---|---|")
+    for name in dict.fromkeys(r["name"] for r in results):
+        runs = [r for r in results if r["name"] == name]
+        mean = lambda key: statistics.mean(r[key] for r in runs)  # noqa: E731
+        logged = [m for r in runs for m in r["metrics"]]
+        notes = []
+        for key, label in (("grpo/reward", "reward"), ("grpo/groups_with_signal", "groups with signal"),
+                           ("rs/kept", "kept"), ("pref/own_draft", "p̂ on own draft"), ("forks/count", "forks")):
+            values = [m[key] for m in logged if key in m]
+            if values:
+                notes.append(f"{label} {statistics.mean(values[:len(values) // 4 or 1]):.2f} → "
+                             f"{statistics.mean(values[-(len(values) // 4 or 1):]):.2f}")
+        say(f"| {name} | {len(runs)} | {mean('greedy_before'):.1%} → {mean('greedy_after'):.1%} | "
+            f"{mean('sampled_before'):.1%} → {mean('sampled_after'):.1%} | {'; '.join(notes)} |")
+
+
+def plot(update, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.hist([update["right"], update["wrong"]], bins=30, label=["right drafts", "wrong drafts"], alpha=0.8)
+    axis.axvline(0, color="gray", linewidth=0.8)
+    axis.set_xlabel("change of ℓ/|c| after one update (informative forks)")
+    axis.set_ylabel("drafts")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--batches", type=int, default=8, help="batches of 16 rollouts for parts 1-3")
+    parser.add_argument("--steps", type=int, default=60, help="training steps of each control")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args()
+    if args.quick:
+        args.batches, args.steps, args.seeds = 2, 2, [0]
+    torch.set_num_threads(os.cpu_count() or 2)
+    name = "diagnosis-quick" if args.quick else "diagnosis"
+    run, rows, cfg = toy_run()
+    say(f"# Why OmniOPD barely learns on the toy world (`python bench/diagnose.py{' --quick' * args.quick}`)")
+    say()
+    forks = census(run, rows, cfg, args.batches)
+    report_census(forks, args.batches * cfg.batch_size)
+    update = one_update(run, rows, cfg, args.batches)
+    eval_rows = omniopd.load_rows("toy", "test", 0, 32 if args.quick else 200)
+    results = []
+    for seed in args.seeds:
+        results.append(train_control("OmniOPD (default: embed similarity)", args.steps, eval_rows, seed=seed))
+        results.append(train_control("OmniOPD, oracle similarity", args.steps, eval_rows, seed=seed,
+                                     similarity=oracle_similarity))
+        results.append(train_control("rejection sampling", args.steps, eval_rows, seed=seed))
+        results.append(train_control("GRPO", args.steps, eval_rows, method="grpo", seed=seed))
+    report_controls(results, args.steps)
+    folder = Path(args.results)
+    (folder / f"{name}.md").write_text("\n".join(LINES) + f"\n\n![one update]({name}.png)\n")
+    (folder / f"{name}.json").write_text(json.dumps({"update": update, "controls": results}, default=str))
+    plot(update, folder / f"{name}.png")
+
+
+if __name__ == "__main__":
+    main()
