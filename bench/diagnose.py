@@ -45,13 +45,14 @@ def say(line=""):
 # Right and wrong drafts -------------------------------------------------------------------------------------
 
 def numbers_agree(draft: str, reference: str) -> bool:
-    """Do two continuations of the same prefix write the same numbers, as far as both go? A number at the very
-    end of the shorter text may be cut mid-way ("1" of "12"), so there it need only be a prefix."""
+    """Do two continuations of the same prefix write the same numbers? Every number must match, and there must
+    be as many: a draft that stops early, or writes no number, does not agree with one that goes on to write
+    them. A number at the very end of a text may be cut mid-way ("1" of "12"), so there it need only be a prefix."""
     draft_numbers, reference_numbers = re.findall(r"\d+", draft), re.findall(r"\d+", reference)
-    shorter = min(len(draft_numbers), len(reference_numbers))
-    for i in range(shorter):
-        a, b = draft_numbers[i], reference_numbers[i]
-        cut = i == shorter - 1 and (draft.rstrip()[-1:].isdigit() or reference.rstrip()[-1:].isdigit())
+    if len(draft_numbers) != len(reference_numbers):
+        return False
+    for i, (a, b) in enumerate(zip(draft_numbers, reference_numbers)):
+        cut = i == len(draft_numbers) - 1 and (draft.rstrip()[-1:].isdigit() or reference.rstrip()[-1:].isdigit())
         if not (a == b or (cut and (a.startswith(b) or b.startswith(a)))):
             return False
     return True
