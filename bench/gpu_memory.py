@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import omniopd  # noqa: E402
 import toyworld  # noqa: E402
+from speed import PeakMemory  # noqa: E402  (bench/ is on the path: this script's folder)
 
 VOCAB = 151936
 SHAPES = ((8, 512), (16, 1024), (8, 2048))   # batch × new tokens, as issue #10 asks
@@ -77,29 +78,6 @@ def definition_scorer(model, rollout, drafts):
     return logits, *omniopd.chunk_logprobs(model, drafts, pad_id=0)
 
 
-class Peak:
-    """Peak memory inside `with`, GiB: the CUDA allocator's, or the process's resident set size on CPU."""
-
-    def __init__(self, device):
-        self.cuda = device.type == "cuda"
-
-    def __enter__(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            Path("/proc/self/clear_refs").write_text("5")   # resets the peak resident set size
-        return self
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.gib = torch.cuda.max_memory_allocated() / 2**30
-        else:
-            status = Path("/proc/self/status").read_text().splitlines()
-            self.gib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 2**20
-
-
 def one_run(args) -> dict:
     """Two OmniOPD steps in one shape; the figures of the second (the first also pays for warm-up)."""
     device = torch.device(args.device)
@@ -132,7 +110,7 @@ def one_run(args) -> dict:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     result = {}
     for step in range(2):
-        with Peak(device) as peak:
+        with PeakMemory(device) as peak:
             started = time.perf_counter()
             try:
                 with autocast:
@@ -146,9 +124,10 @@ def one_run(args) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - started
-        result = {"seconds": seconds, "peak_gib": peak.gib, "forks": metrics["forks/count"],
+        total_gib = peak.start / 2**30 + peak.gib     # the weights and optimizer state included
+        result = {"seconds": seconds, "peak_gib": total_gib, "step_gib": peak.gib, "forks": metrics["forks/count"],
                   "length": metrics["rollout/length"]}
-        print(f"step {step + 1}: {seconds:.1f} s, peak memory {peak.gib:.1f} GiB, forks {metrics['forks/count']}, "
+        print(f"step {step + 1}: {seconds:.1f} s, peak memory {total_gib:.1f} GiB ({peak.gib:.2f} above the start), forks {metrics['forks/count']}, "
               f"rollout length {metrics['rollout/length']:.0f}, loss {loss.item():.4f}, "
               f"stages {' '.join(f'{k[5:]} {v:.1f}' for k, v in run.clock.take().items() if k.startswith('time/'))}",
               file=sys.stderr, flush=True)
