@@ -146,8 +146,11 @@ def table(args):
              f"by {args.length_divisor}. Served: the teacher is a loopback server that echoes text, so only the "
              "trainer's memory and time count. The second of two steps; random weights, so every rollout runs to "
              "its full length.", "",
-             "| batch × new tokens | teacher | peak (GiB), definition scorer | peak (GiB), packed | ratio | "
-             "s/step, definition | s/step, packed | ratio |", "|---|---|---|---|---|---|---|---|"]
+             "Peak: the whole process (models and optimizer state included); step: the peak above what was "
+             "resident when the step began (activations, logits, KV caches, gradients).", "",
+             "| batch × new tokens | teacher | peak GiB, definition scorer | peak GiB, packed | ratio | "
+             "step GiB, definition | step GiB, packed | ratio | s/step, definition | s/step, packed | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for batch_size, new_tokens in SHAPES:
         new_tokens //= args.length_divisor
         for placement in ("same device", "served"):
@@ -168,15 +171,15 @@ def table(args):
 
 
 def cells(figures):
-    """Table cells for one row: each scorer's peak and time, and packed / definition."""
+    """Table cells for one row: each scorer's total peak, step peak and time, and packed / definition."""
     def shown(result, key, fmt):
         if "out_of_memory" in result:
             return "out of memory"
         return format(result[key], fmt) if key in result else "failed"
     before, after = figures["definition"], figures["packed"]
     ratio = lambda key: (f"{after[key] / before[key]:.2f}" if key in before and key in after else "")  # noqa: E731
-    return [shown(before, "peak_gib", ".2f"), shown(after, "peak_gib", ".2f"), ratio("peak_gib"),
-            shown(before, "seconds", ".1f"), shown(after, "seconds", ".1f"), ratio("seconds")]
+    return [cell for key, fmt in (("peak_gib", ".2f"), ("step_gib", ".2f"), ("seconds", ".1f"))
+            for cell in (shown(before, key, fmt), shown(after, key, fmt), ratio(key))]
 
 
 def main():
