@@ -48,6 +48,7 @@ import os
 import random
 import re
 import shutil
+import string
 import sys
 import time
 from dataclasses import dataclass, field
@@ -95,6 +96,9 @@ class Config:
     teacher_max_tokens: int = option(0, "most tokens, in the teacher's own tokenizer, one continuation may use (0 = L for a "
                                         "local teacher with the student's tokenizer, else 2·L); its text is then cut to L "
                                         "student tokens")
+    teacher_prompt: str = option("", "file whose text is sent to the teacher instead of the built-in instruction, with "
+                                     "{prefix} (required), {question} and {answer} (the row's reference solution, for a "
+                                     "teacher with privileged information) filled in; {{ and }} for literal braces")
     teacher_reasoning_effort: str = option("", "API reasoning models: sent as reasoning_effort (e.g. low), with the budget as "
                                               "max_completion_tokens, which thinking also spends: raise --teacher-max-tokens")
     # step 1: on-policy rollout
@@ -198,6 +202,8 @@ def check_config(cfg) -> None:
     for ok, message in rules:
         if not ok:
             raise OmniOPDError(message)
+    if cfg.teacher_prompt:
+        read_teacher_prompt(cfg.teacher_prompt)
 
 
 # ----------------------------------------------------------------------------
@@ -799,6 +805,39 @@ CHAT_CONTINUE_PROMPT = (
     "Below is a problem and the beginning of a solution to it. Continue the solution exactly where "
     "it stops, as if you were writing the next words yourself. Do not repeat any of the text, do not "
     "restart, and do not comment: reply with the continuation only.\n\n{prefix}")
+TEACHER_PROMPT_FIELDS = ("prefix", "question", "answer")
+
+
+def read_teacher_prompt(path: str) -> str:
+    """--teacher-prompt FILE: its text, checked: {prefix} must be there and no other name than
+    TEACHER_PROMPT_FIELDS may appear in braces."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise OmniOPDError(f"--teacher-prompt {path}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    except ValueError as error:   # a lone { or }
+        raise OmniOPDError(f"--teacher-prompt {path}: {error}; write {{{{ and }}}} for literal braces") from None
+    unknown = sorted(names - set(TEACHER_PROMPT_FIELDS))
+    if unknown:
+        raise OmniOPDError(f"--teacher-prompt {path}: unknown placeholder {{{unknown[0]}}}; the known ones are "
+                           + ", ".join(f"{{{name}}}" for name in TEACHER_PROMPT_FIELDS))
+    if "prefix" not in names:
+        raise OmniOPDError(f"--teacher-prompt {path}: no {{prefix}}: the teacher must see the text it continues")
+    return text
+
+
+def teacher_message(template: str, prefix: str, row: dict | None = None) -> str:
+    """What the teacher is sent for one continuation: template with {prefix} (the decoded s_t), {question}
+    and {answer} (the row's reference solution; empty when the row has none) filled in."""
+    row = row or {}
+    return template.format(prefix=prefix, question=row.get("question") or "", answer=row.get("answer") or "")
+
+
+def teacher_template(teacher) -> str:
+    """The teacher's --teacher-prompt, or by default: the instruction in chat mode, the raw prefix in completion."""
+    return getattr(teacher, "prompt", "") or (CHAT_CONTINUE_PROMPT if teacher.mode == "chat" else "{prefix}")
 
 
 def teacher_answer(text, stopped: bool):
@@ -833,13 +872,14 @@ class HFTeacher:
         self.temperature = temperature
         self.calls = self.failures = self.tokens = 0
 
-    def continuations(self, prefixes: list[str], n: int, max_tokens: int, draw="") -> list[list[str] | None]:
+    def continuations(self, prefixes: list[str], n: int, max_tokens: int, draw="", rows=None) -> list[list[str] | None]:
         """n sampled continuations of each prefix, up to max_tokens teacher tokens each, generated in batches of
-        at most max_batch sequences. `draw` names the call (seed and step) for teachers that cache; none here."""
+        at most max_batch sequences. rows: each prefix's dataset row, for {question} and {answer} in the
+        teacher's prompt. `draw` names the call (seed and step) for teachers that cache; none here."""
+        prefixes = [teacher_message(teacher_template(self), p, row) for p, row in zip(prefixes, rows or [None] * len(prefixes))]
         if self.mode == "chat":  # the template writes the special tokens (BOS too) into the text itself
-            prefixes = [self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": CHAT_CONTINUE_PROMPT.format(prefix=p)}],
-                tokenize=False, add_generation_prompt=True) for p in prefixes]
+            prefixes = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                           add_generation_prompt=True) for p in prefixes]
         stops = torch.tensor(stop_token_ids(self.model, self.tokenizer), device=self.model.device)
         answers, step = [], max(1, self.max_batch // n)
         for start in range(0, len(prefixes), step):
@@ -874,18 +914,19 @@ class OpenAITeacher:
         self.mode = "chat" if mode == "auto" else mode
         self.calls = self.failures = self.tokens = 0
 
-    def one_continuation(self, prefix: str, max_tokens: int):
-        """One request; returns its text under teacher_answer's rule, or None (and logs one line) when it fails."""
+    def one_continuation(self, message: str, max_tokens: int):
+        """One request (message: teacher_message's text); returns its text under teacher_answer's rule, or None
+        (and logs one line) when it fails."""
         import openai
         try:
             if self.mode == "chat":
                 reply = self.client.chat.completions.create(
                     model=self.model, temperature=self.temperature, **token_budget(max_tokens, self.reasoning_effort),
-                    messages=[{"role": "user", "content": CHAT_CONTINUE_PROMPT.format(prefix=prefix)}])
+                    messages=[{"role": "user", "content": message}])
                 text = reply.choices[0].message.content
             else:
                 reply = self.client.completions.create(
-                    model=self.model, prompt=prefix, max_tokens=max_tokens, temperature=self.temperature)
+                    model=self.model, prompt=message, max_tokens=max_tokens, temperature=self.temperature)
                 text = reply.choices[0].text
             stopped = reply.choices[0].finish_reason not in ("length", "content_filter")
             self.tokens += getattr(reply.usage, "completion_tokens", 0) or 0
@@ -898,10 +939,12 @@ class OpenAITeacher:
             return None
         return teacher_answer(text, stopped)
 
-    def continuations(self, prefixes: list[str], n: int, max_tokens: int, draw="") -> list[list[str] | None]:
-        """n continuations of each prefix; all requests of the call go out together. No cache, so `draw` is unused."""
+    def continuations(self, prefixes: list[str], n: int, max_tokens: int, draw="", rows=None) -> list[list[str] | None]:
+        """n continuations of each prefix (rows: each prefix's dataset row, for the prompt's {question} and
+        {answer}); all requests of the call go out together. No cache, so `draw` is unused."""
+        messages = [teacher_message(teacher_template(self), p, row) for p, row in zip(prefixes, rows or [None] * len(prefixes))]
         with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
-            futures = [[pool.submit(self.one_continuation, p, max_tokens) for _ in range(n)] for p in prefixes]
+            futures = [[pool.submit(self.one_continuation, m, max_tokens) for _ in range(n)] for m in messages]
             answers = [[f.result() for f in row] for row in futures]
         self.calls += len(prefixes) * n
         self.failures += sum(a is None for row in answers for a in row)
@@ -927,16 +970,17 @@ def make_teacher(cfg, device):
 
 
 def teacher_rollouts(teacher, prefix_texts: list[str], num_samples: int, chunk_len: int, tokenizer,
-                     max_tokens=0, draw=""):
+                     max_tokens=0, draw="", rows=None):
     """Step 4: r^1..r^M = M teacher continuations of each decoded prefix s_t, each about L tokens of text; None
     where the teacher failed. The teacher may write max_tokens of its own tokens (default L for a local teacher
     with the student's tokenizer, else 2·L: another tokenizer groups digits and words differently), and each
     text is cut to its first L tokens in the student's tokenizer, so drafts and teacher rollouts have the same
     length in the same units.
     draw names this call ("seed 0 step 12"): a caching teacher (scale/teachers.py) returns its stored answers
-    only to the same draw, so a resumed run pays nothing twice and every new step gets fresh samples."""
+    only to the same draw, so a resumed run pays nothing twice and every new step gets fresh samples.
+    rows: each prefix's dataset row, for {question} and {answer} in a --teacher-prompt."""
     default = chunk_len if getattr(teacher, "shares_tokenizer", False) else 2 * chunk_len
-    answers = teacher.continuations(prefix_texts, num_samples, max_tokens or default, draw)
+    answers = teacher.continuations(prefix_texts, num_samples, max_tokens or default, draw, rows)
     return [None if texts is None else [first_tokens(t, tokenizer, chunk_len) for t in texts] for texts in answers]
 
 
@@ -1167,7 +1211,8 @@ def omniopd_collect(run, rows, cfg) -> StepBatch:
     with run.clock("teacher"):
         prefix_texts = teacher_prefix_texts(tokenizer, rollout, forks, [r["question"] for r in rows], cfg)
         teacher_texts = teacher_rollouts(run.teacher, prefix_texts, cfg.teacher_samples, cfg.chunk_len,  # step 4
-                                         tokenizer, cfg.teacher_max_tokens, draw_name(cfg, run.step))
+                                         tokenizer, cfg.teacher_max_tokens, draw_name(cfg, run.step),
+                                         [rows[b] for b, _ in forks])
     answered = [f for f, texts in enumerate(teacher_texts) if texts]
     with run.clock("similarity"):
         candidate_texts = [[decode_after(tokenizer, drafts.prefix_ids[f], c) for c in drafts.chunk_ids[f]]
@@ -1271,7 +1316,7 @@ def sft_collect(run, rows, cfg) -> StepBatch:
     """SFT's collection: the teacher writes a full solution for each prompt (text only, so an API teacher works)."""
     prompts = [teacher_view_template(cfg).format(question=r["question"]) for r in rows]
     with run.clock("teacher"):
-        solutions = run.teacher.continuations(prompts, 1, cfg.max_new_tokens, draw_name(cfg, run.step))
+        solutions = run.teacher.continuations(prompts, 1, cfg.max_new_tokens, draw_name(cfg, run.step), rows)
     kept = [(r["question"], s[0]) for r, s in zip(rows, solutions) if s and s[0].strip()]
     # each solution is trained on with the EOS that ends it
     num_tokens = sum(len(run.tokenizer(s, add_special_tokens=False)["input_ids"]) + 1 for _, s in kept)
@@ -1461,6 +1506,8 @@ def setup(cfg, teacher=None) -> RunState:
         fp32_output_head(reference.eval().requires_grad_(False))
     if cfg.method != "grpo":   # GRPO learns from rewards alone
         teacher = teacher or make_teacher(cfg, device)
+    if teacher is not None and cfg.teacher_prompt:
+        teacher.prompt = read_teacher_prompt(cfg.teacher_prompt)
     if isinstance(teacher, HFTeacher):
         teacher.shares_tokenizer = teacher.tokenizer.get_vocab() == tokenizer.get_vocab()
     if cfg.method == "opd":

@@ -179,25 +179,28 @@ class TeacherPool:
         return {"calls": self.calls, "cached": self.cached, "failures": self.failures, "retried": self.retried,
                 "tokens": self.tokens, "prompt_tokens": self.prompt_tokens, "dollars": self.dollars}
 
-    def continuations(self, prefixes: list[str], n: int, max_tokens: int, draw="") -> list[list[str] | None]:
+    def continuations(self, prefixes: list[str], n: int, max_tokens: int, draw="", rows=None) -> list[list[str] | None]:
         """n continuations of each prefix from every teacher (n × teachers answers per prefix, pooled);
-        None for a prefix that got no usable answer at all. draw names the call (omniopd.teacher_rollouts)."""
+        None for a prefix that got no usable answer at all. draw names the call (omniopd.teacher_rollouts);
+        rows: each prefix's dataset row, for {question} and {answer} in a --teacher-prompt."""
         if not prefixes:
             return []
-        answers = self.loop.run_until_complete(self.ask_all(prefixes, n, max_tokens, draw))
+        template = omniopd.teacher_template(self)
+        messages = [omniopd.teacher_message(template, p, row) for p, row in zip(prefixes, rows or [None] * len(prefixes))]
+        answers = self.loop.run_until_complete(self.ask_all(messages, n, max_tokens, draw))
         per_prefix = len(self.endpoints) * n
         rows = [answers[i * per_prefix:(i + 1) * per_prefix] for i in range(len(prefixes))]
         return [[a for a in row if a is not None] or None for row in rows]
 
-    async def ask_all(self, prefixes, n, max_tokens, draw):
-        """Every (prefix, teacher, sample) of the call at once; identical requests share one answer."""
+    async def ask_all(self, messages, n, max_tokens, draw):
+        """Every (message, teacher, sample) of the call at once; identical requests share one answer."""
         if not hasattr(self, "limiter"):  # asyncio objects belong to the loop that first uses them
             self.limiter = RateLimiter(*self.limiter_settings)
             self.slots = asyncio.Semaphore(self.concurrency)
         wanted, tasks = [], {}
-        for prefix in prefixes:
+        for message in messages:
             for endpoint in self.endpoints:
-                request = self.request_body(endpoint, prefix, max_tokens)
+                request = self.request_body(endpoint, message, max_tokens)
                 for sample in range(n):
                     key = AnswerCache.key(endpoint.name(), request, draw, sample)
                     if key not in tasks:
@@ -212,13 +215,14 @@ class TeacherPool:
             await asyncio.gather(*tasks.values(), return_exceptions=True)
             raise
 
-    def request_body(self, endpoint, prefix, max_tokens) -> dict:
-        """What goes over the wire for one continuation of prefix, as the chat or completion endpoint takes it."""
+    def request_body(self, endpoint, message, max_tokens) -> dict:
+        """What goes over the wire for one continuation (message: omniopd.teacher_message's text), as the chat
+        or completion endpoint takes it."""
         body = {"model": endpoint.model, "temperature": self.temperature}
         if self.mode == "chat":
             return {**body, **omniopd.token_budget(max_tokens, self.reasoning_effort),
-                    "messages": [{"role": "user", "content": omniopd.CHAT_CONTINUE_PROMPT.format(prefix=prefix)}]}
-        return {**body, "max_tokens": max_tokens, "prompt": prefix}
+                    "messages": [{"role": "user", "content": message}]}
+        return {**body, "max_tokens": max_tokens, "prompt": message}
 
     async def ask(self, endpoint, request, key):
         """One answer: from the cache, or over HTTP with retries; None (counted) when every attempt failed."""

@@ -139,14 +139,15 @@ class GatheredTeacher:
         self.pool, self.rank, self.world = pool, rank, world
         self.calls = self.failures = self.tokens = 0
 
-    def continuations(self, prefixes, n, max_tokens, draw=""):
+    def continuations(self, prefixes, n, max_tokens, draw="", rows=None):
         everyone = [None] * self.world
-        dist.all_gather_object(everyone, prefixes, group=CONTROL)
+        dist.all_gather_object(everyone, (prefixes, rows or [None] * len(prefixes)), group=CONTROL)
         answers = [None] * self.world
         if self.rank == 0:
             try:
-                flat = self.pool.continuations([p for ps in everyone for p in ps], n, max_tokens, draw)
-                starts = [sum(len(ps) for ps in everyone[:r]) for r in range(self.world + 1)]
+                flat = self.pool.continuations([p for ps, _ in everyone for p in ps], n, max_tokens, draw,
+                                               [row for _, rs in everyone for row in rs])
+                starts = [sum(len(ps) for ps, _ in everyone[:r]) for r in range(self.world + 1)]
                 answers = [(flat[starts[r]:starts[r + 1]], self.pool.meter()) for r in range(self.world)]
             except omniopd.OmniOPDError as error:
                 answers = [str(error)] * self.world
@@ -175,6 +176,8 @@ def make_pool_teacher(cfg, rank, world):
                            cfg.teacher_temperature, cfg.teacher_timeout, cfg.teacher_retries, cfg.teacher_concurrency,
                            cfg.teacher_rpm, cfg.teacher_tpm, cache, prices,
                            reasoning_effort=cfg.teacher_reasoning_effort)
+        if cfg.teacher_prompt:
+            pool.prompt = omniopd.read_teacher_prompt(cfg.teacher_prompt)
     return GatheredTeacher(pool, rank, world)
 
 

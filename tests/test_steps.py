@@ -269,7 +269,7 @@ class DraftEcho:
     def __init__(self, k):
         self.k, self.texts = k, []
 
-    def continuations(self, prefixes, n, max_tokens, draw=""):
+    def continuations(self, prefixes, n, max_tokens, draw="", rows=None):
         assert len(prefixes) == len(self.texts)
         return [[text] * n for text in self.texts]
 
