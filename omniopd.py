@@ -78,8 +78,11 @@ class Config:
                          ["omniopd", "opd", "sft", "grpo"])
     student: str = option("toy", "student model: 'toy', a local folder, a hub id, or a bare Qwen name (Qwen2.5-0.5B)")
     teacher: str = option("toy", "teacher: 'toy', a local folder or hub id (HF model), or openai:MODEL for any OpenAI-compatible endpoint")
-    data: str = option("toy", "training prompts: 'toy' (built-in arithmetic world) or a JSONL file of {question, answer} or {prompt} rows")
-    eval_data: str = option("toy", "held-out problems for accuracy: 'toy' or a JSONL file of {question, answer} rows")
+    data: str = option("toy", "training prompts: 'toy' (built-in arithmetic world), a JSONL, JSON, Parquet or CSV file, a "
+                              "dataset folder, or a Hub dataset id with optional config and split (openai/gsm8k:main:train)")
+    eval_data: str = option("toy", "held-out problems for accuracy, in the same forms as --data (split 'test' unless named)")
+    question_field: str = option("", "the rows' question field (empty = the first of question, problem, prompt, messages)")
+    answer_field: str = option("", "the rows' reference-answer field (empty = answer, else solution)")
     eval_size: int = option(200, "number of held-out problems to evaluate (0 = all)")
     prompt_template: str = option(PLAIN_TEMPLATE, "how a question becomes the student's prompt; 'chat': the student's own "
                                                   "chat template around it (instruct models)")
@@ -287,10 +290,15 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 
 MAX_ROW_BYTES = 1 << 20
+QUESTION_FIELDS = ("question", "problem", "prompt", "messages")   # looked for in this order
+ANSWER_FIELDS = ("answer", "solution")
 
 
-def load_rows(spec: str, split: str, seed: int, size: int = 0) -> list[dict]:
-    """Dataset rows as {"question", "answer"} ("answer" may be None). spec: 'toy' or a JSONL path."""
+def load_rows(spec: str, split: str, seed: int, size: int = 0, question_field="", answer_field="") -> list[dict]:
+    """Dataset rows as {"question", "answer"} ("answer" may be None). spec: 'toy', reasoning-gym:NAME, a JSONL
+    file (read line by line, each bad line named), or through the `datasets` library: a Hub id with an
+    optional config and split (openai/gsm8k:main:train, HuggingFaceH4/MATH-500:test), a local dataset folder
+    (Hub layout, or saved by save_to_disk), a Parquet, JSON or CSV file. split is used when spec names none."""
     if spec == "toy":
         return toyworld.make_problems(size or 2000, split, seed)
     if spec.startswith("reasoning-gym:"):  # generated offline, e.g. reasoning-gym:gsm_symbolic
@@ -298,41 +306,98 @@ def load_rows(spec: str, split: str, seed: int, size: int = 0) -> list[dict]:
         split_seed = seed if split == "train" else 1_000_003 + seed  # test rows come from a separate stream
         items = reasoning_gym.create_dataset(spec.split(":", 1)[1], size=size or 2000, seed=split_seed)
         return [{"question": item["question"], "answer": str(item["answer"])} for item in items]
-    path = Path(spec)
-    if not path.is_file():
-        raise OmniOPDError(f"data file not found: {spec}")
-    rows = []
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(iter(lambda: handle.readline(MAX_ROW_BYTES + 1), b""), start=1):
-            if len(raw) > MAX_ROW_BYTES:  # stop before reading the rest of it into memory
-                raise OmniOPDError(f"{spec} line {number}: longer than {MAX_ROW_BYTES:,} bytes; not a dataset row")
-            rows.append(parse_row(raw, f"{spec} line {number}"))
+    if Path(spec).suffix == ".jsonl":
+        records = jsonl_records(spec)
+    else:
+        records = dataset_records(spec, split)
+    rows = [row_from_record(record, where, question_field, answer_field) for where, record in records]
     rows = [row for row in rows if row is not None]
     if not rows:
         raise OmniOPDError(f"{spec}: no rows")
     return rows[:size] if size else rows
 
 
-def parse_row(raw: bytes, where: str):
-    """One JSONL line -> {"question", "answer"}; blank lines are None; anything malformed is an error."""
+def jsonl_records(spec: str):
+    """(where, record) for each line of a JSONL file; a line that is not a JSON object is a one-line error."""
+    path = Path(spec)
+    if not path.is_file():
+        raise OmniOPDError(f"data file not found: {spec}")
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(iter(lambda: handle.readline(MAX_ROW_BYTES + 1), b""), start=1):
+            where = f"{spec} line {number}"
+            if len(raw) > MAX_ROW_BYTES:  # stop before reading the rest of it into memory
+                raise OmniOPDError(f"{where}: longer than {MAX_ROW_BYTES:,} bytes; not a dataset row")
+            try:
+                text = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise OmniOPDError(f"{where}: not UTF-8 text") from None
+            if not text:
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise OmniOPDError(f"{where}: not valid JSON ({error.msg})") from None
+            yield where, record
+
+
+def dataset_records(spec: str, split: str):
+    """(where, record) for each row of one split, loaded by the `datasets` library: the same load_dataset call
+    for a Hub id and for a local folder in the Hub's layout; load_from_disk for a save_to_disk folder."""
+    import datasets
+    datasets.disable_progress_bars()
+    path, config = Path(spec), None
+    if not path.exists():   # NAME[:CONFIG]:SPLIT
+        parts = spec.split(":")
+        if len(parts) > 3 or not parts[0]:
+            raise OmniOPDError(f"cannot read dataset '{spec}': expected NAME, NAME:SPLIT or NAME:CONFIG:SPLIT")
+        path, config, split = Path(parts[0]), (parts[1] if len(parts) == 3 else None), (parts[-1] if len(parts) > 1 else split)
+        if not path.exists() and (path.suffix or "/" not in parts[0]):
+            raise OmniOPDError(f"data file not found: {parts[0]}")
     try:
-        text = raw.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise OmniOPDError(f"{where}: not UTF-8 text") from None
-    if not text:
-        return None
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise OmniOPDError(f"{where}: not valid JSON ({error.msg})") from None
-    if not isinstance(row, dict):
-        raise OmniOPDError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    question = row.get("question", row.get("prompt", row.get("problem")))
-    if isinstance(question, list):  # TRL conversational prompt: the last user message
-        question = next((m.get("content") for m in reversed(question) if isinstance(m, dict) and m.get("role") == "user"), None)
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():   # save_to_disk
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise OmniOPDError(f"{spec}: no split '{split}'; it has {', '.join(loaded)}")
+                loaded = loaded[split]
+        elif path.is_file():
+            kind = {".parquet": "parquet", ".json": "json", ".csv": "csv"}.get(path.suffix)
+            if kind is None:
+                raise OmniOPDError(f"{spec}: unknown data format '{path.suffix}' (JSONL, JSON, Parquet, CSV or a dataset)")
+            loaded = datasets.load_dataset(kind, data_files=str(path), split="train")
+        else:
+            loaded = datasets.load_dataset(str(path), config, split=split)
+    except OmniOPDError:
+        raise
+    except Exception as error:   # datasets raises many kinds: unknown split or config, no such dataset, bad file
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        if "corresponds to no data" in reason:   # how datasets says that a split is empty
+            raise OmniOPDError(f"{spec}: no rows in split '{split}'") from None
+        raise OmniOPDError(f"cannot load dataset '{spec}': {reason}") from None
+    for number, record in enumerate(loaded, start=1):
+        yield f"{spec} row {number}", record
+
+
+def row_from_record(record, where: str, question_field="", answer_field=""):
+    """One record -> {"question", "answer"}: the question from --question-field or the first of QUESTION_FIELDS
+    present (a list of chat messages: its last user message, and the assistant's reply after it as the answer
+    when there is no answer field); the answer from --answer-field or ANSWER_FIELDS. Malformed: an error."""
+    if not isinstance(record, dict):
+        raise OmniOPDError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    names = [question_field] if question_field else [f for f in QUESTION_FIELDS if f in record]
+    question = record.get(names[0]) if names else None
+    answer = record.get(answer_field) if answer_field else next((record[f] for f in ANSWER_FIELDS if f in record), None)
+    if isinstance(question, list):  # conversational: [{"role": "user", "content": ...}, ...]
+        turns = [m for m in question if isinstance(m, dict)]
+        users = [i for i, m in enumerate(turns) if m.get("role") == "user"]
+        question = turns[users[-1]].get("content") if users else None
+        if answer is None and users:
+            answer = next((m.get("content") for m in turns[users[-1] + 1:] if m.get("role") == "assistant"), None)
     if not isinstance(question, str) or not question.strip():
-        raise OmniOPDError(f"{where}: missing field 'question' (or 'prompt') with a non-empty string")
-    answer = row.get("answer", row.get("solution"))
+        wanted = f"'{question_field}'" if question_field else "'question' (or problem, prompt, messages)"
+        raise OmniOPDError(f"{where}: missing field {wanted} with a non-empty string; --question-field names another")
+    if answer_field and answer_field not in record:
+        raise OmniOPDError(f"{where}: missing field '{answer_field}' (--answer-field)")
     if answer is not None and not isinstance(answer, (str, int, float)):
         raise OmniOPDError(f"{where}: field 'answer' must be a string or number")
     return {"question": question, "answer": None if answer is None else str(answer)}
@@ -348,6 +413,16 @@ def extract_answer(text: str):
         return hashes[-1].strip()
     numbers = re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)
     return numbers[-1] if numbers else None
+
+
+def gold_answer(reference):
+    """The reference's final answer: extract_answer's for a worked solution (one with \\boxed, '####' or
+    several lines); a short bare reference (MATH-500's answer field: \\frac{1}{2}) is the answer whole, where
+    the last-number rule would read 2."""
+    text = str(reference or "").strip()
+    if "\\boxed" in text or "####" in text or "\n" in text or len(text) > 20:
+        return extract_answer(text)
+    return text or None
 
 
 def answers_match(predicted, gold) -> bool:
@@ -460,7 +535,7 @@ def evaluate(model, tokenizer, rows, cfg, samples=0, batch_size=64):
                                                   cfg.max_new_tokens, cfg.temperature, n=samples),
                                          skip_special_tokens=True) if samples else []
         for i, (row, text) in enumerate(zip(chunk, tokenizer.batch_decode(greedy, skip_special_tokens=True))):
-            gold, predicted = extract_answer(row["answer"] or ""), extract_answer(text)
+            gold, predicted = gold_answer(row["answer"]), extract_answer(text)
             records.append({"question": row["question"], "output": text, "predicted": predicted,
                             "gold": gold, "correct": answers_match(predicted, gold)})
             if samples:
@@ -1350,7 +1425,7 @@ def grpo_collect(run, rows, cfg) -> StepBatch:
     with run.clock("rollout"):
         rollout = sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
     texts = response_texts(run.tokenizer, rollout)
-    rewards_B = torch.tensor([float(answers_match(extract_answer(t), extract_answer(r["answer"] or "")))
+    rewards_B = torch.tensor([float(answers_match(extract_answer(t), gold_answer(r["answer"])))
                               for t, r in zip(texts, rows)])
     advantages_B = torch.cat([group_advantages(g) for g in rewards_B.split(cfg.group_size)])
     return StepBatch(rollout, advantages_B=advantages_B, num_tokens=int(rollout.response_mask_B_T.sum()),
@@ -1557,8 +1632,8 @@ def keep_metrics_until(path: Path, step: int) -> None:
 
 def load_data(cfg) -> tuple[list[dict], list[dict]]:
     """Training rows and held-out rows; held-out problems that also appear in training are left out."""
-    train_rows = load_rows(cfg.data, "train", cfg.seed)
-    eval_rows = load_rows(cfg.eval_data, "test", 0, cfg.eval_size)
+    train_rows = load_rows(cfg.data, "train", cfg.seed, 0, cfg.question_field, cfg.answer_field)
+    eval_rows = load_rows(cfg.eval_data, "test", 0, cfg.eval_size, cfg.question_field, cfg.answer_field)
     seen = {r["question"] for r in train_rows}
     if any(r["question"] in seen for r in eval_rows):
         print(f"note: {sum(r['question'] in seen for r in eval_rows)} evaluation problems also appear in the "

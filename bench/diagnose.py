@@ -207,7 +207,7 @@ def rejection_sampling_collect(run, rows, cfg):
         rollout = omniopd.sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
     texts = omniopd.response_texts(run.tokenizer, rollout)
     kept = [(r["question"], t) for r, t in zip(rows, texts)
-            if omniopd.answers_match(omniopd.extract_answer(t), omniopd.extract_answer(r["answer"]))]
+            if omniopd.answers_match(omniopd.extract_answer(t), omniopd.gold_answer(r["answer"]))]
     num_tokens = sum(len(run.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for _, t in kept)
     return omniopd.StepBatch(solutions=kept, num_tokens=num_tokens, metrics={"rs/kept": len(kept) / len(rows)})
 

@@ -1,4 +1,4 @@
-"""Build the toy world's teacher and student: `python -m toyworld.build` (about 25 minutes on 2 CPU cores).
+"""Build a toy world's teacher and student: `python -m toyworld.build [--world stories]` (about 25 minutes on 2 CPU cores).
 
 Both are Qwen2 models made from a config, with the character tokenizer, trained by
 next-token NLL on worked solutions (omniopd.completion_nll) and saved with
@@ -18,6 +18,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 import omniopd
 import toyworld
+from toyworld import stories
 
 TEMPLATE = omniopd.Config.prompt_template
 
@@ -31,12 +32,13 @@ def new_model(tokenizer, hidden, layers):
     return Qwen2ForCausalLM(config)
 
 
-def accuracy(model, tokenizer, rows):
-    cfg = omniopd.Config(max_new_tokens=48)
+def accuracy(model, tokenizer, rows, max_new_tokens=48):
+    cfg = omniopd.Config(max_new_tokens=max_new_tokens)
     return omniopd.evaluate(model, tokenizer, rows, cfg)[0]
 
 
-def train(model, tokenizer, train_rows, valid_rows, max_steps, lr, eval_every, stop_at=None, batch_size=64):
+def train(model, tokenizer, train_rows, valid_rows, max_steps, lr, eval_every, stop_at=None, batch_size=64,
+          max_new_tokens=48):
     """AdamW with warm-up and linear decay; returns the step it stopped at and its validation accuracy."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -52,41 +54,57 @@ def train(model, tokenizer, train_rows, valid_rows, max_steps, lr, eval_every, s
         schedule.step()
         optimizer.zero_grad()
         if step % eval_every == 0 or step == max_steps:
-            score = accuracy(model, tokenizer, valid_rows)
+            score = accuracy(model, tokenizer, valid_rows, max_new_tokens)
             print(f"step {step} loss {loss.item():.4f} valid {score:.3f} {time.time() - started:.0f}s", flush=True)
             if stop_at is not None and score >= stop_at:
                 break
     return step, score
 
 
+def world_data(world):
+    """The tokenizer, training corpus, validation and test rows, and where each model goes, for one world."""
+    if world == "arithmetic":
+        train_rows = toyworld.make_problems(20000, "train", seed=1000)
+        return (toyworld.build_char_tokenizer(), train_rows, toyworld.make_problems(200, "train", seed=2000),
+                toyworld.make_problems(200, "test", seed=0), toyworld.TEACHER_DIR, toyworld.STUDENT_DIR)
+    # stories: both models learn from the Zipf-skewed corpus; validation and test are the task (uniform verbs)
+    train_rows = stories.make_problems(20000, "train", seed=1000, distribution="zipf")
+    texts = [TEMPLATE.format(question=r["question"]) + r["answer"] for r in train_rows]
+    return (stories.build_word_tokenizer(texts), train_rows, stories.make_problems(200, "train", seed=2000),
+            stories.make_problems(200, "test", seed=0), stories.TEACHER_DIR, stories.STUDENT_DIR)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world", choices=["arithmetic", "stories"], default="arithmetic")
     parser.add_argument("--teacher-steps", type=int, default=1500)
-    parser.add_argument("--student-target", type=float, default=0.2)
+    parser.add_argument("--student-target", type=float, default=0.2,
+                        help="stop the student when its validation accuracy reaches this (0 = train all its steps)")
     parser.add_argument("--student-max-steps", type=int, default=1500)
+    parser.add_argument("--student-hidden", type=int, default=64)
+    parser.add_argument("--student-layers", type=int, default=2)
     parser.add_argument("--only", choices=["teacher", "student"], default=None)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    tokenizer = toyworld.build_char_tokenizer()
-    train_rows = toyworld.make_problems(20000, "train", seed=1000)
-    valid_rows = toyworld.make_problems(200, "train", seed=2000)
-    test_rows = toyworld.make_problems(200, "test", seed=0)   # the set omniopd.py evaluates on
+    tokenizer, train_rows, valid_rows, test_rows, teacher_dir, student_dir = world_data(args.world)
+    max_new_tokens = 48 if args.world == "arithmetic" else 80
     report = {}
-    for role, hidden, layers, steps, target, every in [
-            ("teacher", 128, 4, args.teacher_steps, None, 250),
-            ("student", 64, 2, args.student_max_steps, args.student_target, 25)]:
+    for role, hidden, layers, steps, target, every, folder in [
+            ("teacher", 128, 4, args.teacher_steps, None, 250, teacher_dir),
+            ("student", args.student_hidden, args.student_layers, args.student_max_steps, args.student_target or None,
+             25 if args.student_target else 250, student_dir)]:
         if args.only and role != args.only:
             continue
         torch.manual_seed(0)
         model = new_model(tokenizer, hidden, layers)
         print(f"{role}: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
-        stopped, valid = train(model, tokenizer, train_rows, valid_rows, steps, 3e-3, every, target)
-        folder = toyworld.MODELS_DIR / role
+        stopped, valid = train(model, tokenizer, train_rows, valid_rows, steps, 3e-3, every, target,
+                               max_new_tokens=max_new_tokens)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         reloaded, reloaded_tokenizer = omniopd.load_model(str(folder), role, torch.device("cpu"))
         report[role] = {"steps": stopped, "valid_accuracy": valid,
-                        "test_accuracy": accuracy(reloaded, reloaded_tokenizer, test_rows),
+                        "test_accuracy": accuracy(reloaded, reloaded_tokenizer, test_rows, max_new_tokens),
                         "parameters": sum(p.numel() for p in model.parameters())}
         print(role, report[role], flush=True)
         (folder / "build_report.json").write_text(json.dumps(report[role], indent=2))
