@@ -51,6 +51,7 @@ import shutil
 import string
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,6 +159,10 @@ class Config:
     eval_every: int = option(0, "evaluate every N steps (0 = only before and after training)")
     eval_samples: int = option(0, "if n > 0, also report mean accuracy over n answers sampled at temperature τ")
     eval_teacher: bool = option(True, "also report the teacher's accuracy when it is a local model")
+    report_to: str = option("none", "also log metrics.jsonl's figures, the learning curve and, at each evaluation, a few "
+                                    "forks (drafts, p̂, teacher continuations) to tensorboard (<out>/tensorboard) or "
+                                    "wandb (project $WANDB_PROJECT, default omniopd; WANDB_MODE=offline works offline)",
+                            ["none", "tensorboard", "wandb"])
 
     # computed at runtime
     def resolved(self):
@@ -1537,6 +1542,76 @@ def set_rng_state(state: dict) -> None:
 TEACHER_COUNTERS = ("calls", "failures", "tokens")
 
 
+class MetricsLog:
+    """metrics.jsonl (one line per step), and with --report-to the same names and numbers to TensorBoard or
+    W&B, plus fork tables at each evaluation. A resumed run appends; W&B continues the same run by its id,
+    kept in the run folder."""
+
+    def __init__(self, cfg):
+        out = Path(cfg.out)
+        self.file = open(out / "metrics.jsonl", "a")
+        self.tensorboard = self.wandb = None
+        if cfg.report_to == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(str(out / "tensorboard"))
+        elif cfg.report_to == "wandb":
+            import wandb
+            id_file = out / "wandb_id.txt"
+            if not id_file.exists():
+                id_file.write_text(uuid.uuid4().hex[:12])   # not random: that would move the run's RNG
+            self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "omniopd"), dir=str(out), name=out.name,
+                                    id=id_file.read_text().strip(), resume="allow", config=dataclasses.asdict(cfg))
+
+    def write(self, metrics: dict, to_file=True) -> None:
+        """One step's metrics; every number also to the tracker, under the same name, at metrics["step"]."""
+        if to_file:
+            self.file.write(json.dumps(metrics) + "\n")
+            self.file.flush()
+        numbers = {k: v for k, v in metrics.items() if k != "step" and isinstance(v, (int, float))}
+        if self.tensorboard:
+            for name, value in numbers.items():
+                self.tensorboard.add_scalar(name, value, metrics["step"])
+            self.tensorboard.flush()
+        if self.wandb:
+            self.wandb.log(numbers, step=metrics["step"])
+
+    def forks(self, batch, step: int, limit: int = 3) -> None:
+        """The first `limit` forks of an OmniOPD batch: each draft with its p̂, then the teacher's continuations."""
+        rows = fork_table(batch, limit)
+        if not rows or not (self.tensorboard or self.wandb):
+            return
+        if self.tensorboard:
+            cell = lambda text: str(text).replace("|", "\\|").replace("\n", "⏎")  # noqa: E731  (one table row each)
+            lines = ["| fork | who | text | p̂ |", "|---|---|---|---|"]
+            lines += [f"| {f} | {who} | {cell(text)} | {'' if target is None else f'{target:.3f}'} |"
+                      for f, who, text, target in rows]
+            self.tensorboard.add_text("fork_table", "\n".join(lines), step)
+            self.tensorboard.flush()
+        if self.wandb:
+            import wandb
+            self.wandb.log({"fork_table": wandb.Table(columns=["fork", "who", "text", "p̂"], data=[list(r) for r in rows])},
+                           step=step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tensorboard:
+            self.tensorboard.close()
+        if self.wandb:
+            self.wandb.finish()
+
+
+def fork_table(batch, limit: int) -> list[tuple]:
+    """(fork, who, text, p̂) rows: "draft k" rows carry p̂_k, "teacher m" rows the continuation (p̂ None)."""
+    rows = []
+    if batch is None or batch.target_F_K is None:
+        return rows
+    for f, (drafts, teacher_texts, _) in enumerate(batch.fork_texts[:limit], start=1):
+        rows += [(f, f"draft {k}", text, round(float(p), 4)) for k, (text, p) in
+                 enumerate(zip(drafts, batch.target_F_K[f - 1].tolist()), start=1)]
+        rows += [(f, f"teacher {m}", text, None) for m, text in enumerate(teacher_texts, start=1)]
+    return rows
+
+
 def save_checkpoint(run, cfg) -> Path:
     """Student and tokenizer (save_pretrained) plus optimizer, step and RNG; written to a temporary
     folder and renamed, so a crash never leaves half a checkpoint. Keeps the newest keep_checkpoints."""
@@ -1660,6 +1735,8 @@ def train(cfg: Config) -> dict:
     if cfg.resume:
         keep_metrics_until(out / "metrics.jsonl", run.step)
     summary = {"before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")}
+    log = MetricsLog(cfg)
+    log.write({"step": run.step, **summary["before"]}, to_file=False)   # the learning curve's first point
     if cfg.eval_teacher and isinstance(run.teacher, HFTeacher):  # in its chat format only if it has one
         teacher_cfg = dataclasses.replace(cfg, prompt_template=PLAIN_TEMPLATE) if (
             cfg.prompt_template == "chat" and not run.teacher.tokenizer.chat_template) else cfg
@@ -1667,7 +1744,8 @@ def train(cfg: Config) -> dict:
     collect, loss_fn = METHODS[cfg.method]
     nonfinite_in_a_row = silent_in_a_row = 0
     bar = tqdm(range(run.step, cfg.steps), initial=run.step, total=cfg.steps, desc=cfg.method)
-    with open(out / "metrics.jsonl", "a") as metrics_file:
+    batch = None
+    with contextlib.closing(log):
         for _ in bar:
             started = time.time()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.student.device.type == "cuda"):
@@ -1690,10 +1768,10 @@ def train(cfg: Config) -> dict:
             silent_in_a_row = silent_in_a_row + 1 if teacher_silent else 0
             if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
                 metrics.update(run_eval(run, eval_rows, cfg, f"step-{run.step:06d}"))
+                log.forks(batch, run.step)
             if cfg.save_every and run.step % cfg.save_every == 0 and not nonfinite_in_a_row:
                 save_checkpoint(run, cfg)
-            metrics_file.write(json.dumps(metrics) + "\n")
-            metrics_file.flush()
+            log.write(metrics)
             bar.set_postfix(loss=f"{metrics['loss/total']:.4f}", teacher=metrics["teacher/calls"])
             if nonfinite_in_a_row == STOP_AFTER:
                 last = sorted((out / "checkpoints").glob("step-*"))
@@ -1705,10 +1783,10 @@ def train(cfg: Config) -> dict:
                 raise OmniOPDError(f"the teacher gave no usable answer {STOP_AFTER} steps in a row "
                                    f"({metrics['teacher/failures']} failed requests in all): check --teacher and "
                                    f"--teacher-base-url. Stopped; progress saved in {saved}")
-    summary["checkpoint"] = str(save_checkpoint(run, cfg))
-    summary["after"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")
-    with open(out / "metrics.jsonl", "a") as metrics_file:
-        metrics_file.write(json.dumps({"step": run.step, **summary["after"]}) + "\n")
+        summary["checkpoint"] = str(save_checkpoint(run, cfg))
+        summary["after"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")
+        log.write({"step": run.step, **summary["after"]})
+        log.forks(batch, run.step)
     return summary
 
 

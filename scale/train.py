@@ -345,7 +345,10 @@ def train(cfg: ScaleConfig) -> dict:
     collect, _ = omniopd.METHODS[cfg.method]
     nonfinite_in_a_row = 0
     summary = {"before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}", rank, world)}
-    metrics_file = open(out / "metrics.jsonl", "a") if rank == 0 else None
+    log = omniopd.MetricsLog(cfg) if rank == 0 else None    # metrics.jsonl and --report-to, on rank 0
+    if log:
+        log.write({"step": run.step, **summary["before"]}, to_file=False)
+    batch = None
     for _ in range(run.step, cfg.steps):
         started = time.time()
         rows = my_share(omniopd.batch_rows(train_rows, run.step, cfg), rank, world)
@@ -361,11 +364,12 @@ def train(cfg: ScaleConfig) -> dict:
                         **{f"teacher/{k}": v for k, v in meter.items()}})
         if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
             metrics.update(run_eval(run, eval_rows, cfg, f"step-{run.step:06d}", rank, world))
+            if log:
+                log.forks(batch, run.step)
         if cfg.save_every and run.step % cfg.save_every == 0 and not nonfinite_in_a_row:
             save_checkpoint(run, cfg, rank, world)
-        if rank == 0:
-            metrics_file.write(json.dumps(metrics) + "\n")
-            metrics_file.flush()
+        if log:
+            log.write(metrics)
             print(f"step {run.step}/{cfg.steps} loss {metrics['loss/total']:.4f} "
                   f"({metrics['time/step']:.1f} s)", flush=True)
         if nonfinite_in_a_row == omniopd.STOP_AFTER:  # as omniopd.train: none was applied
@@ -374,9 +378,10 @@ def train(cfg: ScaleConfig) -> dict:
     summary["checkpoint"] = str(save_checkpoint(run, cfg, rank, world))
     summary["export"] = str(export(run, cfg, rank))
     summary["after"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}", rank, world)
-    if rank == 0:
-        metrics_file.write(json.dumps({"step": run.step, **summary["after"]}) + "\n")
-        metrics_file.close()
+    if log:
+        log.write({"step": run.step, **summary["after"]})
+        log.forks(batch, run.step)
+        log.close()
     return summary
 
 
