@@ -145,6 +145,14 @@ class Config:
     weight_decay: float = option(0.0, "AdamW weight decay")
     grad_clip: float = option(1.0, "gradient-norm clipping")
     gradient_checkpointing: bool = option(False, "recompute activations in backward: far less memory for long rollouts")
+    lora_rank: int = option(0, "r > 0: train a rank-r LoRA adapter (PEFT) instead of every weight; the reference is then "
+                               "the base under the adapter, with no second copy (0 = full fine-tuning)")
+    lora_alpha: float = option(0.0, "LoRA α: the adapter's update is scaled by α / r (0 = 2·r)")
+    lora_dropout: float = option(0.0, "LoRA dropout on the adapter's input")
+    lora_target_modules: str = option("all-linear", "modules that get an adapter: all-linear (every linear layer but the "
+                                                    "output head) or names, comma-separated (q_proj,v_proj)")
+    merge_lora: bool = option(False, "with --lora-rank: at the end, also save the base with the adapter merged in, as a "
+                                     "plain model in <out>/merged")
     # baselines
     opd_kl: str = option("sampled", "opd: sampled (per-token log-ratio advantage) or full (full-vocabulary reverse KL)",
                          ["sampled", "full"])
@@ -206,7 +214,9 @@ def check_config(cfg) -> None:
              (cfg.batch_size >= 1 and cfg.steps >= 0, "--batch-size must be at least 1 and --steps at least 0"),
              (cfg.method != "grpo" or cfg.batch_size % cfg.group_size == 0,
               "--batch-size must be a multiple of --group-size for grpo"),
-             (cfg.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1")]
+             (cfg.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1"),
+             (cfg.lora_rank >= 0, "--lora-rank must be 0 (full fine-tuning) or positive"),
+             (not cfg.merge_lora or cfg.lora_rank > 0, "--merge-lora needs --lora-rank: there is no adapter to merge")]
     for ok, message in rules:
         if not ok:
             raise OmniOPDError(message)
@@ -468,6 +478,7 @@ def generate(model, tokenizer, input_ids, attention_mask, max_new_tokens, temper
     whatever the checkpoint's generation_config.json says. watch: a logits processor that sees each step's raw
     logits (EntropyRecorder)."""
     from transformers import GenerationConfig
+    model = getattr(model, "get_base_model", lambda: model)()   # under PEFT: the model whose generation_config counts
     sampling = (dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, num_return_sequences=n)
                 if temperature > 0 else dict(do_sample=False))   # n greedy answers are one answer n times
     config = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
@@ -1466,6 +1477,7 @@ class RunState:
     optimizer: torch.optim.Optimizer
     step: int = 0
     clock: "StageClock" = field(default_factory=lambda: StageClock())
+    lora: object = None   # with --lora-rank: the PEFT model around `student` (saves the adapter; switches it off)
 
 
 class StageClock:
@@ -1618,7 +1630,7 @@ def save_checkpoint(run, cfg) -> Path:
     root = Path(cfg.out) / "checkpoints"
     final, partial = root / f"step-{run.step:06d}", root / f".partial-step-{run.step:06d}"
     shutil.rmtree(partial, ignore_errors=True)
-    run.student.save_pretrained(partial)
+    (run.lora or run.student).save_pretrained(partial)   # under LoRA: the adapter alone
     run.tokenizer.save_pretrained(partial)
     torch.save({"step": run.step, "optimizer": run.optimizer.state_dict(), "rng": rng_state(),
                 "teacher": {k: getattr(run.teacher, k, 0) for k in TEACHER_COUNTERS},
@@ -1646,12 +1658,16 @@ def setup(cfg, teacher=None) -> RunState:
         raise OmniOPDError(f"--resume {cfg.resume}: not a checkpoint folder (no trainer_state.pt); "
                            f"checkpoints are <out>/checkpoints/step-N")
     seed_everything(cfg.seed)
-    student, tokenizer = load_model(cfg.resume or cfg.student, "student", device)
+    # a LoRA checkpoint holds the adapter only: the base comes from --student
+    student, tokenizer = load_model(cfg.student if cfg.lora_rank else (cfg.resume or cfg.student), "student", device)
     fp32_output_head(student)
     if cfg.gradient_checkpointing:  # drafts are scored with their whole prefix: F·K long sequences with grad
         getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
+    lora = add_lora(student, cfg) if cfg.lora_rank else None
     reference = None
-    if cfg.kl_beta > 0:
+    if cfg.kl_beta > 0 and lora is not None:
+        reference = AdapterOff(lora)
+    elif cfg.kl_beta > 0:
         reference, _ = load_model(cfg.student, "student", device)
         fp32_output_head(reference.eval().requires_grad_(False))
     if cfg.method != "grpo":   # GRPO learns from rewards alone
@@ -1666,8 +1682,9 @@ def setup(cfg, teacher=None) -> RunState:
         if not teacher.shares_tokenizer:
             raise OmniOPDError("--method opd needs a teacher with the student's tokenizer; this teacher's differs")
     similarity = Similarity(cfg.similarity, cfg.similarity_model, device) if cfg.method == "omniopd" else None
-    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    run = RunState(student, tokenizer, reference, teacher, similarity, optimizer)
+    trainable = [p for p in student.parameters() if p.requires_grad]   # with LoRA, the adapter's alone
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run = RunState(student, tokenizer, reference, teacher, similarity, optimizer, lora=lora)
     if cfg.resume:
         state = torch.load(Path(cfg.resume) / "trainer_state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
@@ -1677,6 +1694,41 @@ def setup(cfg, teacher=None) -> RunState:
             for counter, value in state.get("teacher", {}).items():
                 setattr(teacher, counter, value)
     return run
+
+
+def add_lora(student, cfg):
+    """Rank-r LoRA adapters (PEFT) injected into the student's linear layers, which are frozen; the student
+    object stays the transformers model every function here takes. From --resume: that checkpoint's adapter.
+    Returns the PEFT model (it saves the adapter and switches it off for the reference)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    if cfg.gradient_checkpointing:   # frozen embeddings: checkpointed blocks still need an input that wants grad
+        student.enable_input_require_grads()
+    if cfg.resume:
+        if not (Path(cfg.resume) / "adapter_config.json").is_file():
+            raise OmniOPDError(f"--resume {cfg.resume} with --lora-rank: the checkpoint has no LoRA adapter "
+                               f"(adapter_config.json); it was not trained with --lora-rank")
+        return PeftModel.from_pretrained(student, cfg.resume, is_trainable=True)
+    targets = cfg.lora_target_modules if cfg.lora_target_modules == "all-linear" else cfg.lora_target_modules.split(",")
+    try:
+        return get_peft_model(student, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
+                                                  lora_dropout=cfg.lora_dropout, target_modules=targets,
+                                                  task_type="CAUSAL_LM"))
+    except ValueError as error:   # e.g. target modules the model does not have
+        raise OmniOPDError(f"--lora-target-modules {cfg.lora_target_modules}: {str(error).splitlines()[0][:200]}") from None
+
+
+class AdapterOff(torch.nn.Module):
+    """The reference π_ref under LoRA: the student's own weights with the adapter switched off, which are
+    exactly the starting weights (the base is frozen), so no second copy of the model is loaded."""
+
+    def __init__(self, lora):
+        super().__init__()
+        self.lora = [lora]   # a list, so the student is not registered (and saved, moved) twice
+
+    def forward(self, **inputs):
+        lora = self.lora[0]
+        with torch.no_grad(), lora.disable_adapter():
+            return lora.get_base_model()(**inputs)
 
 
 def run_eval(run, rows, cfg, tag) -> dict:
@@ -1787,7 +1839,18 @@ def train(cfg: Config) -> dict:
         summary["after"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")
         log.write({"step": run.step, **summary["after"]})
         log.forks(batch, run.step)
+    if cfg.merge_lora and run.lora is not None:
+        summary["merged"] = str(save_merged(run, out / "merged"))
     return summary
+
+
+def save_merged(run, folder: Path) -> Path:
+    """--merge-lora: W + (α/r)·BA written into a plain transformers model (loads without PEFT). Runs last: merging
+    consumes the adapter."""
+    merged = run.lora.merge_and_unload()
+    merged.save_pretrained(folder)
+    run.tokenizer.save_pretrained(folder)
+    return folder
 
 
 def main(argv=None) -> int:

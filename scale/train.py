@@ -327,6 +327,9 @@ def run_eval(run, rows, cfg, tag, rank, world) -> dict:
 def train(cfg: ScaleConfig) -> dict:
     """omniopd.train's loop, distributed: the same data, steps, metrics and evaluations."""
     omniopd.check_config(cfg)
+    if cfg.lora_rank:
+        raise omniopd.OmniOPDError("--lora-rank: scale/ does not train LoRA adapters yet (FSDP2 around PEFT's layers is "
+                                   "neither wired nor tested); omniopd.py trains them on one device")
     rank, world = init_distributed(cfg)
     if cfg.batch_size % world:
         raise omniopd.OmniOPDError(f"--batch-size {cfg.batch_size} must divide evenly over {world} ranks")
