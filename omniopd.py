@@ -175,8 +175,8 @@ class Config:
     # computed at runtime
     def resolved(self):
         """Fill the 0-means-auto fields: toy world and real models need different scales."""
-        toy = self.student == "toy"
-        self.max_new_tokens = self.max_new_tokens or (48 if toy else 512)
+        toy = self.student in toyworld.OFFLINE_WORLDS
+        self.max_new_tokens = self.max_new_tokens or {"toy": 48, "stories": 80}.get(self.student, 512)
         self.lr = self.lr or (2e-4 if toy else 1e-6)
         self.fork_gap = self.fork_gap or self.chunk_len
         self.out = self.out or f"runs/{datetime.datetime.now():%Y%m%d-%H%M%S}"
@@ -228,9 +228,9 @@ def check_config(cfg) -> None:
 # Models, prompts, answers
 
 def resolve_model_path(name: str, role: str) -> str:
-    """'toy' -> the shipped toy checkpoint; 'Qwen2.5-0.5B' -> 'Qwen/Qwen2.5-0.5B'; else as given."""
-    if name == "toy":
-        return str(toyworld.TEACHER_DIR if role == "teacher" else toyworld.STUDENT_DIR)
+    """'toy' or 'stories' -> that offline world's shipped checkpoint; 'Qwen2.5-0.5B' -> 'Qwen/Qwen2.5-0.5B'; else as given."""
+    if name in toyworld.OFFLINE_WORLDS:
+        return str(toyworld.world_model_dir(name, role))
     if name.startswith("Qwen") and "/" not in name and not Path(name).exists():
         return "Qwen/" + name
     return name
@@ -314,8 +314,8 @@ def load_rows(spec: str, split: str, seed: int, size: int = 0, question_field=""
     file (read line by line, each bad line named), or through the `datasets` library: a Hub id with an
     optional config and split (openai/gsm8k:main:train, HuggingFaceH4/MATH-500:test), a local dataset folder
     (Hub layout, or saved by save_to_disk), a Parquet, JSON or CSV file. split is used when spec names none."""
-    if spec == "toy":
-        return toyworld.make_problems(size or 2000, split, seed)
+    if spec in toyworld.OFFLINE_WORLDS:
+        return toyworld.world_problems(spec, size or 2000, split, seed)
     if spec.startswith("reasoning-gym:"):  # generated offline, e.g. reasoning-gym:gsm_symbolic
         import reasoning_gym
         split_seed = seed if split == "train" else 1_000_003 + seed  # test rows come from a separate stream
@@ -1855,7 +1855,7 @@ def save_merged(run, folder: Path) -> Path:
 
 def main(argv=None) -> int:
     cfg = parse_args(argv)
-    if cfg.student == "toy":  # everything the offline default needs ships with the repository
+    if cfg.student in toyworld.OFFLINE_WORLDS:  # everything the offline default needs ships with the repository
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         started = time.time()

@@ -212,12 +212,22 @@ def rejection_sampling_collect(run, rows, cfg):
     return omniopd.StepBatch(solutions=kept, num_tokens=num_tokens, metrics={"rs/kept": len(kept) / len(rows)})
 
 
+def reference_collect(run, rows, cfg):
+    """The fragility control: SFT on the rows' own reference solutions, i.e. more of the data the student was
+    trained on. If even this lowers its accuracy, any update does, and a method's drop says little."""
+    kept = [(r["question"], r["answer"]) for r in rows]
+    num_tokens = sum(len(run.tokenizer(a, add_special_tokens=False)["input_ids"]) + 1 for _, a in kept)
+    return omniopd.StepBatch(solutions=kept, num_tokens=num_tokens)
+
+
 def train_control(name, steps, eval_rows, method=None, similarity=None, seed=0, **options):
     """Train one control for `steps` steps as omniopd.train would; returns accuracies and logged metrics."""
     run, rows, cfg = toy_run(seed=seed, method=method or "omniopd", **options)
     if similarity is not None:
         run.similarity = omniopd.Similarity(similarity)
     collect, loss_fn = omniopd.METHODS[cfg.method]
+    if name.startswith("reference solutions"):
+        collect, loss_fn = reference_collect, omniopd.sft_loss
     if name == "rejection sampling":
         collect, loss_fn = rejection_sampling_collect, omniopd.sft_loss
         cfg.group_size = 4
@@ -287,6 +297,8 @@ def main():
     parser.add_argument("--steps", type=int, default=60, help="training steps of each control")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--controls", nargs="*", default=[], help="only the controls whose names contain these")
+    parser.add_argument("--lr", type=float, default=0.0, help="the controls' learning rate (0 = the toy default)")
     args = parser.parse_args()
     if args.quick:
         args.batches, args.steps, args.seeds = 2, 2, [0]
@@ -299,13 +311,16 @@ def main():
     report_census(forks, args.batches * cfg.batch_size)
     update = one_update(run, rows, cfg, args.batches)
     eval_rows = omniopd.load_rows("toy", "test", 0, 32 if args.quick else 200)
+    controls = {"OmniOPD (default: embed similarity)": {},
+                "OmniOPD, oracle similarity": {"similarity": oracle_similarity},
+                "rejection sampling": {},
+                "GRPO": {"method": "grpo"},
+                "reference solutions (its own training data)": {}}
     results = []
     for seed in args.seeds:
-        results.append(train_control("OmniOPD (default: embed similarity)", args.steps, eval_rows, seed=seed))
-        results.append(train_control("OmniOPD, oracle similarity", args.steps, eval_rows, seed=seed,
-                                     similarity=oracle_similarity))
-        results.append(train_control("rejection sampling", args.steps, eval_rows, seed=seed))
-        results.append(train_control("GRPO", args.steps, eval_rows, method="grpo", seed=seed))
+        for control, options in controls.items():
+            if not args.controls or any(wanted in control for wanted in args.controls):
+                results.append(train_control(control, args.steps, eval_rows, seed=seed, lr=args.lr, **options))
     report_controls(results, args.steps)
     folder = Path(args.results)
     (folder / f"{name}.md").write_text("\n".join(LINES) + f"\n\n![one update]({name}.png)\n")

@@ -390,7 +390,7 @@ def train(cfg: ScaleConfig) -> dict:
 
 def main(argv=None) -> int:
     cfg = parse_args(argv)
-    if cfg.student == "toy":
+    if cfg.student in omniopd.toyworld.OFFLINE_WORLDS:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         summary = train(cfg)

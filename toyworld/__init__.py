@@ -85,3 +85,22 @@ def build_char_tokenizer():
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + symbols)}
     return Qwen2Tokenizer(vocab=vocab, merges=[], unk_token="<unk>", eos_token="<eos>", pad_token="<pad>",
                           padding_side="left", clean_up_tokenization_spaces=False)
+
+
+OFFLINE_WORLDS = ("toy", "stories")   # the names --student, --teacher, --data and --eval-data take for them
+
+
+def world_model_dir(name: str, role: str) -> Path:
+    """The shipped checkpoint of an offline world: world_model_dir("stories", "teacher")."""
+    if name == "stories":
+        from toyworld import stories
+        return stories.TEACHER_DIR if role == "teacher" else stories.STUDENT_DIR
+    return TEACHER_DIR if role == "teacher" else STUDENT_DIR
+
+
+def world_problems(name: str, n: int, split: str, seed: int) -> list[dict]:
+    """n problems of an offline world's split (the task's distribution)."""
+    if name == "stories":
+        from toyworld import stories
+        return stories.make_problems(n, split, seed)
+    return make_problems(n, split, seed)

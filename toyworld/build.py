@@ -83,6 +83,7 @@ def main():
     parser.add_argument("--student-max-steps", type=int, default=1500)
     parser.add_argument("--student-hidden", type=int, default=64)
     parser.add_argument("--student-layers", type=int, default=2)
+    parser.add_argument("--student-eval-every", type=int, default=0, help="0 = every 25 steps with a target, else 250")
     parser.add_argument("--only", choices=["teacher", "student"], default=None)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -92,7 +93,7 @@ def main():
     for role, hidden, layers, steps, target, every, folder in [
             ("teacher", 128, 4, args.teacher_steps, None, 250, teacher_dir),
             ("student", args.student_hidden, args.student_layers, args.student_max_steps, args.student_target or None,
-             25 if args.student_target else 250, student_dir)]:
+             args.student_eval_every or (25 if args.student_target else 250), student_dir)]:
         if args.only and role != args.only:
             continue
         torch.manual_seed(0)
