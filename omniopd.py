@@ -176,7 +176,7 @@ class Config:
     def resolved(self):
         """Fill the 0-means-auto fields: toy world and real models need different scales."""
         toy = self.student in toyworld.OFFLINE_WORLDS
-        self.max_new_tokens = self.max_new_tokens or {"toy": 48, "stories": 80}.get(self.student, 512)
+        self.max_new_tokens = self.max_new_tokens or {"toy": 48, "stories": 96}.get(self.student, 512)
         self.lr = self.lr or (2e-4 if toy else 1e-6)
         self.fork_gap = self.fork_gap or self.chunk_len
         self.out = self.out or f"runs/{datetime.datetime.now():%Y%m%d-%H%M%S}"

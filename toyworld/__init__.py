@@ -87,7 +87,9 @@ def build_char_tokenizer():
                           padding_side="left", clean_up_tokenization_spaces=False)
 
 
-OFFLINE_WORLDS = ("toy", "stories")   # the names --student, --teacher, --data and --eval-data take for them
+# the names --student, --teacher, --data and --eval-data take for the offline worlds. "stories" (toyworld/stories.py)
+# joins when its teacher and student ship: they are still being designed (issue #13)
+OFFLINE_WORLDS = ("toy",)
 
 
 def world_model_dir(name: str, role: str) -> Path:

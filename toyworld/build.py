@@ -84,11 +84,15 @@ def main():
     parser.add_argument("--student-hidden", type=int, default=64)
     parser.add_argument("--student-layers", type=int, default=2)
     parser.add_argument("--student-eval-every", type=int, default=0, help="0 = every 25 steps with a target, else 250")
+    parser.add_argument("--student-corpus", type=int, default=0,
+                        help="the student learns from the first N problems of the corpus only (0 = all of it)")
+    parser.add_argument("--student-verbs", type=int, default=0,
+                        help="stories: the student's corpus has only the N most frequent verbs of each kind (0 = all)")
     parser.add_argument("--only", choices=["teacher", "student"], default=None)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     tokenizer, train_rows, valid_rows, test_rows, teacher_dir, student_dir = world_data(args.world)
-    max_new_tokens = 48 if args.world == "arithmetic" else 80
+    max_new_tokens = 48 if args.world == "arithmetic" else 96
     report = {}
     for role, hidden, layers, steps, target, every, folder in [
             ("teacher", 128, 4, args.teacher_steps, None, 250, teacher_dir),
@@ -99,7 +103,10 @@ def main():
         torch.manual_seed(0)
         model = new_model(tokenizer, hidden, layers)
         print(f"{role}: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
-        stopped, valid = train(model, tokenizer, train_rows, valid_rows, steps, 3e-3, every, target,
+        corpus = train_rows[:args.student_corpus] if role == "student" and args.student_corpus else train_rows
+        if role == "student" and args.student_verbs:
+            corpus = stories.make_problems(len(corpus), "train", seed=1000, distribution="zipf", verbs=args.student_verbs)
+        stopped, valid = train(model, tokenizer, corpus, valid_rows, steps, 3e-3, every, target,
                                max_new_tokens=max_new_tokens)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)

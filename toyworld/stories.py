@@ -1,0 +1,116 @@
+"""The story world: the toy world rebuilt to look like the paper's setting, in miniature.
+
+The arithmetic world (`toyworld/__init__.py`) has one phrasing, 16-character chunks and errors in
+digits, which a sentence encoder barely sees. Here, as with the paper's LLMs:
+
+- tokens are words: a byte-level BPE tokenizer trained on the world's own text, so a chunk of
+  L = 16 tokens is a clause, not a few characters;
+- the same reasoning is written in three styles, with connectives drawn at random, so a teacher's
+  samples differ in wording and agree in substance;
+- the forks are reasoning choices: whether a verb such as "donates" adds or takes away. Both models
+  learn from the same corpus, where verbs follow a Zipf law, so the rare verbs are seen only a few
+  hundred times; the larger teacher learns them, the smaller student mostly guesses;
+- a student's mistake shows in words as well as digits ("so we add 3: 12 + 3 = 15" against
+  "so we take away 3: 12 - 3 = 9").
+
+Training prompts and held-out problems draw every verb equally often: the task covers the long tail
+the corpus under-represents. A problem, with one of its solutions:
+
+    Question: Ann has 7 coins. She buys 5 coins. Then she donates 3 coins. Then she finds 2 coins.
+    How many coins does Ann have now?
+    Answer: Ann starts with 7 coins. She buys 5, so we add 5: 7 + 5 = 12. Then she donates 3, so we
+    take away 3: 12 - 3 = 9. Next she finds 2, so we add 2: 9 + 2 = 11.
+    #### 11
+
+Splits are disjoint by a hash of the question, as in the arithmetic world.
+"""
+
+import hashlib
+import random
+
+from toyworld import MODELS_DIR, NAMES, build_char_tokenizer
+
+TEACHER_DIR = MODELS_DIR / "stories-teacher"
+STUDENT_DIR = MODELS_DIR / "stories-student"
+
+OBJECTS = ["coins", "cards", "shells", "stamps", "marbles", "books", "pens", "apples"]
+# most frequent first; the corpus draws rank r with weight 1 / r^ZIPF_EXPONENT
+GAIN_VERBS = ["buys", "finds", "gets", "wins", "collects", "receives", "earns", "gathers", "picks up", "is given",
+              "inherits", "harvests", "catches", "digs up", "orders", "borrows", "adopts", "rescues", "unpacks",
+              "wins back", "makes", "builds", "trades for", "is sent"]
+LOSS_VERBS = ["gives away", "loses", "sells", "drops", "donates", "misplaces", "trades away", "discards", "throws away",
+              "breaks", "lends", "spends", "mails", "gives back", "gives up", "leaves behind", "hands out", "shares",
+              "burns", "recycles", "sends away", "forgets", "throws out", "pawns"]
+ZIPF_EXPONENT = 1.0
+STEPS = 3
+CONNECTIVES = ["Then", "Next", "After that", "Later"]
+
+
+def verb_weights(distribution: str, verbs: int = 0) -> list[float]:
+    """'zipf': the corpus's skewed verb frequencies; 'uniform': the task's, every verb alike. verbs = n: only the
+    n most frequent of each kind (0 = all)."""
+    ranks = range(1, len(GAIN_VERBS) + 1)
+    weights = [1.0 for _ in ranks] if distribution == "uniform" else [1 / r ** ZIPF_EXPONENT for r in ranks]
+    return [w if not verbs or r <= verbs else 0.0 for r, w in zip(ranks, weights)]
+
+
+def write_solution(name, pronoun, obj, start, steps, rng) -> str:
+    """One worked solution in one of three styles; the connectives between steps vary at random."""
+    style = rng.randrange(3)
+    she = pronoun.lower()
+    lines, total = [], start
+    lines.append([f"{name} starts with {start} {obj}.", f"At first {name} has {start} {obj}.",
+                  f"We begin with {start} {obj}."][style])
+    for i, (verb, amount, gain) in enumerate(steps):
+        new_total = total + amount if gain else total - amount
+        sign, words = ("+", "add") if gain else ("-", "take away")
+        opener = pronoun if i == 0 else f"{rng.choice(CONNECTIVES)} {she}"
+        lines.append([
+            f"{opener} {verb} {amount}, so we {words} {amount}: {total} {sign} {amount} = {new_total}.",
+            f"{opener} {verb} {amount}, which {'adds' if gain else 'takes away'} {amount}, so {name} has "
+            f"{total} {sign} {amount} = {new_total}.",
+            f"{amount} {obj} {'more' if gain else 'fewer'} after {she} {verb} them: "
+            f"{total} {sign} {amount} = {new_total}."][style])
+        total = new_total
+    return " ".join(lines) + f"\n#### {total}"
+
+
+def make_problem(rng: random.Random, distribution: str = "uniform", verbs: int = 0) -> dict:
+    """One three-step problem as a dataset row {"question", "answer"}; the answer is one solution of many."""
+    name, pronoun = rng.choice(NAMES)
+    obj = rng.choice(OBJECTS)
+    start = rng.randint(2, 9)
+    steps, total, sentences = [], start, []
+    weights = verb_weights(distribution, verbs)
+    for i in range(STEPS):
+        amount = rng.randint(1, 9)
+        gain = rng.random() < 0.5 or amount > total   # never below zero
+        verb = rng.choices(GAIN_VERBS if gain else LOSS_VERBS, weights)[0]
+        steps.append((verb, amount, gain))
+        total += amount if gain else -amount
+        sentences.append(f"{pronoun if i == 0 else 'Then ' + pronoun.lower()} {verb} {amount} {obj}.")
+    question = (f"{name} has {start} {obj}. {' '.join(sentences)} How many {obj} does {name} have now?")
+    return {"question": question, "answer": write_solution(name, pronoun, obj, start, steps, rng)}
+
+
+def is_test_problem(question: str) -> bool:
+    """The split is a property of the text: 1 problem in 8 is test, whatever the seed."""
+    return hashlib.sha256(question.encode()).digest()[0] % 8 == 0
+
+
+def make_problems(n: int, split: str, seed: int, distribution: str = "uniform", verbs: int = 0) -> list[dict]:
+    """n distinct problems from one split ("train" or "test"), reproducible from seed."""
+    rng, rows, seen = random.Random(f"stories-{split}-{seed}"), [], set()
+    while len(rows) < n:
+        row = make_problem(rng, distribution, verbs)
+        if is_test_problem(row["question"]) == (split == "test") and row["question"] not in seen:
+            seen.add(row["question"])
+            rows.append(row)
+    return rows
+
+
+def build_word_tokenizer(texts, vocab_size=640):
+    """Qwen2's tokenizer, retrained on the world's text: the same byte-level BPE with Qwen2's pre-tokenizer
+    (digits one by one, as in Qwen2.5), merges learned here, so every word of this small world becomes one
+    token and any text still encodes, byte by byte. Being Qwen2's own class, it loads back unchanged."""
+    return build_char_tokenizer().train_new_from_iterator(texts, vocab_size=vocab_size)
