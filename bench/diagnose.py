@@ -14,7 +14,14 @@
 4. Controls that must learn if the code is right, each trained with the same budget as the comparison:
    OmniOPD with an oracle similarity (S = 1 when a draft's numbers agree with the teacher continuation's,
    else 0); rejection sampling built from the same functions (sample, keep the rollouts whose answer
-   checks, NLL on them); GRPO with its reward and advantages logged; and the default OmniOPD.
+   checks, NLL on them); GRPO with its reward and advantages logged; the default OmniOPD; and SFT on the
+   rows' own reference solutions (more of the student's training data: is any update harmful?).
+5. What the student's own "right" samples contain: of its sampled solutions whose final answer checks, how
+   many reach it through a wrong equation (the outcome-only signal of rejection sampling and GRPO rewards
+   those too).
+
+    python bench/diagnose.py --self-samples   # parts 4 (reference SFT, rejection sampling) and 5 only, minutes
+                                              # -> bench/results/diagnosis-self-samples.md
 """
 
 import argparse
@@ -198,6 +205,45 @@ def one_update(run, rows, cfg, batches):
     return {"right": right_changes, "wrong": wrong_changes, "chunk_norm": chunk_norms, "anchor_norm": anchor_norms}
 
 
+# 5. The student's own right answers ------------------------------------------------------------------------
+
+def equations_hold(text: str) -> bool:
+    """Every 'a+b=c' / 'a-b=c' of a toy solution is true arithmetic, and there are two of them (the world's
+    solutions have exactly two steps) and the final answer is the last one's result."""
+    equations = re.findall(r"(\d+)([+-])(\d+)=(\d+)", text)
+    if len(equations) != 2:
+        return False
+    true = all((int(a) + int(b) if op == "+" else int(a) - int(b)) == int(c) for a, op, b, c in equations)
+    return true and omniopd.extract_answer(text) == equations[-1][3]
+
+
+def lucky_answers(run, rows, cfg, batches):
+    """Sample as rejection sampling and GRPO do; of the samples whose final answer checks, the share whose
+    reasoning does not hold."""
+    right = lucky = total = 0
+    examples = []
+    with torch.no_grad():
+        for step in range(batches):
+            batch = omniopd.batch_rows(rows, step, cfg)
+            rollout = omniopd.sample_rollouts(run.student, run.tokenizer, [r["question"] for r in batch], cfg)
+            for row, text in zip(batch, omniopd.response_texts(run.tokenizer, rollout)):
+                total += 1
+                if omniopd.answers_match(omniopd.extract_answer(text), omniopd.gold_answer(row["answer"])):
+                    right += 1
+                    if not equations_hold(text):
+                        lucky += 1
+                        examples.append((text, row["answer"]))
+    say(f"\n## 5. The student's own right answers ({total} samples at τ = {cfg.temperature})")
+    say(f"\nFinal answer right: {right} ({right / total:.1%}). Of those, reached through a wrong equation, or a "
+        f"final line that is not the last equation's result: {lucky} ({lucky / max(right, 1):.1%}). Examples "
+        "(sample, then the reference):\n")
+    say("```")
+    for text, reference in examples[:6]:
+        say(f"{text!r:40}  {reference!r}")
+    say("```")
+    return {"samples": total, "right": right, "lucky": lucky}
+
+
 # 4. Controls -----------------------------------------------------------------------------------------------
 
 def rejection_sampling_collect(run, rows, cfg):
@@ -299,11 +345,15 @@ def main():
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--controls", nargs="*", default=[], help="only the controls whose names contain these")
     parser.add_argument("--lr", type=float, default=0.0, help="the controls' learning rate (0 = the toy default)")
+    parser.add_argument("--self-samples", action="store_true",
+                        help="only part 5 and the controls that learn from solutions (reference SFT, rejection sampling)")
     args = parser.parse_args()
     if args.quick:
         args.batches, args.steps, args.seeds = 2, 2, [0]
     torch.set_num_threads(os.cpu_count() or 2)
     name = "diagnosis-quick" if args.quick else "diagnosis"
+    if args.self_samples:
+        return self_samples(args, name.replace("diagnosis", "diagnosis-self-samples"))
     run, rows, cfg = toy_run()
     say(f"# Why OmniOPD barely learns on the toy world (`python bench/diagnose.py{' --quick' * args.quick}`)")
     say()
@@ -322,10 +372,28 @@ def main():
             if not args.controls or any(wanted in control for wanted in args.controls):
                 results.append(train_control(control, args.steps, eval_rows, seed=seed, lr=args.lr, **options))
     report_controls(results, args.steps)
+    lucky = lucky_answers(run, rows, cfg, args.batches)
     folder = Path(args.results)
     (folder / f"{name}.md").write_text("\n".join(LINES) + f"\n\n![one update]({name}.png)\n")
-    (folder / f"{name}.json").write_text(json.dumps({"update": update, "controls": results}, default=str))
+    (folder / f"{name}.json").write_text(json.dumps({"update": update, "controls": results, "lucky": lucky},
+                                                    default=str))
     plot(update, folder / f"{name}.png")
+
+
+def self_samples(args, name):
+    """Part 5 and the two controls that train on whole solutions: the student's own right samples
+    (rejection sampling) against the rows' reference solutions, same steps, learning rate and seeds."""
+    run, rows, cfg = toy_run()
+    say("# Learning from the student's own samples on the toy world (`python bench/diagnose.py --self-samples`)")
+    lucky = lucky_answers(run, rows, cfg, args.batches)
+    eval_rows = omniopd.load_rows("toy", "test", 0, 32 if args.quick else 200)
+    results = [train_control(control, args.steps, eval_rows, seed=seed, lr=args.lr)
+               for seed in args.seeds
+               for control in ("reference solutions (its own training data)", "rejection sampling")]
+    report_controls(results, args.steps)
+    folder = Path(args.results)
+    (folder / f"{name}.md").write_text("\n".join(LINES) + "\n")
+    (folder / f"{name}.json").write_text(json.dumps({"controls": results, "lucky": lucky}, default=str))
 
 
 if __name__ == "__main__":
