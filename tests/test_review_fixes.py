@@ -155,7 +155,7 @@ def test_each_step_asks_the_teacher_under_its_own_draw():
     run = omniopd.setup(dataclasses.replace(cfg, similarity="lexical"))
     draws = []
     real = run.teacher.continuations
-    run.teacher.continuations = lambda prefixes, n, max_tokens, draw: draws.append(draw) or real(prefixes, n, max_tokens)
+    run.teacher.continuations = lambda prefixes, n, max_tokens, draw, rows=None: draws.append(draw) or real(prefixes, n, max_tokens)
     rows = omniopd.load_rows("toy", "train", 5, 100)
     for step in (0, 1):
         run.step = step

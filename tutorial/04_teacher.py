@@ -17,10 +17,13 @@
 # $$r^1, \dots, r^M \sim T(\cdot \mid \operatorname{decode}(s_t)), \qquad r^m \text{ cut to its first } L \text{ student tokens}$$
 #
 # ## Code
-# Every teacher has one method, `continuations(prefixes, n, max_tokens, draw)`: a list per
+# Every teacher has one method, `continuations(prefixes, n, max_tokens, draw, rows)`: a list per
 # prefix of n texts, or `None` when every request for that prefix failed (the fork is
 # then skipped and counted in `forks/skipped`). `draw` ("seed 0 step 12") names the call
-# for teachers that cache answers (scale/'s pool). The teacher may write 2·L of its own
+# for teachers that cache answers (scale/'s pool); `rows` are the prefixes' dataset rows,
+# whose question and reference answer a `--teacher-prompt` may show the teacher
+# (`teacher_message` fills the template; by default chat teachers get
+# `CHAT_CONTINUE_PROMPT` and completion teachers the raw prefix). The teacher may write 2·L of its own
 # tokens; `teacher_rollouts` then cuts each text to L tokens of the student's tokenizer, so
 # a draft and a teacher rollout have the same length in the same units. An empty reply
 # that the teacher ended on purpose is the text `""` (a vote for stopping here); one cut at
