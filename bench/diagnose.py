@@ -40,13 +40,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import omniopd  # noqa: E402
-
-LINES = []
-
-
-def say(line=""):
-    print(line, flush=True)
-    LINES.append(line)
+from speed import LINES, say  # noqa: E402  (bench/ is on the path: this script's folder)
 
 
 # Right and wrong drafts -------------------------------------------------------------------------------------
