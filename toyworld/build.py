@@ -78,8 +78,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", choices=["arithmetic", "stories"], default="arithmetic")
     parser.add_argument("--teacher-steps", type=int, default=1500)
-    parser.add_argument("--student-target", type=float, default=0.2,
-                        help="stop the student when its validation accuracy reaches this (0 = train all its steps)")
+    parser.add_argument("--student-target", type=float, default=None,
+                        help="stop the student when its validation accuracy reaches this (0 = train all its steps; "
+                             "default 0.2 for arithmetic, 0 for stories)")
     parser.add_argument("--student-max-steps", type=int, default=1500)
     parser.add_argument("--student-hidden", type=int, default=64)
     parser.add_argument("--student-layers", type=int, default=2)
@@ -88,8 +89,15 @@ def main():
                         help="the student learns from the first N problems of the corpus only (0 = all of it)")
     parser.add_argument("--student-verbs", type=int, default=0,
                         help="stories: the student's corpus has only the N most frequent verbs of each kind (0 = all)")
+    parser.add_argument("--student-zipf", type=float, default=None,
+                        help=f"stories: the student's corpus draws verbs with this Zipf exponent (default "
+                             f"{stories.STUDENT_ZIPF_EXPONENT}; 0 = the teacher's, {stories.ZIPF_EXPONENT})")
     parser.add_argument("--only", choices=["teacher", "student"], default=None)
     args = parser.parse_args()
+    if args.student_target is None:
+        args.student_target = 0.2 if args.world == "arithmetic" else 0.0
+    if args.student_zipf is None:
+        args.student_zipf = stories.STUDENT_ZIPF_EXPONENT if args.world == "stories" else 0.0
     torch.set_num_threads(max(1, torch.get_num_threads()))
     tokenizer, train_rows, valid_rows, test_rows, teacher_dir, student_dir = world_data(args.world)
     max_new_tokens = 48 if args.world == "arithmetic" else 96
@@ -104,8 +112,10 @@ def main():
         model = new_model(tokenizer, hidden, layers)
         print(f"{role}: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
         corpus = train_rows[:args.student_corpus] if role == "student" and args.student_corpus else train_rows
-        if role == "student" and args.student_verbs:
-            corpus = stories.make_problems(len(corpus), "train", seed=1000, distribution="zipf", verbs=args.student_verbs)
+        if role == "student" and (args.student_verbs or args.student_zipf):
+            distribution = f"zipf:{args.student_zipf}" if args.student_zipf else "zipf"
+            corpus = stories.make_problems(len(corpus), "train", seed=1000, distribution=distribution,
+                                           verbs=args.student_verbs)
         stopped, valid = train(model, tokenizer, corpus, valid_rows, steps, 3e-3, every, target,
                                max_new_tokens=max_new_tokens)
         model.save_pretrained(folder)
