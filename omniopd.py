@@ -27,8 +27,9 @@ an option in `Config`):
 Commands:
   python omniopd.py                                   # offline toy world, CPU, a few minutes
   python omniopd.py --student Qwen2.5-0.5B --teacher Qwen2.5-7B-Instruct \\
-      --data train.jsonl --eval-data test.jsonl       # one GPU, the paper's setting
+      --data openai/gsm8k:main:train --eval-data openai/gsm8k:main:test   # one GPU, the paper's setting
   python omniopd.py --teacher openai:MODEL --teacher-base-url URL   # any API teacher
+      [--teacher-prompt FILE] [--lora-rank 16] [--report-to tensorboard]
   torchrun --nproc_per_node=8 scale/train.py ...      # many GPUs (scale/)
 
 Shape convention: tensor names end in their dimensions, `logprobs_B_T` is
