@@ -24,7 +24,7 @@ import torch  # noqa: E402
 import omniopd  # noqa: E402
 from toyworld import stories  # noqa: E402
 
-DECIDING = {"Ġadd", "Ġtake", "Ġadds", "Ġtakes", "Ġmore", "Ġfewer"}   # the first word that says which operation
+DECIDING = {"Ġadd", "Ġtake", "Ġmore", "Ġfewer"}   # the first word that says which operation
 BUCKETS = ((1, 6), (7, 12), (13, 24))
 
 

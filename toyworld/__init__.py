@@ -87,9 +87,9 @@ def build_char_tokenizer():
                           padding_side="left", clean_up_tokenization_spaces=False)
 
 
-# the names --student, --teacher, --data and --eval-data take for the offline worlds. "stories" (toyworld/stories.py)
-# joins when its teacher and student ship: they are still being designed (issue #13)
-OFFLINE_WORLDS = ("toy",)
+# the names --student, --teacher, --data and --eval-data take for the offline worlds: "toy" (this file's arithmetic)
+# and "stories" (toyworld/stories.py: word-level, several phrasings, reasoning choices)
+OFFLINE_WORLDS = ("toy", "stories")
 
 
 def world_model_dir(name: str, role: str) -> Path:

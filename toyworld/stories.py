@@ -9,18 +9,19 @@ digits, which a sentence encoder barely sees. Here, as with the paper's LLMs:
   samples differ in wording and agree in substance;
 - the forks are reasoning choices: whether a verb such as "donates" adds or takes away. Verbs follow a
   Zipf law in both models' corpora; the teacher's is broad (exponent 1: every verb seen hundreds of
-  times), the smaller student's narrow (exponent 3: the rarer half seen a few to a few dozen times), so
-  the teacher knows every verb and the student is unsure of the rare ones;
-- a student's mistake shows in words as well as digits ("so we add 3: 12 + 3 = 15" against
-  "so we take away 3: 12 - 3 = 9").
+  times), the smaller student's narrow (exponent 4: the rarer half seen a few times or never), so the
+  teacher knows every verb and the student guesses the rare ones;
+- a solution never repeats a verb, it says what the verb does, so the student's choice is the reasoning
+  ("we add 3" or "we take away 3"), not copying a rare word; its mistake shows in words as well as digits
+  ("we add 3: 12 + 3 = 15" against "we take away 3: 12 - 3 = 9").
 
 Training prompts and held-out problems draw every verb equally often: the task covers the long tail
 the corpus under-represents. A problem, with one of its solutions:
 
     Question: Ann has 7 coins. She buys 5 coins. Then she donates 3 coins. Then she finds 2 coins.
     How many coins does Ann have now?
-    Answer: Ann starts with 7 coins. She buys 5, so we add 5: 7 + 5 = 12. Then she donates 3, so we
-    take away 3: 12 - 3 = 9. Next she finds 2, so we add 2: 9 + 2 = 11.
+    Answer: Ann starts with 7 coins. First we add 5: 7 + 5 = 12. Then we take away 3: 12 - 3 = 9. Next
+    we add 2: 9 + 2 = 11.
     #### 11
 
 Splits are disjoint by a hash of the question, as in the arithmetic world.
@@ -43,12 +44,13 @@ LOSS_VERBS = ["gives away", "loses", "sells", "drops", "donates", "misplaces", "
               "breaks", "lends", "spends", "mails", "gives back", "gives up", "leaves behind", "hands out", "shares",
               "burns", "recycles", "sends away", "forgets", "throws out", "pawns"]
 ZIPF_EXPONENT = 1.0          # the teacher's corpus
-# The student's corpus is narrower: verbs past rank 12 occur a few to a few dozen times in 20,000 problems.
-# Measured (bench/stories_decisions.py): a student that never saw them picks their operation confidently and at
-# random (entropy 0.03 nats), so its samples hold no right alternative; one that saw them rarely is unsure where
-# it is wrong (P(right) 0.74, entropy 0.37 nats, 39 % of those decisions between 0.1 and 0.9), as an LLM
-# student is at a real fork.
-STUDENT_ZIPF_EXPONENT = 3.0
+# The student's corpus is narrower: in its 20,000 problems a verb of rank 6 occurs 20-30 times, of rank 12-13 0-4
+# times, of rank 18 and beyond almost never, so the student must learn most of the rare half from a teacher. Measured at the add/take-away decision of held-out solutions (bench/stories_decisions.py, rare half = ranks
+# 13-24): exponent 3 -> the student knows every verb (P(right) 0.96, test 92.5 %); 3.5 -> P(right) 0.75, 15.5 % of
+# those decisions uncertain (0.1 < P < 0.9), test 58 %; 4 -> P(right) 0.62, 22.7 % uncertain, test 46 %; 5 -> P(right)
+# 0.68 but only 3.8 % uncertain (confidently right or wrong), test 26 %. 4 leaves the student most unsure where it is
+# wrong, as an LLM student is at a real fork, and room to improve; it was chosen before any method ran on it.
+STUDENT_ZIPF_EXPONENT = 4.0
 STEPS = 3
 CONNECTIVES = ["Then", "Next", "After that", "Later"]
 
@@ -63,22 +65,21 @@ def verb_weights(distribution: str, verbs: int = 0) -> list[float]:
 
 
 def write_solution(name, pronoun, obj, start, steps, rng) -> str:
-    """One worked solution in one of three styles; the connectives between steps vary at random."""
+    """One worked solution in one of three styles; the connectives between steps vary at random. A step does
+    not repeat its verb: the solution must say what the verb means (add or take away, more or fewer), which is
+    the reasoning choice, not copy the word."""
     style = rng.randrange(3)
-    she = pronoun.lower()
     lines, total = [], start
     lines.append([f"{name} starts with {start} {obj}.", f"At first {name} has {start} {obj}.",
                   f"We begin with {start} {obj}."][style])
     for i, (verb, amount, gain) in enumerate(steps):
         new_total = total + amount if gain else total - amount
-        sign, words = ("+", "add") if gain else ("-", "take away")
-        opener = pronoun if i == 0 else f"{rng.choice(CONNECTIVES)} {she}"
+        sign, words, more = ("+", "add", "more") if gain else ("-", "take away", "fewer")
+        opener = "First" if i == 0 else rng.choice(CONNECTIVES)
         lines.append([
-            f"{opener} {verb} {amount}, so we {words} {amount}: {total} {sign} {amount} = {new_total}.",
-            f"{opener} {verb} {amount}, which {'adds' if gain else 'takes away'} {amount}, so {name} has "
-            f"{total} {sign} {amount} = {new_total}.",
-            f"{amount} {obj} {'more' if gain else 'fewer'} after {she} {verb} them: "
-            f"{total} {sign} {amount} = {new_total}."][style])
+            f"{opener} we {words} {amount}: {total} {sign} {amount} = {new_total}.",
+            f"{opener} {pronoun.lower()} has {amount} {more}: {total} {sign} {amount} = {new_total}.",
+            f"{opener}, {amount} {obj} {more}, so {total} {sign} {amount} = {new_total}."][style])
         total = new_total
     return " ".join(lines) + f"\n#### {total}"
 
