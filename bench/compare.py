@@ -1,18 +1,30 @@
-"""Every method on the toy world with the same budget: the paper's comparison, rerun with one command.
+"""Every method on an offline world with the same budget and the same learning-rate sweep: the paper's
+comparison, rerun with one command.
 
-    python bench/compare.py            # 3 seeds, the full table (about 60 minutes on 2 CPU cores)
-    python bench/compare.py --quick    # 1 seed, a few steps: checks that every row runs (minutes)
+    python bench/compare.py --world stories   # 5 seeds after a sweep -> bench/results/stories.md (2 CPU cores: hours)
+    python bench/compare.py --world toy       # the arithmetic world -> bench/results/toy.md
+    python bench/compare.py --quick           # 1 seed, a few steps, no sweep: checks that every row runs (minutes)
 
-Each row trains the shipped toy student for the same number of steps with the same
-batch of rollouts per step, learning rate and evaluation set, through omniopd.train().
-"OmniOPD (API teacher)" reaches the same toy teacher as a black box over a real
-OpenAI-compatible HTTP server on 127.0.0.1 (toyworld/serve.py), in chat mode.
-Writes bench/results/toy.md (mean ± std accuracy over seeds, wall time, teacher
-calls and tokens), toy.json (every number) and toy.png (accuracy against step).
+1. The sweep. Every method (SFT, both OPDs, GRPO, OmniOPD) trains once at each learning rate of the same
+   grid (`--lrs`; default ½×, 1× and 2× the world's default) on a sweep seed that is not a reporting seed,
+   and is scored on validation problems drawn from the training distribution, never on the test set.
+   Each method keeps the rate that scored best there. The OmniOPD variants (the API teacher and the
+   ablations) change one part of OmniOPD and keep its rate.
+2. The table. Every row trains the shipped student for the same steps and rollouts per step, at its own
+   chosen rate, for each reporting seed, and is scored by greedy pass@1 on the held-out test problems.
+
+Runs go to `--runs`; each writes result.json, and a run whose result.json exists is not run again, so an
+interrupted comparison continues where it stopped. `--jobs 2` runs two trainings at a time, each on one
+thread (faster than one run on two threads for models this small). "OmniOPD (API teacher)" reaches the same
+teacher as a black box over a real OpenAI-compatible HTTP server on 127.0.0.1 (toyworld/serve.py), in chat
+mode. Writes <world>.md (mean ± std and standard error over seeds, the binomial standard error of one
+evaluation, wall time, teacher calls and tokens, the sweep), <world>.json (every number) and <world>.png.
 """
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -24,32 +36,48 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import omniopd  # noqa: E402
-from toyworld.serve import start_in_thread  # noqa: E402
+import toyworld  # noqa: E402
 
-# name, options that differ from omniopd.Config's defaults
+# name, options that differ from omniopd.Config's defaults, and whose learning rate the row uses
 ROWS = [
-    ("student (untrained)", {"steps": 0}),
-    ("SFT", {"method": "sft"}),
-    ("OPD, sampled-token", {"method": "opd", "opd_kl": "sampled"}),
-    ("OPD, full-vocabulary", {"method": "opd", "opd_kl": "full"}),
-    ("GRPO", {"method": "grpo"}),
-    ("OmniOPD", {}),
-    ("OmniOPD (API teacher)", {"teacher": "openai:toy", "teacher_mode": "chat"}),
-    ("ablation: random forks", {"fork_selection": "random"}),
-    ("ablation: α = 0", {"dirichlet_alpha": 0.0}),
-    ("ablation: β = 0", {"kl_beta": 0.0}),
-    ("ablation: hard votes", {"votes": "hard"}),
-    ("ablation: lexical similarity", {"similarity": "lexical"}),
+    ("student (untrained)", {"steps": 0}, None),
+    ("SFT", {"method": "sft"}, "SFT"),
+    ("OPD, sampled-token", {"method": "opd", "opd_kl": "sampled"}, "OPD, sampled-token"),
+    ("OPD, full-vocabulary", {"method": "opd", "opd_kl": "full"}, "OPD, full-vocabulary"),
+    ("GRPO", {"method": "grpo"}, "GRPO"),
+    ("OmniOPD", {}, "OmniOPD"),
+    ("OmniOPD (API teacher)", {"teacher": "openai:WORLD", "teacher_mode": "chat"}, "OmniOPD"),
+    ("ablation: random forks", {"fork_selection": "random"}, "OmniOPD"),
+    ("ablation: α = 0", {"dirichlet_alpha": 0.0}, "OmniOPD"),
+    ("ablation: β = 0", {"kl_beta": 0.0}, "OmniOPD"),
+    ("ablation: hard votes", {"votes": "hard"}, "OmniOPD"),
+    ("ablation: lexical similarity", {"similarity": "lexical"}, "OmniOPD"),
 ]
+SWEPT = [name for name, _, lr_of in ROWS if lr_of == name]
+# each world's budget; the story world evaluates on 600 problems, so that one evaluation's binomial standard
+# error is at most 2 points
+WORLDS = {"toy": {"steps": 60, "eval_size": 200}, "stories": {"steps": 60, "eval_size": 600}}
 
 
-def run_row(name, overrides, seed, args, server_url):
-    """Train one (row, seed) in this process; returns its final accuracy, curve, time and teacher use."""
-    out = Path(args.runs) / f"{name.replace(' ', '_').replace(',', '').replace('=', '')}-seed{seed}"
-    options = {"steps": args.steps, "seed": seed, "eval_size": args.eval_size, "out": str(out),
+def run_name(name, seed, lr):
+    return f"{name.replace(' ', '_').replace(',', '').replace('=', '')}-seed{seed}-lr{lr:g}"
+
+
+def run_one(job):
+    """Train one (row, seed, learning rate) through omniopd.train(), or read the result it already wrote."""
+    name, overrides, seed, lr, eval_data, args = job
+    out = Path(args.runs) / args.world / run_name(name, seed, lr)
+    done = out / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    options = {"student": args.world, "teacher": args.world, "data": args.world, "eval_data": eval_data,
+               "steps": args.steps, "seed": seed, "lr": lr, "eval_size": args.eval_size, "out": str(out),
                "eval_every": max(1, args.steps // args.points), "eval_teacher": False, **overrides}
-    if options.get("teacher", "").startswith("openai:"):
-        options["teacher_base_url"] = server_url
+    if options["teacher"] == "openai:WORLD":
+        options.update(teacher=f"openai:{args.world}", teacher_base_url=loopback_server(args.world))
+    if out.exists():   # a run cut off before its result: start it again from nothing
+        import shutil
+        shutil.rmtree(out)
     cfg = omniopd.Config(**options).resolved()
     started = time.time()
     summary = omniopd.train(cfg)
@@ -58,34 +86,108 @@ def run_row(name, overrides, seed, args, server_url):
     curve = [(0, summary["before"]["eval/accuracy"])] + [(m["step"], m["eval/accuracy"]) for m in metrics
                                                         if "eval/accuracy" in m and m["step"] > 0]
     last = [m for m in metrics if "teacher/calls" in m]
-    return {"accuracy": summary["after"]["eval/accuracy"], "curve": curve, "seconds": seconds,
-            "teacher_calls": last[-1]["teacher/calls"] if last else 0,
-            "teacher_tokens": last[-1]["teacher/tokens"] if last else 0}
+    result = {"row": name, "seed": seed, "lr": lr, "accuracy": summary["after"]["eval/accuracy"], "curve": curve,
+              "seconds": seconds, "teacher_calls": last[-1]["teacher/calls"] if last else 0,
+              "teacher_tokens": last[-1]["teacher/tokens"] if last else 0}
+    done.write_text(json.dumps(result))
+    return result
+
+
+SERVER = {}
+
+
+def loopback_server(world):
+    """The world's teacher behind a real OpenAI-compatible server on 127.0.0.1, one per worker process."""
+    if world not in SERVER:
+        from toyworld.serve import start_in_thread
+        os.environ.setdefault("OPENAI_API_KEY", "loopback-no-key-needed")
+        server = start_in_thread(world)
+        SERVER[world] = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    return SERVER[world]
+
+
+def one_thread():
+    import torch
+    torch.set_num_threads(1)
+
+
+def run_all(jobs, args, started):
+    """Every job, `--jobs` at a time; prints each result as it comes."""
+    def report(result):
+        print(f"{result['row']:<30} seed {result['seed']} lr {result['lr']:g}: {result['accuracy']:.1%} "
+              f"({result['seconds']:.0f} s, {time.time() - started:.0f} s in all)", flush=True)
+        return result
+    if args.jobs == 1:
+        return [report(run_one(job)) for job in jobs]
+    context = multiprocessing.get_context("spawn")   # no fork after torch has started its threads
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context, initializer=one_thread) as pool:
+        futures = [pool.submit(run_one, job) for job in jobs]
+        for future in concurrent.futures.as_completed(futures):
+            report(future.result())
+        return [future.result() for future in futures]
+
+
+def validation_file(args) -> str:
+    """Problems from the training distribution (not the test split) for choosing learning rates."""
+    path = Path(args.runs) / args.world / "validation.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    toyworld.write_jsonl(toyworld.world_problems(args.world, args.valid_size, "train", seed=2000), path)
+    return str(path)
+
+
+def sweep(args, started) -> tuple[dict, list]:
+    """Each swept method's learning rate: the best validation accuracy over the same grid."""
+    if len(args.lrs) == 1:
+        return {name: args.lrs[0] for name in SWEPT}, []
+    eval_data = validation_file(args)
+    jobs = [(name, overrides, args.sweep_seed, lr, eval_data, args)
+            for name, overrides, lr_of in ROWS if name in SWEPT for lr in args.lrs]
+    results = run_all(jobs, args, started)
+    chosen = {}
+    for name in SWEPT:
+        scores = {r["lr"]: r["accuracy"] for r in results if r["row"] == name}
+        chosen[name] = max(args.lrs, key=lambda lr: (scores[lr], -abs(args.lrs.index(lr) - len(args.lrs) // 2)))
+    return chosen, results
 
 
 def mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def write_report(results, args, folder: Path):
+def write_report(results, chosen, sweep_results, args, folder: Path):
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    (folder / f"{args.name}.json").write_text(json.dumps(
+        {"args": {k: v for k, v in vars(args).items()}, "chosen_lr": chosen, "sweep": sweep_results,
+         "results": results}, indent=1))
     base = statistics.mean(r["accuracy"] for r in results["student (untrained)"])
-    lines = [f"# Toy world: every method, the same budget ({args.steps} steps × {omniopd.Config.batch_size} "
-             f"rollouts, learning rate {omniopd.Config().resolved().lr:g}, {len(args.seeds)} seed"
-             f"{'s' * (len(args.seeds) > 1)}: {', '.join(map(str, args.seeds))})", "",
-             f"Made by `python bench/compare.py{' --quick' if args.quick else ''}`. Greedy pass@1 on {args.eval_size} "
-             "held-out toy problems; the teacher scores 100 %. Wall time is per run on 2 CPU cores.", "",
-             "| method | accuracy (mean ± std) | vs untrained | wall time (s) | teacher calls | teacher tokens |",
-             "|---|---|---|---|---|---|"]
-    for name, _ in ROWS:
+    n = len(args.seeds)
+    lines = [f"# {args.world} world: every method, the same budget ({args.steps} steps × "
+             f"{omniopd.Config.batch_size} rollouts, {n} seed{'s' * (n > 1)}: {', '.join(map(str, args.seeds))})", "",
+             f"Made by `python bench/compare.py {' '.join(sys.argv[1:])}`. Greedy pass@1 "
+             f"on {args.eval_size} held-out test problems. ± is the standard deviation over seeds; s.e. is that "
+             f"over √{n}. One evaluation's own binomial standard error is at most "
+             f"{0.5 / args.eval_size ** 0.5:.1%}. Wall time is per run on 2 CPU cores, "
+             + (f"{args.jobs} runs at a time (one thread each)." if args.jobs > 1 else "one run at a time."), "",
+             "| method | learning rate | accuracy (mean ± std) | s.e. | vs untrained | wall time (s) | teacher calls "
+             "| teacher tokens |", "|---|---|---|---|---|---|---|---|"]
+    for name, _, lr_of in ROWS:
         runs = results[name]
         accuracy, spread = mean_std([r["accuracy"] for r in runs])
         seconds = statistics.mean(r["seconds"] for r in runs)
         calls = statistics.mean(r["teacher_calls"] for r in runs)
         tokens = statistics.mean(r["teacher_tokens"] for r in runs)
-        lines.append(f"| {name} | {accuracy:.1%} ± {spread:.1%} | {accuracy - base:+.1%} | {seconds:.0f} | "
-                     f"{calls:,.0f} | {tokens:,.0f} |")
+        rate = f"{chosen[lr_of]:g}" if lr_of else "—"
+        lines.append(f"| {name} | {rate} | {accuracy:.1%} ± {spread:.1%} | {spread / n ** 0.5:.1%} | "
+                     f"{accuracy - base:+.1%} | {seconds:.0f} | {calls:,.0f} | {tokens:,.0f} |")
+    if sweep_results:
+        lines += ["", f"Learning-rate sweep (seed {args.sweep_seed}, {args.valid_size} validation problems from the "
+                      "training distribution; the chosen rate in bold):", "",
+                  "| method | " + " | ".join(f"lr {lr:g}" for lr in args.lrs) + " |",
+                  "|---|" + "---|" * len(args.lrs)]
+        for name in SWEPT:
+            scores = {r["lr"]: r["accuracy"] for r in sweep_results if r["row"] == name}
+            cells = [f"**{scores[lr]:.1%}**" if lr == chosen[name] else f"{scores[lr]:.1%}" for lr in args.lrs]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     (folder / f"{args.name}.md").write_text("\n".join(lines) + f"\n\n![accuracy against step]({args.name}.png)\n")
     plot(results, folder / f"{args.name}.png")
     print("\n".join(lines))
@@ -96,7 +198,7 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     figure, axis = plt.subplots(figsize=(8, 5))
-    for name, _ in ROWS[1:]:
+    for name, _, _ in ROWS[1:]:
         curves = [r["curve"] for r in results[name]]
         steps = [s for s, _ in curves[0]]
         mean = [statistics.mean(c[i][1] for c in curves) for i in range(len(steps))]
@@ -114,31 +216,38 @@ def plot(results, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 seed, 4 steps, 32 problems: a smoke run")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=60, help="optimizer steps for every method")
-    parser.add_argument("--eval-size", type=int, default=200)
+    parser.add_argument("--world", choices=toyworld.OFFLINE_WORLDS, default=omniopd.Config.student)
+    parser.add_argument("--quick", action="store_true", help="1 seed, 4 steps, 32 problems, no sweep: a smoke run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--steps", type=int, default=0, help="optimizer steps for every method (0 = the world's)")
+    parser.add_argument("--lrs", type=float, nargs="+", default=[],
+                        help="the sweep's learning rates, the same for every method (default: ½×, 1×, 2× the world's)")
+    parser.add_argument("--sweep-seed", type=int, default=100)
+    parser.add_argument("--valid-size", type=int, default=300, help="validation problems for the sweep")
+    parser.add_argument("--eval-size", type=int, default=0, help="held-out test problems (0 = the world's)")
     parser.add_argument("--points", type=int, default=4, help="evaluations along the curve")
+    parser.add_argument("--jobs", type=int, default=2, help="trainings at a time, one thread each")
     parser.add_argument("--runs", default=str(ROOT / "bench" / "runs"), help="where run folders go")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
-    parser.add_argument("--name", default="toy", help="file name of the results")
+    parser.add_argument("--name", default="", help="file name of the results (default: the world's name)")
     args = parser.parse_args()
+    world = WORLDS[args.world]
+    args.steps = args.steps or world["steps"]
+    args.eval_size = args.eval_size or world["eval_size"]
+    default_lr = omniopd.Config(student=args.world).resolved().lr
+    args.lrs = args.lrs or [default_lr / 2, default_lr, default_lr * 2]
+    args.name = args.name or args.world
     if args.quick:
-        args.seeds, args.steps, args.eval_size, args.points = [0], 4, 32, 2
-        if args.name == "toy":
-            args.name = "toy-quick"
-    server = start_in_thread("toy")
-    server_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    os.environ.setdefault("OPENAI_API_KEY", "loopback-no-key-needed")
-    results, started = {}, time.time()
-    for name, overrides in ROWS:
-        results[name] = []
-        for seed in args.seeds:
-            results[name].append(run_row(name, overrides, seed, args, server_url))
-            print(f"{name:<30} seed {seed}: {results[name][-1]['accuracy']:.1%} "
-                  f"({results[name][-1]['seconds']:.0f} s, {time.time() - started:.0f} s in all)", flush=True)
-    server.shutdown()
-    write_report(results, args, Path(args.results))
+        args.seeds, args.steps, args.eval_size, args.points, args.lrs = [0], 4, 32, 2, [default_lr]
+        args.name += "-quick"
+    started = time.time()
+    chosen, sweep_results = sweep(args, started)
+    jobs = [(name, overrides, seed, chosen[lr_of] if lr_of else default_lr, args.world, args)
+            for name, overrides, lr_of in ROWS for seed in args.seeds]
+    results = {name: [] for name, _, _ in ROWS}
+    for result in run_all(jobs, args, started):
+        results[result["row"]].append(result)
+    write_report(results, chosen, sweep_results, args, Path(args.results))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Why OmniOPD barely learns on the toy world (issue #13), in numbers.
+"""What OmniOPD's forks offer on an offline world, and which controls learn there (issue #13), in numbers.
 
-    python bench/diagnose.py            # about 20 minutes on 2 CPU cores -> bench/results/diagnosis.md, .png
-    python bench/diagnose.py --quick    # a few batches and steps: checks that it runs
+    python bench/diagnose.py                   # toy world, about 20 minutes on 2 CPU cores -> bench/results/diagnosis.md
+    python bench/diagnose.py --world stories   # the story world -> bench/results/diagnosis-stories.md, .png
+    python bench/diagnose.py --quick           # a few batches and steps: checks that it runs
 
 1. What a fork offers. Over several batches of the untrained student: how often a right draft is among
    the K, how often the student's own draft is right, and how often a fork is informative (right and wrong
@@ -25,6 +26,7 @@
 """
 
 import argparse
+import collections
 import json
 import os
 import re
@@ -71,9 +73,11 @@ def right_drafts(draft_texts, teacher_texts) -> list[bool]:
 
 # 1-2. Fork census ---------------------------------------------------------------------------------------
 
-def toy_run(**options):
-    cfg = omniopd.Config(eval_size=200, out="/tmp/omniopd-diagnose", **options).resolved()
-    return omniopd.setup(cfg), omniopd.load_rows("toy", "train", cfg.seed), cfg
+def world_run(world, **options):
+    """A run of the shipped student and teacher of an offline world, and the world's training rows."""
+    cfg = omniopd.Config(student=world, teacher=world, data=world, eval_data=world, eval_size=200,
+                         out="/tmp/omniopd-diagnose", **options).resolved()
+    return omniopd.setup(cfg), omniopd.load_rows(world, "train", cfg.seed), cfg
 
 
 def census(run, rows, cfg, batches):
@@ -86,7 +90,8 @@ def census(run, rows, cfg, batches):
             q_F_K = torch.softmax(logprobs_F_K / lengths_F_K.float() ** cfg.length_norm, 1)
         for f, (draft_texts, teacher_texts, similarity_K_M) in enumerate(batch.fork_texts):
             right = right_drafts(draft_texts, teacher_texts)
-            forks.append({"right": right, "target": batch.target_F_K[f].tolist(), "q": q_F_K[f].tolist(),
+            b, t = batch.drafts.forks[f]
+            forks.append({"token": run.tokenizer.decode(batch.rollout.response_ids_B_T[b, t]), "right": right, "target": batch.target_F_K[f].tolist(), "q": q_F_K[f].tolist(),
                           "distinct": len(set(draft_texts)), "favourite": int(similarity_K_M.mean(1).argmax()),
                           "drafts": draft_texts, "teacher": teacher_texts})
     return forks
@@ -112,6 +117,9 @@ def report_census(forks, rollouts):
     say(f"| own draft wrong and a fresh draft right (what the method exists for) | "
         f"{share(not f['right'][0] and any(f['right'][1:]) for f in forks):.1%} |")
     say(f"\nDistinct draft texts per fork: {statistics.mean(f['distinct'] for f in forks):.2f} of K.")
+    tokens = collections.Counter(f["token"] for f in forks)
+    say("Where forks fall (the student's token at the fork, most frequent first): "
+        + ", ".join(f"{token!r} {count / len(forks):.0%}" for token, count in tokens.most_common(8)) + ".")
     say()
     say(f"## 2. What p̂ makes of it ({len(informative)} informative forks)")
     say()
@@ -201,17 +209,17 @@ def one_update(run, rows, cfg, batches):
 
 # 5. The student's own right answers ------------------------------------------------------------------------
 
-def equations_hold(text: str) -> bool:
-    """Every 'a+b=c' / 'a-b=c' of a toy solution is true arithmetic, and there are two of them (the world's
-    solutions have exactly two steps) and the final answer is the last one's result."""
-    equations = re.findall(r"(\d+)([+-])(\d+)=(\d+)", text)
-    if len(equations) != 2:
+def equations_hold(text: str, world: str) -> bool:
+    """Every 'a+b=c' / 'a - b = c' of a solution is true arithmetic, there are as many as the world's problems
+    have steps (toy 2, stories 3), and the final answer is the last one's result."""
+    equations = re.findall(r"(\d+) ?([+-]) ?(\d+) ?= ?(\d+)", text)
+    if len(equations) != {"toy": 2, "stories": 3}[world]:
         return False
     true = all((int(a) + int(b) if op == "+" else int(a) - int(b)) == int(c) for a, op, b, c in equations)
     return true and omniopd.extract_answer(text) == equations[-1][3]
 
 
-def lucky_answers(run, rows, cfg, batches):
+def lucky_answers(run, rows, cfg, batches, world):
     """Sample as rejection sampling and GRPO do; of the samples whose final answer checks, the share whose
     reasoning does not hold."""
     right = lucky = total = 0
@@ -224,7 +232,7 @@ def lucky_answers(run, rows, cfg, batches):
                 total += 1
                 if omniopd.answers_match(omniopd.extract_answer(text), omniopd.gold_answer(row["answer"])):
                     right += 1
-                    if not equations_hold(text):
+                    if not equations_hold(text, world):
                         lucky += 1
                         examples.append((text, row["answer"]))
     say(f"\n## 5. The student's own right answers ({total} samples at τ = {cfg.temperature})")
@@ -260,9 +268,9 @@ def reference_collect(run, rows, cfg):
     return omniopd.StepBatch(solutions=kept, num_tokens=num_tokens)
 
 
-def train_control(name, steps, eval_rows, method=None, similarity=None, seed=0, **options):
+def train_control(world, name, steps, eval_rows, method=None, similarity=None, seed=0, **options):
     """Train one control for `steps` steps as omniopd.train would; returns accuracies and logged metrics."""
-    run, rows, cfg = toy_run(seed=seed, method=method or "omniopd", **options)
+    run, rows, cfg = world_run(world, seed=seed, method=method or "omniopd", **options)
     if similarity is not None:
         run.similarity = omniopd.Similarity(similarity)
     collect, loss_fn = omniopd.METHODS[cfg.method]
@@ -294,9 +302,9 @@ def train_control(name, steps, eval_rows, method=None, similarity=None, seed=0, 
     return result
 
 
-def report_controls(results, steps):
+def report_controls(results, steps, lr):
     say(f"\n## 4. Controls ({steps} steps × 16 rollouts, learning rate "
-        f"{omniopd.Config().resolved().lr:g}, as the comparison; 200 held-out problems; sampled = mean of 4 "
+        f"{lr:g}, as the comparison; 200 held-out problems; sampled = mean of 4 "
         "answers at τ = 1)")
     say()
     say("| run | seeds | greedy before → after | sampled before → after | what its log says |")
@@ -332,29 +340,31 @@ def plot(update, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world", choices=omniopd.toyworld.OFFLINE_WORLDS, default="toy")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--batches", type=int, default=8, help="batches of 16 rollouts for parts 1-3")
     parser.add_argument("--steps", type=int, default=60, help="training steps of each control")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--controls", nargs="*", default=[], help="only the controls whose names contain these")
-    parser.add_argument("--lr", type=float, default=0.0, help="the controls' learning rate (0 = the toy default)")
+    parser.add_argument("--lr", type=float, default=0.0, help="the controls' learning rate (0 = the world's default)")
     parser.add_argument("--self-samples", action="store_true",
                         help="only part 5 and the controls that learn from solutions (reference SFT, rejection sampling)")
     args = parser.parse_args()
     if args.quick:
         args.batches, args.steps, args.seeds = 2, 2, [0]
     torch.set_num_threads(os.cpu_count() or 2)
-    name = "diagnosis-quick" if args.quick else "diagnosis"
+    name = "diagnosis" + ("" if args.world == "toy" else f"-{args.world}") + ("-quick" if args.quick else "")
     if args.self_samples:
         return self_samples(args, name.replace("diagnosis", "diagnosis-self-samples"))
-    run, rows, cfg = toy_run()
-    say(f"# Why OmniOPD barely learns on the toy world (`python bench/diagnose.py{' --quick' * args.quick}`)")
+    run, rows, cfg = world_run(args.world)
+    command = f"python bench/diagnose.py{' --world ' + args.world if args.world != 'toy' else ''}{' --quick' * args.quick}"
+    say(f"# What OmniOPD's forks offer on the {args.world} world, and what learns there (`{command}`)")
     say()
     forks = census(run, rows, cfg, args.batches)
     report_census(forks, args.batches * cfg.batch_size)
     update = one_update(run, rows, cfg, args.batches)
-    eval_rows = omniopd.load_rows("toy", "test", 0, 32 if args.quick else 200)
+    eval_rows = omniopd.load_rows(args.world, "test", 0, 32 if args.quick else 200)
     controls = {"OmniOPD (default: embed similarity)": {},
                 "OmniOPD, oracle similarity": {"similarity": oracle_similarity},
                 "rejection sampling": {},
@@ -364,9 +374,10 @@ def main():
     for seed in args.seeds:
         for control, options in controls.items():
             if not args.controls or any(wanted in control for wanted in args.controls):
-                results.append(train_control(control, args.steps, eval_rows, seed=seed, lr=args.lr, **options))
-    report_controls(results, args.steps)
-    lucky = lucky_answers(run, rows, cfg, args.batches)
+                results.append(train_control(args.world, control, args.steps, eval_rows, seed=seed, lr=args.lr,
+                                             **options))
+    report_controls(results, args.steps, args.lr or cfg.lr)
+    lucky = lucky_answers(run, rows, cfg, args.batches, args.world)
     folder = Path(args.results)
     (folder / f"{name}.md").write_text("\n".join(LINES) + f"\n\n![one update]({name}.png)\n")
     (folder / f"{name}.json").write_text(json.dumps({"update": update, "controls": results, "lucky": lucky},
@@ -377,14 +388,15 @@ def main():
 def self_samples(args, name):
     """Part 5 and the two controls that train on whole solutions: the student's own right samples
     (rejection sampling) against the rows' reference solutions, same steps, learning rate and seeds."""
-    run, rows, cfg = toy_run()
-    say("# Learning from the student's own samples on the toy world (`python bench/diagnose.py --self-samples`)")
-    lucky = lucky_answers(run, rows, cfg, args.batches)
-    eval_rows = omniopd.load_rows("toy", "test", 0, 32 if args.quick else 200)
-    results = [train_control(control, args.steps, eval_rows, seed=seed, lr=args.lr)
+    run, rows, cfg = world_run(args.world)
+    say(f"# Learning from the student's own samples on the {args.world} world "
+        f"(`python bench/diagnose.py --self-samples{' --world ' + args.world if args.world != 'toy' else ''}`)")
+    lucky = lucky_answers(run, rows, cfg, args.batches, args.world)
+    eval_rows = omniopd.load_rows(args.world, "test", 0, 32 if args.quick else 200)
+    results = [train_control(args.world, control, args.steps, eval_rows, seed=seed, lr=args.lr)
                for seed in args.seeds
                for control in ("reference solutions (its own training data)", "rejection sampling")]
-    report_controls(results, args.steps)
+    report_controls(results, args.steps, args.lr or cfg.lr)
     folder = Path(args.results)
     (folder / f"{name}.md").write_text("\n".join(LINES) + "\n")
     (folder / f"{name}.json").write_text(json.dumps({"controls": results, "lucky": lucky}, default=str))
