@@ -25,7 +25,7 @@ an option in `Config`):
      KL(π_θ ‖ π_ref) averaged over every generated token.
 
 Commands:
-  python omniopd.py                                   # offline toy world, CPU, a few minutes
+  python omniopd.py                                   # offline story world, CPU, about 4 minutes
   python omniopd.py --student Qwen2.5-0.5B --teacher Qwen2.5-7B-Instruct \\
       --data openai/gsm8k:main:train --eval-data openai/gsm8k:main:test   # one GPU, the paper's setting
   python omniopd.py --teacher openai:MODEL --teacher-base-url URL   # any API teacher
@@ -78,11 +78,15 @@ class Config:
     # what to train, on what
     method: str = option("omniopd", "training method: omniopd, or a baseline: opd (white-box token-level), sft, grpo",
                          ["omniopd", "opd", "sft", "grpo"])
-    student: str = option("toy", "student model: 'toy', a local folder, a hub id, or a bare Qwen name (Qwen2.5-0.5B)")
-    teacher: str = option("toy", "teacher: 'toy', a local folder or hub id (HF model), or openai:MODEL for any OpenAI-compatible endpoint")
-    data: str = option("toy", "training prompts: 'toy' (built-in arithmetic world), a JSONL, JSON, Parquet or CSV file, a "
-                              "dataset folder, or a Hub dataset id with optional config and split (openai/gsm8k:main:train)")
-    eval_data: str = option("toy", "held-out problems for accuracy, in the same forms as --data (split 'test' unless named)")
+    student: str = option("stories", "student model: an offline world's ('stories', 'toy'), a local folder, a hub id, or a "
+                                     "bare Qwen name (Qwen2.5-0.5B)")
+    teacher: str = option("stories", "teacher: an offline world's ('stories', 'toy'), a local folder or hub id (HF model), "
+                                     "or openai:MODEL for any OpenAI-compatible endpoint")
+    data: str = option("stories", "training prompts: an offline world ('stories': word problems in several phrasings; 'toy': "
+                                  "arithmetic), a JSONL, JSON, Parquet or CSV file, a dataset folder, or a Hub dataset id "
+                                  "with optional config and split (openai/gsm8k:main:train)")
+    eval_data: str = option("stories", "held-out problems for accuracy, in the same forms as --data (split 'test' unless "
+                                       "named)")
     question_field: str = option("", "the rows' question field (empty = the first of question, problem, prompt, messages)")
     answer_field: str = option("", "the rows' reference-answer field (empty = answer, else solution)")
     eval_size: int = option(200, "number of held-out problems to evaluate (0 = all)")
@@ -110,7 +114,7 @@ class Config:
     steps: int = option(200, "optimizer steps")
     batch_size: int = option(16, "prompts per step")
     temperature: float = option(1.0, "τ: student sampling temperature for rollouts and drafts")
-    max_new_tokens: int = option(0, "longest rollout in tokens (0 = 48 for the toy world, 512 otherwise)")
+    max_new_tokens: int = option(0, "longest rollout in tokens (0 = 96 for the story world, 48 for toy, 512 otherwise)")
     # step 2: peak-entropy scheduler
     entropy_window: int = option(1, "w: moving-average window over H_t before finding peaks (1 = none)")
     entropy_threshold: float = option(0.1, "h_min: a fork's entropy must be at least this (nats)")
@@ -142,7 +146,7 @@ class Config:
     kl_beta: float = option(0.05, "β: weight of the base-model KL anchor")
     anchor: str = option("full", "full: exact full-vocabulary KL; k3: k3 estimator on sampled tokens", ["full", "k3"])
     # step 9: update
-    lr: float = option(0.0, "AdamW learning rate (0 = 2e-4 for the toy world, 1e-6 otherwise)")
+    lr: float = option(0.0, "AdamW learning rate (0 = 2e-4 for the offline worlds, 1e-6 otherwise)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     grad_clip: float = option(1.0, "gradient-norm clipping")
     gradient_checkpointing: bool = option(False, "recompute activations in backward: far less memory for long rollouts")
@@ -175,7 +179,7 @@ class Config:
 
     # computed at runtime
     def resolved(self):
-        """Fill the 0-means-auto fields: toy world and real models need different scales."""
+        """Fill the 0-means-auto fields: the offline worlds and real models need different scales."""
         toy = self.student in toyworld.OFFLINE_WORLDS
         self.max_new_tokens = self.max_new_tokens or {"toy": 48, "stories": 96}.get(self.student, 512)
         self.lr = self.lr or (2e-4 if toy else 1e-6)

@@ -33,7 +33,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    cfg = omniopd.Config().resolved()
+    cfg = omniopd.Config(**toyworld.world_options("toy")).resolved()
     device = torch.device("cpu")
     student, tokenizer = omniopd.load_model("toy", "student", device)
     teacher = omniopd.HFTeacher("toy", device)

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import omniopd  # noqa: E402
+import toyworld  # noqa: E402
 
 LINES = []
 
@@ -185,7 +186,7 @@ def anchor(args, device):
 
 def toy_run(device, **options):
     cfg = omniopd.Config(similarity="embed", eval_size=0, out="/tmp/omniopd-speed", device=device.type,
-                         **options).resolved()
+                         **{**toyworld.world_options("toy"), **options}).resolved()
     run = omniopd.setup(cfg)
     rows = omniopd.load_rows("toy", "train", 0)
     return run, rows, cfg

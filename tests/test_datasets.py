@@ -119,7 +119,7 @@ def test_missing_field_empty_split_and_unknown_dataset_are_one_line(tmp_path):
 
 
 def test_the_cli_trains_and_evaluates_from_a_hub_layout_folder(gsm8k_like, tmp_path, capsys):
-    code = omniopd.main(["--data", f"{gsm8k_like}:main:train", "--eval-data", f"{gsm8k_like}:main:test",
+    code = omniopd.main(["--student", "toy", "--teacher", "toy", "--data", f"{gsm8k_like}:main:train", "--eval-data", f"{gsm8k_like}:main:test",
                          "--steps", "1", "--batch-size", "2", "--method", "sft", "--out", str(tmp_path / "run")])
     assert code == 0, capsys.readouterr().err
     evaluated = [json.loads(line) for line in (tmp_path / "run" / "eval-step-000000.jsonl").read_text().splitlines()]

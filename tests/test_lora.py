@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import omniopd
+import toyworld
 
-SMALL = dict(batch_size=4, similarity="lexical", eval_size=4, eval_teacher=False)
+SMALL = dict(batch_size=4, similarity="lexical", eval_size=4, eval_teacher=False, **toyworld.world_options("toy"))
 
 
 def lora_cfg(tmp_path, name, **options):

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 import omniopd
+import toyworld
 from conftest import ROOT
 from toyworld.serve import FaultPlan, start_in_thread
 
-SMALL = ["--batch-size", "8", "--eval-size", "16"]
+SMALL = [*toyworld.world_args("toy"), "--batch-size", "8", "--eval-size", "16"]
 SECRET = "sk-OMNIOPD-TEST-SECRET-4f9c2a7e"
 
 

@@ -151,7 +151,7 @@ def test_teacher_cache_gives_paid_answers_back_to_the_same_draw_only(serve, tmp_
 
 
 def test_each_step_asks_the_teacher_under_its_own_draw():
-    cfg = omniopd.Config(batch_size=4, seed=5).resolved()
+    cfg = omniopd.Config(batch_size=4, seed=5, **toyworld.world_options("toy")).resolved()
     run = omniopd.setup(dataclasses.replace(cfg, similarity="lexical"))
     draws = []
     real = run.teacher.continuations
@@ -212,7 +212,7 @@ def test_an_empty_reply_cut_at_the_token_limit_is_a_failed_request(serve):
 def test_an_encoder_that_cannot_load_stops_the_run_with_one_line(tmp_path, capsys):
     with pytest.raises(omniopd.OmniOPDError, match="cannot load .*--similarity lexical"):
         omniopd.Similarity("embed", str(tmp_path / "no-such-encoder"))
-    code = omniopd.main(["--similarity-model", str(tmp_path / "no-such-encoder"), "--steps", "1", "--batch-size", "2",
+    code = omniopd.main([*toyworld.world_args("toy"), "--similarity-model", str(tmp_path / "no-such-encoder"), "--steps", "1", "--batch-size", "2",
                          "--eval-size", "2", "--out", str(tmp_path / "run")])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert code == 2 and len(errors) == 1 and "sentence encoder" in errors[0]

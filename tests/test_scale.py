@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import omniopd
+import toyworld
 
 ROOT = Path(__file__).resolve().parent.parent
-TOY = ["--batch-size", "8", "--eval-size", "16", "--seed", "3"]
+TOY = [*toyworld.world_args("toy"), "--batch-size", "8", "--eval-size", "16", "--seed", "3"]
 
 
 def torchrun(nproc, script, *args, timeout=300):
@@ -31,7 +32,7 @@ def metrics(folder):
 
 def test_two_ranks_equal_one_process_on_a_fixed_batch(tmp_path):
     """Loss and updated weights of one distributed step at world size 2 equal omniopd's one-process step."""
-    cfg = omniopd.Config(batch_size=8, seed=3, similarity="lexical").resolved()
+    cfg = omniopd.Config(batch_size=8, seed=3, similarity="lexical", **toyworld.world_options("toy")).resolved()
     run = omniopd.setup(cfg)
     batch = omniopd.omniopd_collect(run, omniopd.batch_rows(omniopd.load_rows("toy", "train", 3), 0, cfg), cfg)
     assert batch.num_forks >= 2
@@ -39,7 +40,7 @@ def test_two_ranks_equal_one_process_on_a_fixed_batch(tmp_path):
     loss, _ = omniopd.omniopd_loss(run, batch, cfg)
     norm = omniopd.update(run, loss, cfg.grad_clip)
     torchrun(2, ROOT / "tests/scale_workers/parity.py", tmp_path / "batch.pt", tmp_path / "out.pt",
-             "--batch-size", "8", "--seed", "3", "--similarity", "lexical")
+             *toyworld.world_args("toy"), "--batch-size", "8", "--seed", "3", "--similarity", "lexical")
     distributed = torch.load(tmp_path / "out.pt", weights_only=False)
     assert distributed["loss"] == pytest.approx(loss.item(), abs=1e-6)
     assert distributed["grad_norm"] == pytest.approx(norm, rel=1e-5)

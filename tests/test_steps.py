@@ -244,7 +244,7 @@ def test_shipped_toy_models_are_a_strong_teacher_and_a_weak_student():
     """The offline default depends on these: teacher ≥ 90 %, student low but not zero."""
     import toyworld
     rows = toyworld.make_problems(100, "test", seed=0)
-    cfg = omniopd.Config().resolved()
+    cfg = omniopd.Config(**toyworld.world_options("toy")).resolved()
     teacher, tokenizer = omniopd.load_model("toy", "teacher", torch.device("cpu"))
     student, student_tokenizer = omniopd.load_model("toy", "student", torch.device("cpu"))
     assert tokenizer.get_vocab() == student_tokenizer.get_vocab()
@@ -277,7 +277,7 @@ class DraftEcho:
 @pytest.mark.parametrize("k", [0, 2])
 def test_collect_routes_each_fork_its_teacher_votes(monkeypatch, k):
     cfg = omniopd.Config(batch_size=8, seed=1, similarity="lexical", num_drafts=4, dirichlet_alpha=0.0,
-                         vote_temperature=0.01).resolved()
+                         vote_temperature=0.01, **toyworld.world_options("toy")).resolved()
     teacher = DraftEcho(k)
     run = omniopd.setup(cfg, teacher=teacher)
     real_drafts = omniopd.draft_chunks
@@ -297,7 +297,8 @@ def test_collect_routes_each_fork_its_teacher_votes(monkeypatch, k):
 
 def test_student_prior_is_the_students_own_draft_distribution():
     """α → ∞ leaves only the prior: p̂ = q_k = softmax_k(ℓ_k / |c_k|), computed again here from the drafts."""
-    cfg = omniopd.Config(batch_size=4, seed=2, similarity="lexical", prior="student", dirichlet_alpha=1e6).resolved()
+    cfg = omniopd.Config(batch_size=4, seed=2, similarity="lexical", prior="student", dirichlet_alpha=1e6,
+                         **toyworld.world_options("toy")).resolved()
     run = omniopd.setup(cfg)
     batch = omniopd.omniopd_collect(run, omniopd.batch_rows(omniopd.load_rows("toy", "train", 2), 0, cfg), cfg)
     assert batch.num_forks > 0

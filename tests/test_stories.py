@@ -65,12 +65,13 @@ def test_the_shipped_models_are_what_their_build_reports_say(role, low, high):
     assert low - 0.1 <= accuracy <= high, accuracy
 
 
-def test_the_cli_trains_on_the_story_world(tmp_path, capsys):
+def test_the_default_command_trains_on_the_story_world(tmp_path, capsys):
     out = tmp_path / "run"
-    code = omniopd.main(["--student", "stories", "--teacher", "stories", "--data", "stories", "--eval-data", "stories",
-                         "--steps", "2", "--batch-size", "4", "--eval-size", "8", "--out", str(out)])
+    code = omniopd.main(["--steps", "2", "--batch-size", "4", "--eval-size", "8", "--out", str(out)])   # no world named
     assert code == 0, capsys.readouterr().err
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if "loss/chunk" in m]
     assert [m["step"] for m in steps] == [1, 2]
     assert all(m["forks/count"] > 0 and torch.isfinite(torch.tensor(m["loss/total"])) for m in steps), steps
+    config = json.loads((out / "config.json").read_text())
+    assert [config[k] for k in ("student", "teacher", "data", "eval_data", "max_new_tokens")] == ["stories"] * 4 + [96]

@@ -57,7 +57,7 @@ def test_each_fork_sends_its_own_rows_question_and_answer(serve, tmp_path, monke
     prompt.write_text(PRIVILEGED)
     cfg = omniopd.Config(teacher="openai:echo", teacher_base_url=url, teacher_api_key_env=KEY_ENV, teacher_mode="chat",
                          teacher_prompt=str(prompt), steps=1, batch_size=4, similarity="lexical", eval_size=2,
-                         eval_teacher=False, out=str(tmp_path / "run")).resolved()
+                         eval_teacher=False, out=str(tmp_path / "run"), student="toy", data="toy", eval_data="toy").resolved()
     omniopd.train(cfg)
     answers = {row["question"]: row["answer"] for row in omniopd.load_rows("toy", "train", cfg.seed)}
     messages = sent_messages(server)

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 import omniopd
+import toyworld
 
 
 def train_briefly(tmp_path, report_to, monkeypatch):
     out = tmp_path / report_to
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    code = omniopd.main(["--report-to", report_to, "--steps", "2", "--batch-size", "4", "--eval-every", "1",
+    code = omniopd.main([*toyworld.world_args("toy"), "--report-to", report_to, "--steps", "2", "--batch-size", "4", "--eval-every", "1",
                          "--eval-size", "4", "--similarity", "lexical", "--out", str(out)])
     assert code == 0
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -92,6 +92,17 @@ def build_char_tokenizer():
 OFFLINE_WORLDS = ("toy", "stories")
 
 
+def world_options(name: str) -> dict:
+    """The Config fields that put a run in one offline world: omniopd.Config(**world_options("toy"))."""
+    return {"student": name, "teacher": name, "data": name, "eval_data": name}
+
+
+def world_args(name: str) -> list[str]:
+    """The same on the command line: omniopd.main([*world_args("toy"), "--steps", "2"])."""
+    return [f"--{field.replace('_', '-')}" if i % 2 == 0 else field
+            for key, value in world_options(name).items() for i, field in enumerate((key, value))]
+
+
 def world_model_dir(name: str, role: str) -> Path:
     """The shipped checkpoint of an offline world: world_model_dir("stories", "teacher")."""
     if name == "stories":

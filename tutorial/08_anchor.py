@@ -52,7 +52,7 @@ assert abs(kl.item() - by_hand) < 1e-6
 import toyworld
 
 torch.manual_seed(0)
-cfg = omniopd.Config().resolved()
+cfg = omniopd.Config(**toyworld.world_options("toy")).resolved()
 reference, tokenizer = omniopd.load_model("toy", "student", torch.device("cpu"))
 rollout = omniopd.sample_rollouts(reference, tokenizer, [r["question"] for r in toyworld.make_problems(8, "test", 3)], cfg)
 with torch.no_grad():

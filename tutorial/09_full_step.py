@@ -28,7 +28,7 @@ import torch
 import toyworld
 
 device = torch.device("cpu")
-cfg = omniopd.Config(batch_size=4).resolved()
+cfg = omniopd.Config(batch_size=4, **toyworld.world_options("toy")).resolved()
 student, tokenizer = omniopd.load_model("toy", "student", device)
 reference, _ = omniopd.load_model("toy", "student", device)
 teacher = omniopd.HFTeacher("toy", device)

@@ -32,7 +32,7 @@ def page_one_rollout():
     import toyworld
 
     torch.manual_seed(3)
-    cfg = omniopd.Config().resolved()
+    cfg = omniopd.Config(**toyworld.world_options("toy")).resolved()
     student, tokenizer = omniopd.load_model("toy", "student", torch.device("cpu"))
     problem = toyworld.make_problems(1, "test", seed=5)[0]
     rollout = omniopd.sample_rollouts(student, tokenizer, [problem["question"]], cfg)
