@@ -6,7 +6,7 @@ comparison, rerun with one command.
     python bench/compare.py --quick           # 1 seed, a few steps, no sweep: checks that every row runs (minutes)
 
 1. The sweep. Every method (SFT, both OPDs, GRPO, OmniOPD) trains once at each learning rate of the same
-   grid (`--lrs`; default ½×, 1× and 2× the world's default) on a sweep seed that is not a reporting seed,
+   grid (`--lrs`; default ¼×, ½×, 1×, 2× and 4× the world's default) on a sweep seed that is not a reporting seed,
    and is scored on validation problems drawn from the training distribution, never on the test set.
    Each method keeps the rate that scored best there. The OmniOPD variants (the API teacher and the
    ablations) change one part of OmniOPD and keep its rate.
@@ -142,6 +142,7 @@ def sweep(args, started) -> tuple[dict, list]:
     eval_data = validation_file(args)
     jobs = [(name, overrides, args.sweep_seed, lr, eval_data, args)
             for name, overrides, lr_of in ROWS if name in SWEPT for lr in args.lrs]
+    jobs.append((ROWS[0][0], ROWS[0][1], args.sweep_seed, args.lrs[0], eval_data, args))   # the untrained student
     results = run_all(jobs, args, started)
     chosen = {}
     for name in SWEPT:
@@ -180,8 +181,10 @@ def write_report(results, chosen, sweep_results, args, folder: Path):
         lines.append(f"| {name} | {rate} | {accuracy:.1%} ± {spread:.1%} | {spread / n ** 0.5:.1%} | "
                      f"{accuracy - base:+.1%} | {seconds:.0f} | {calls:,.0f} | {tokens:,.0f} |")
     if sweep_results:
-        lines += ["", f"Learning-rate sweep (seed {args.sweep_seed}, {args.valid_size} validation problems from the "
-                      "training distribution; the chosen rate in bold):", "",
+        untrained = next(r["accuracy"] for r in sweep_results if r["row"] == ROWS[0][0])
+        lines += ["", (f"Learning-rate sweep (seed {args.sweep_seed}, {args.valid_size} validation problems from the "
+                       f"training distribution, where the untrained student scores {untrained:.1%}; the chosen rate "
+                       "in bold):"), "",
                   "| method | " + " | ".join(f"lr {lr:g}" for lr in args.lrs) + " |",
                   "|---|" + "---|" * len(args.lrs)]
         for name in SWEPT:
@@ -221,7 +224,7 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--steps", type=int, default=0, help="optimizer steps for every method (0 = the world's)")
     parser.add_argument("--lrs", type=float, nargs="+", default=[],
-                        help="the sweep's learning rates, the same for every method (default: ½×, 1×, 2× the world's)")
+                        help="the sweep's learning rates, the same for every method (default: ¼× to 4× the world's)")
     parser.add_argument("--sweep-seed", type=int, default=100)
     parser.add_argument("--valid-size", type=int, default=300, help="validation problems for the sweep")
     parser.add_argument("--eval-size", type=int, default=0, help="held-out test problems (0 = the world's)")
@@ -235,7 +238,7 @@ def main():
     args.steps = args.steps or world["steps"]
     args.eval_size = args.eval_size or world["eval_size"]
     default_lr = omniopd.Config(student=args.world).resolved().lr
-    args.lrs = args.lrs or [default_lr / 2, default_lr, default_lr * 2]
+    args.lrs = args.lrs or [default_lr / 4, default_lr / 2, default_lr, default_lr * 2, default_lr * 4]
     args.name = args.name or args.world
     if args.quick:
         args.seeds, args.steps, args.eval_size, args.points, args.lrs = [0], 4, 32, 2, [default_lr]
