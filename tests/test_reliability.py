@@ -15,11 +15,12 @@ import pytest
 import torch
 
 import omniopd
-import toyworld
 from conftest import ROOT
 from toyworld.serve import FaultPlan, start_in_thread
 
-SMALL = [*toyworld.world_args("toy"), "--batch-size", "8", "--eval-size", "16"]
+# the toy world; each test names its teacher (scale/ pools repeated --teacher values)
+SMALL = ["--student", "toy", "--data", "toy", "--eval-data", "toy", "--batch-size", "8", "--eval-size", "16"]
+LOCAL_TEACHER = ["--teacher", "toy"]
 SECRET = "sk-OMNIOPD-TEST-SECRET-4f9c2a7e"
 
 
@@ -62,7 +63,7 @@ def teacher_server():
 def test_a_run_killed_mid_step_resumes_to_the_same_metrics(tmp_path):
     """SIGKILL during step 4 of 6, resume from the step-3 checkpoint: every step's metrics equal an
     uninterrupted run's (time aside), with an evaluation every 2 steps in between."""
-    options = [*SMALL, "--steps", "6", "--save-every", "1", "--eval-every", "2", "--eval-samples", "2"]
+    options = [*SMALL, *LOCAL_TEACHER, "--steps", "6", "--save-every", "1", "--eval-every", "2", "--eval-samples", "2"]
     whole = cli(*options, "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-2000:]
     killed = cli(*options, "--out", str(tmp_path / "killed"), wait=False)
@@ -182,7 +183,7 @@ def test_a_teacher_that_never_answers_stops_after_three_steps_with_progress_save
 
 
 def test_a_batch_with_no_forks_is_logged_and_training_goes_on(tmp_path):
-    assert omniopd.main([*SMALL, "--steps", "2", "--entropy-threshold", "100", "--out", str(tmp_path / "run")]) == 0
+    assert omniopd.main([*SMALL, *LOCAL_TEACHER, "--steps", "2", "--entropy-threshold", "100", "--out", str(tmp_path / "run")]) == 0
     steps = [m for m in metrics_of(tmp_path / "run") if "loss/total" in m]
     assert [m["forks/count"] for m in steps] == [0, 0] and all(m["loss/chunk"] == 0 for m in steps)
 
@@ -201,7 +202,7 @@ def test_non_finite_losses_are_skipped_and_three_in_a_row_stop_the_run(tmp_path,
         return (loss * poison if run.step in (2, 3, 4) else loss), metrics
     monkeypatch.setitem(omniopd.METHODS, "omniopd", (collect, poisoned_loss))
     out = tmp_path / "run"
-    line = error_line(capsys, [*SMALL, "--steps", "10", "--save-every", "1", "--similarity", "lexical", "--out", str(out)])
+    line = error_line(capsys, [*SMALL, *LOCAL_TEACHER, "--steps", "10", "--save-every", "1", "--similarity", "lexical", "--out", str(out)])
     assert "not finite 3 steps in a row" in line and "step-000002" in line
     assert [m.get("loss/nonfinite_skipped", 0) for m in metrics_of(out)] == [0, 0, 1, 1, 1]
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-000001", "step-000002"]
