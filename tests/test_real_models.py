@@ -22,7 +22,7 @@ pytest.importorskip("gguf", reason="pip install -r requirements-real.txt (transf
 from toyworld.real import LlamaServer, smollm2_folder, smollm2_gguf  # noqa: E402
 
 KEY = "sk-llama-cpp-test-5e1f"
-SHORT = ["--steps", "2", "--batch-size", "2", "--eval-size", "4", "--max-new-tokens", "24", "--chunk-len", "4",
+SHORT = ["--data", "toy", "--eval-data", "toy", "--steps", "2", "--batch-size", "2", "--eval-size", "4", "--max-new-tokens", "24", "--chunk-len", "4",
          "--num-drafts", "2", "--teacher-samples", "2", "--no-eval-teacher"]
 
 
@@ -113,8 +113,8 @@ def test_every_method_trains_smollm2_checkpoints_and_resumes(smollm2, smollm2_va
 def test_omniopd_with_the_llama_cpp_server_as_teacher(llama_server, tmp_path, mode):
     """The toy student (another tokenizer) taught by SmolLM2 behind llama.cpp's own server."""
     out = tmp_path / "run"
-    done = cli("--teacher", "openai:smollm2", "--teacher-base-url", llama_server.url, "--teacher-mode", mode,
-               *SHORT, "--chunk-len", "8", "--out", str(out), env={"OPENAI_API_KEY": KEY})
+    done = cli("--student", "toy", "--teacher", "openai:smollm2", "--teacher-base-url", llama_server.url,
+               "--teacher-mode", mode, *SHORT, "--chunk-len", "8", "--out", str(out), env={"OPENAI_API_KEY": KEY})
     assert done.returncode == 0, done.stderr[-3000:]
     for m in steps_of(out):
         assert m["forks/count"] > 0 and m["forks/skipped"] == 0 and "sim/mean" in m
@@ -126,8 +126,9 @@ def test_omniopd_with_the_llama_cpp_server_as_teacher(llama_server, tmp_path, mo
 @pytest.mark.parametrize("mode", ["chat", "completion"])
 def test_scale_pool_with_the_llama_cpp_server_as_teacher(llama_server, tmp_path, mode):
     out = tmp_path / "run"
-    done = cli("--teacher", "openai:smollm2", "--teacher-base-url", llama_server.url, "--teacher-mode", mode, *SHORT,
-               "--chunk-len", "8", "--out", str(out), script="scale/train.py", env={"OPENAI_API_KEY": KEY})
+    done = cli("--student", "toy", "--teacher", "openai:smollm2", "--teacher-base-url", llama_server.url,
+               "--teacher-mode", mode, *SHORT, "--chunk-len", "8", "--out", str(out), script="scale/train.py",
+               env={"OPENAI_API_KEY": KEY})
     assert done.returncode == 0, done.stderr[-3000:]
     steps = steps_of(out)
     assert all(m["forks/count"] > 0 and m["forks/skipped"] == 0 for m in steps)
