@@ -99,8 +99,10 @@ def world_options(name: str) -> dict:
 
 def world_args(name: str) -> list[str]:
     """The same on the command line: omniopd.main([*world_args("toy"), "--steps", "2"])."""
-    return [f"--{field.replace('_', '-')}" if i % 2 == 0 else field
-            for key, value in world_options(name).items() for i, field in enumerate((key, value))]
+    args = []
+    for key, value in world_options(name).items():
+        args += [f"--{key.replace('_', '-')}", value]
+    return args
 
 
 def world_model_dir(name: str, role: str) -> Path:
