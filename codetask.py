@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 
@@ -289,6 +290,7 @@ def run_sandboxed(program: str, units: list[str], stdin, limits: Limits) -> Outc
                 timed_out = True
             kill_group(child.pid)
             child.wait()
+            wait_until_gone(child.pid, uid)
         return read_outcome(folder, nonce, child.returncode, timed_out, len(units), limits)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -300,6 +302,32 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def wait_until_gone(pgid: int, uid, seconds: float = 5.0) -> None:
+    """Return only once no live process of this check is left: none in its process group and, as root, none
+    running as its user id (the namespace's processes die with its init, but not at once). Linux's /proc."""
+    deadline = time.monotonic() + seconds
+    while Path("/proc").is_dir() and time.monotonic() < deadline:
+        alive = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as handle:
+                    state, _, group = handle.read().rsplit(")", 1)[1].split()[:3]
+                if state != "Z" and (int(group) == pgid or (uid is not None and entry.stat().st_uid == uid)):
+                    alive.append(int(entry.name))
+            except (OSError, ValueError):
+                continue   # the process ended while we looked
+        if not alive:
+            return
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)
 
 
 def read_outcome(folder: Path, nonce: str, returncode: int, timed_out: bool, num_units: int, limits: Limits) -> Outcome:
