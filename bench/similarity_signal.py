@@ -1,14 +1,18 @@
-"""How well does each similarity tell right drafts from wrong ones on the toy world?
+"""How well does each similarity tell right drafts from wrong ones on an offline world?
 
-    python bench/similarity_signal.py [--prompts 128] [--seed 0]
+    python bench/similarity_signal.py [--world toy|code] [--prompts 128] [--seed 0]
 
-Runs steps 1-6 of OmniOPD with the shipped toy student and teacher (no update),
-labels every draft right or wrong against the problem's worked solution (a draft
-is right when prefix + draft is still a prefix of the solution), and reports for
+Runs steps 1-6 of OmniOPD with the world's shipped student and teacher (no update),
+labels every draft right or wrong, and reports for
 each similarity: mean S for right and wrong drafts, how often a right draft gets a
 higher p̂ than a wrong one at the same fork, and the p̂ mass on right drafts
 versus their share under the uniform prior. Forks with only right or only wrong
 drafts carry no such signal and are counted separately.
+
+A draft is right on the toy world when prefix + draft is still a prefix of the problem's worked solution. On
+the code world, where a solution has many correct texts (three styles, any variable names), a draft is right
+when the teacher, continuing prefix + draft greedily, ends with a program that passes the problem's tests:
+the draft left the way to a correct function open (the teacher solves 100 % of held-out problems).
 """
 
 import argparse
@@ -18,6 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import codetask  # noqa: E402
 import omniopd  # noqa: E402
 import toyworld  # noqa: E402
 
@@ -27,17 +32,40 @@ def draft_is_right(prefix_text, draft_text, solution_text):
     return solution_text.startswith(written) or written.startswith(solution_text)
 
 
+@torch.no_grad()
+def drafts_completed_correctly(teacher, rows, forks, prefixes, candidates, cfg):
+    """Code world: for each fork, whether each draft, continued greedily by the teacher, passes the tests."""
+    texts, owners = [], []
+    for f, (b, _) in enumerate(forks):
+        for candidate in candidates[f]:
+            texts.append(prefixes[f] + candidate)
+            owners.append(rows[b])
+    completed = []
+    for start in range(0, len(texts), 64):
+        batch = teacher.tokenizer(texts[start:start + 64], return_tensors="pt", padding=True, add_special_tokens=False)
+        out = omniopd.generate(teacher.model, teacher.tokenizer, batch.input_ids, batch.attention_mask,
+                               cfg.max_new_tokens, 0.0)
+        completed += [t + c for t, c in zip(texts[start:start + 64],
+                                           teacher.tokenizer.batch_decode(out, skip_special_tokens=True))]
+    programs = [codetask.program_of(row, text[len(row["question"]):]) for row, text in zip(owners, completed)]
+    assert all(text.startswith(row["question"]) for row, text in zip(owners, completed))
+    verdicts = codetask.check_many(programs, [row["tests"] for row in owners], workers=2)
+    passed = torch.tensor([v.passed for v in verdicts])
+    return list(passed.split([len(c) for c in candidates]))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world", choices=["toy", "code"], default="toy")
     parser.add_argument("--prompts", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    cfg = omniopd.Config(**toyworld.world_options("toy")).resolved()
+    cfg = omniopd.Config(**toyworld.world_options(args.world)).resolved()
     device = torch.device("cpu")
-    student, tokenizer = omniopd.load_model("toy", "student", device)
-    teacher = omniopd.HFTeacher("toy", device)
-    rows = toyworld.make_problems(args.prompts, "train", seed=args.seed + 500)
+    student, tokenizer = omniopd.load_model(args.world, "student", device)
+    teacher = omniopd.HFTeacher(args.world, device)
+    rows = omniopd.load_rows(args.world, "train", args.seed + 500, args.prompts, task=cfg.task)
     rollout = omniopd.sample_rollouts(student, tokenizer, [r["question"] for r in rows], cfg)
     with torch.no_grad():
         logits = omniopd.response_logits(student, rollout)
@@ -49,11 +77,15 @@ def main():
     candidates = [[omniopd.decode_after(tokenizer, prefix, c) for c in chunks]
                   for prefix, chunks in zip(drafts.prefix_ids, drafts.chunk_ids)]
     references = omniopd.teacher_rollouts(teacher, prefixes, cfg.teacher_samples, cfg.chunk_len, tokenizer)
-    solutions = [cfg.prompt_template.format(question=rows[b]["question"]) + rows[b]["answer"] for b, _ in forks]
-    right = [torch.tensor([draft_is_right(p, c, s) for c in cands])
-             for p, cands, s in zip(prefixes, candidates, solutions)]
+    if args.world == "code":
+        right = drafts_completed_correctly(teacher, rows, forks, prefixes, candidates, cfg)
+        teacher_right = sum(int(r.sum()) for r in drafts_completed_correctly(teacher, rows, forks, prefixes, references, cfg))
+    else:
+        solutions = [cfg.prompt_template.format(question=rows[b]["question"]) + rows[b]["answer"] for b, _ in forks]
+        right = [torch.tensor([draft_is_right(p, c, s) for c in cands])
+                 for p, cands, s in zip(prefixes, candidates, solutions)]
+        teacher_right = sum(draft_is_right(p, t, s) for p, texts, s in zip(prefixes, references, solutions) for t in texts)
     mixed = [f for f, r in enumerate(right) if 0 < int(r.sum()) < len(r)]
-    teacher_right = sum(draft_is_right(p, t, s) for p, texts, s in zip(prefixes, references, solutions) for t in texts)
     print(f"{len(rows)} rollouts, {len(forks)} forks, {len(mixed)} with both right and wrong drafts; "
           f"teacher continuations right: {teacher_right / (len(forks) * cfg.teacher_samples):.1%}")
     print(f"{'similarity':<28} {'S right':>8} {'S wrong':>8} {'pairs won':>9} {'p̂ right':>8} {'uniform':>8}")

@@ -16,6 +16,7 @@ folders loaded through the same `from_pretrained` path as hub models.
 """
 
 import hashlib
+import importlib
 import json
 import random
 from pathlib import Path
@@ -87,14 +88,17 @@ def build_char_tokenizer():
                           padding_side="left", clean_up_tokenization_spaces=False)
 
 
-# the names --student, --teacher, --data and --eval-data take for the offline worlds: "toy" (this file's arithmetic)
-# and "stories" (toyworld/stories.py: word-level, several phrasings, reasoning choices)
-OFFLINE_WORLDS = ("toy", "stories")
+# the names --student, --teacher, --data and --eval-data take for the offline worlds: "toy" (this file's arithmetic),
+# "stories" (toyworld/stories.py: word-level, several phrasings, reasoning choices) and "code" (toyworld/code.py:
+# Python functions with unit tests, --task code)
+OFFLINE_WORLDS = ("toy", "stories", "code")
+MATH_WORLDS = ("toy", "stories")
 
 
 def world_options(name: str) -> dict:
     """The Config fields that put a run in one offline world: omniopd.Config(**world_options("toy"))."""
-    return {"student": name, "teacher": name, "data": name, "eval_data": name}
+    return {"student": name, "teacher": name, "data": name, "eval_data": name,
+            **({"task": "code"} if name == "code" else {})}
 
 
 def world_args(name: str) -> list[str]:
@@ -107,15 +111,14 @@ def world_args(name: str) -> list[str]:
 
 def world_model_dir(name: str, role: str) -> Path:
     """The shipped checkpoint of an offline world: world_model_dir("stories", "teacher")."""
-    if name == "stories":
-        from toyworld import stories
-        return stories.TEACHER_DIR if role == "teacher" else stories.STUDENT_DIR
+    if name in ("stories", "code"):
+        world = importlib.import_module(f"toyworld.{name}")
+        return world.TEACHER_DIR if role == "teacher" else world.STUDENT_DIR
     return TEACHER_DIR if role == "teacher" else STUDENT_DIR
 
 
 def world_problems(name: str, n: int, split: str, seed: int) -> list[dict]:
-    """n problems of an offline world's split (the task's distribution)."""
-    if name == "stories":
-        from toyworld import stories
-        return stories.make_problems(n, split, seed)
+    """n problems of an offline world's split (the task's distribution); the code world's in HumanEval's shape."""
+    if name in ("stories", "code"):
+        return importlib.import_module(f"toyworld.{name}").make_problems(n, split, seed)
     return make_problems(n, split, seed)

@@ -1,4 +1,4 @@
-"""Build a toy world's teacher and student: `python -m toyworld.build [--world stories]` (about 25 minutes on 2 CPU cores).
+"""Build a toy world's teacher and student: `python -m toyworld.build [--world stories|code]` (about 25 minutes on 2 CPU cores).
 
 Both are Qwen2 models made from a config, with the character tokenizer, trained by
 next-token NLL on worked solutions (omniopd.completion_nll) and saved with
@@ -16,11 +16,14 @@ import time
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+import codetask
 import omniopd
 import toyworld
-from toyworld import stories
+from toyworld import code, stories
 
-TEMPLATE = omniopd.Config.prompt_template
+# each world's evaluation settings (the student's prompt and how answers are checked)
+SETTINGS = {"arithmetic": {"max_new_tokens": 48}, "stories": {"max_new_tokens": 96},
+            "code": {"max_new_tokens": 64, "task": "code", "prompt_template": omniopd.CODE_TEMPLATE}}
 
 
 def new_model(tokenizer, hidden, layers):
@@ -32,13 +35,13 @@ def new_model(tokenizer, hidden, layers):
     return Qwen2ForCausalLM(config)
 
 
-def accuracy(model, tokenizer, rows, max_new_tokens=48):
-    cfg = omniopd.Config(max_new_tokens=max_new_tokens)
+def accuracy(model, tokenizer, rows, world):
+    cfg = omniopd.Config(**SETTINGS[world]).resolved()
     return omniopd.evaluate(model, tokenizer, rows, cfg)[0]
 
 
 def train(model, tokenizer, train_rows, valid_rows, max_steps, lr, eval_every, stop_at=None, batch_size=64,
-          max_new_tokens=48):
+          world="arithmetic"):
     """AdamW with warm-up and linear decay; returns the step it stopped at and its validation accuracy."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -46,15 +49,16 @@ def train(model, tokenizer, train_rows, valid_rows, max_steps, lr, eval_every, s
     started, score = time.time(), 0.0
     for step in range(1, max_steps + 1):
         rows = random.Random(step).sample(train_rows, batch_size)
+        template = SETTINGS[world].get("prompt_template", omniopd.PLAIN_TEMPLATE)
         loss = omniopd.completion_nll(model, tokenizer, [r["question"] for r in rows],
-                                      [r["answer"] for r in rows], TEMPLATE)
+                                      [r["answer"] for r in rows], template)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
         if step % eval_every == 0 or step == max_steps:
-            score = accuracy(model, tokenizer, valid_rows, max_new_tokens)
+            score = accuracy(model, tokenizer, valid_rows, world)
             print(f"step {step} loss {loss.item():.4f} valid {score:.3f} {time.time() - started:.0f}s", flush=True)
             if stop_at is not None and score >= stop_at:
                 break
@@ -67,16 +71,26 @@ def world_data(world):
         train_rows = toyworld.make_problems(20000, "train", seed=1000)
         return (toyworld.build_char_tokenizer(), train_rows, toyworld.make_problems(200, "train", seed=2000),
                 toyworld.make_problems(200, "test", seed=0), toyworld.TEACHER_DIR, toyworld.STUDENT_DIR)
+    if world == "code":   # as stories: a Zipf-skewed corpus, the task's phrases uniform
+        train_rows = code_rows(code.make_problems(20000, "train", seed=1000, distribution="zipf", distinct=False))
+        texts = [r["question"] + r["answer"] for r in train_rows]
+        return (stories.build_word_tokenizer(texts, vocab_size=800), train_rows,
+                code_rows(code.make_problems(200, "train", seed=2000)), code_rows(code.make_problems(200, "test", seed=0)),
+                code.TEACHER_DIR, code.STUDENT_DIR)
     # stories: both models learn from the Zipf-skewed corpus; validation and test are the task (uniform verbs)
     train_rows = stories.make_problems(20000, "train", seed=1000, distribution="zipf")
-    texts = [TEMPLATE.format(question=r["question"]) + r["answer"] for r in train_rows]
+    texts = [omniopd.PLAIN_TEMPLATE.format(question=r["question"]) + r["answer"] for r in train_rows]
     return (stories.build_word_tokenizer(texts), train_rows, stories.make_problems(200, "train", seed=2000),
             stories.make_problems(200, "test", seed=0), stories.TEACHER_DIR, stories.STUDENT_DIR)
 
 
+def code_rows(records):
+    return [codetask.code_row(record, record["task_id"]) for record in records]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--world", choices=["arithmetic", "stories"], default="arithmetic")
+    parser.add_argument("--world", choices=["arithmetic", "stories", "code"], default="arithmetic")
     parser.add_argument("--teacher-steps", type=int, default=1500)
     parser.add_argument("--student-target", type=float, default=None,
                         help="stop the student when its validation accuracy reaches this (0 = train all its steps; "
@@ -97,10 +111,9 @@ def main():
     if args.student_target is None:
         args.student_target = 0.2 if args.world == "arithmetic" else 0.0
     if args.student_zipf is None:
-        args.student_zipf = stories.STUDENT_ZIPF_EXPONENT if args.world == "stories" else 0.0
+        args.student_zipf = {"stories": stories.STUDENT_ZIPF_EXPONENT, "code": code.STUDENT_ZIPF_EXPONENT}.get(args.world, 0.0)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     tokenizer, train_rows, valid_rows, test_rows, teacher_dir, student_dir = world_data(args.world)
-    max_new_tokens = 48 if args.world == "arithmetic" else 96
     report = {}
     for role, hidden, layers, steps, target, every, folder in [
             ("teacher", 128, 4, args.teacher_steps, None, 250, teacher_dir),
@@ -112,17 +125,19 @@ def main():
         model = new_model(tokenizer, hidden, layers)
         print(f"{role}: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
         corpus = train_rows[:args.student_corpus] if role == "student" and args.student_corpus else train_rows
-        if role == "student" and (args.student_verbs or args.student_zipf):
+        if role == "student" and args.world == "code" and args.student_zipf:
+            corpus = code_rows(code.make_problems(len(corpus), "train", seed=1000, distinct=False,
+                                                  distribution=f"zipf:{args.student_zipf}"))
+        elif role == "student" and (args.student_verbs or args.student_zipf):
             distribution = f"zipf:{args.student_zipf}" if args.student_zipf else "zipf"
             corpus = stories.make_problems(len(corpus), "train", seed=1000, distribution=distribution,
                                            verbs=args.student_verbs)
-        stopped, valid = train(model, tokenizer, corpus, valid_rows, steps, 3e-3, every, target,
-                               max_new_tokens=max_new_tokens)
+        stopped, valid = train(model, tokenizer, corpus, valid_rows, steps, 3e-3, every, target, world=args.world)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         reloaded, reloaded_tokenizer = omniopd.load_model(str(folder), role, torch.device("cpu"))
         report[role] = {"steps": stopped, "valid_accuracy": valid,
-                        "test_accuracy": accuracy(reloaded, reloaded_tokenizer, test_rows, max_new_tokens),
+                        "test_accuracy": accuracy(reloaded, reloaded_tokenizer, test_rows, args.world),
                         "parameters": sum(p.numel() for p in model.parameters())}
         print(role, report[role], flush=True)
         (folder / "build_report.json").write_text(json.dumps(report[role], indent=2))
