@@ -51,7 +51,9 @@ REDUCTIONS = [("return their sum", "sum({ys})"), ("return the largest", "max({ys
               ("return them sorted from largest to smallest", "sorted({ys}, reverse=True)"),
               ("return the sum of their squares", "sum(y * y for y in {ys})"), ("return them as a list", "list({ys})")]
 ZIPF_EXPONENT = 1.0           # the teacher's corpus
-STUDENT_ZIPF_EXPONENT = 4.0   # the student's corpus, as in the story world
+# the student's corpus: exponent 4 (the story world's) left the student at 10 % on held-out problems (three
+# steps, each a choice among 12 phrases, all must be right); 3 leaves it at 31 %, with room to learn
+STUDENT_ZIPF_EXPONENT = 3.0
 DOCSTRINGS = ["Keep {f}, {m}, then {r}.", "From xs take {f}; {m}; finally {r}.", "Select {f} of xs. Next, {m}. "
               "Then {r}."]
 NAMES = ["ys", "kept", "vals", "items"]
@@ -86,21 +88,24 @@ def write_solution(condition, change, reduction, rng) -> str:
 def make_problem(rng: random.Random, distribution: str = "uniform") -> dict:
     """One problem as a HumanEval row: its prompt (signature and docstring), one canonical solution of the
     many the styles allow, and four asserts whose expected values the canonical solution computes."""
-    while True:
-        steps = []
-        for table in (FILTERS, MAPS, REDUCTIONS):
-            words, code = rng.choices(table, phrase_weights(distribution, len(table)))[0]
-            k = rng.randint(2, 5)
-            steps.append((words.replace("{k}", str(k)), code.replace("{k}", str(k))))
-        (f, condition), (m, change), (r, reduction) = steps
-        docstring = rng.choice(DOCSTRINGS).format(f=f, m=m, r=r)
-        prompt = f'def {ENTRY_POINT}(xs):\n    """{docstring[0].upper() + docstring[1:]}"""\n'
-        solution = write_solution(condition, change, reduction, rng)
-        namespace = {}
-        exec(prompt + solution, namespace)   # our own generated code: the expected values
-        inputs = [[rng.randint(0, 9) for _ in range(rng.randint(4, 7))] for _ in range(4)]
-        if all(any(eval(condition.format(v=str(x))) for x in xs) for xs in inputs):   # nothing empty to reduce
-            break
+    steps = []
+    for table in (FILTERS, MAPS, REDUCTIONS):
+        words, code = rng.choices(table, phrase_weights(distribution, len(table)))[0]
+        k = rng.randint(2, 5)
+        steps.append((words.replace("{k}", str(k)), code.replace("{k}", str(k))))
+    (f, condition), (m, change), (r, reduction) = steps
+    docstring = rng.choice(DOCSTRINGS).format(f=f, m=m, r=r)
+    prompt = f'def {ENTRY_POINT}(xs):\n    """{docstring[0].upper() + docstring[1:]}"""\n'
+    solution = write_solution(condition, change, reduction, rng)
+    namespace = {}
+    exec(prompt + solution, namespace)   # our own generated code: the expected values
+    kept = [digit for digit in range(10) if eval(condition.format(v=str(digit)))]
+    inputs = []
+    for _ in range(4):
+        xs = [rng.randint(0, 9) for _ in range(rng.randint(4, 7))]
+        if not any(x in kept for x in xs):   # one item at least is kept, so nothing empty is reduced
+            xs[rng.randrange(len(xs))] = rng.choice(kept)
+        inputs.append(xs)
     asserts = "".join(f"    assert candidate({xs}) == {namespace[ENTRY_POINT](xs)!r}\n" for xs in inputs)
     return {"task_id": f"code/{hashlib.sha256(prompt.encode()).hexdigest()[:8]}", "prompt": prompt,
             "canonical_solution": solution, "test": f"def check(candidate):\n{asserts}", "entry_point": ENTRY_POINT}
