@@ -59,6 +59,7 @@ def main():
     parser.add_argument("--world", choices=["toy", "code"], default="toy")
     parser.add_argument("--prompts", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="", help="also write the table to this file (Markdown)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     cfg = omniopd.Config(**toyworld.world_options(args.world)).resolved()
@@ -86,9 +87,10 @@ def main():
                  for p, cands, s in zip(prefixes, candidates, solutions)]
         teacher_right = sum(draft_is_right(p, t, s) for p, texts, s in zip(prefixes, references, solutions) for t in texts)
     mixed = [f for f, r in enumerate(right) if 0 < int(r.sum()) < len(r)]
-    print(f"{len(rows)} rollouts, {len(forks)} forks, {len(mixed)} with both right and wrong drafts; "
-          f"teacher continuations right: {teacher_right / (len(forks) * cfg.teacher_samples):.1%}")
-    print(f"{'similarity':<28} {'S right':>8} {'S wrong':>8} {'pairs won':>9} {'p̂ right':>8} {'uniform':>8}")
+    lines = [f"{len(rows)} rollouts, {len(forks)} forks, {len(mixed)} with both right and wrong drafts; "
+             f"teacher continuations right: {teacher_right / (len(forks) * cfg.teacher_samples):.1%}",
+             f"{'similarity':<28} {'S right':>8} {'S wrong':>8} {'pairs won':>9} {'p̂ right':>8} {'uniform':>8}"]
+    print("\n".join(lines))
     settings = [("embed", "soft", 0.1), ("embed", "soft", 0.02), ("embed", "hard", 0.1),
                 ("lexical", "soft", 0.1), ("lexical", "soft", 0.02), ("lexical", "hard", 0.1)]
     encoders = {"embed": omniopd.Similarity("embed"), "lexical": omniopd.Similarity("lexical")}
@@ -105,8 +107,13 @@ def main():
             mass += p[r].sum().item()
             share += r.float().mean().item()
         name = f"{kind} {votes}" + (f" κ={kappa}" if votes == "soft" else "")
-        print(f"{name:<28} {sum(s_right) / len(s_right):8.3f} {sum(s_wrong) / len(s_wrong):8.3f} "
-              f"{won / pairs:9.1%} {mass / len(mixed):8.3f} {share / len(mixed):8.3f}")
+        lines.append(f"{name:<28} {sum(s_right) / len(s_right):8.3f} {sum(s_wrong) / len(s_wrong):8.3f} "
+                     f"{won / pairs:9.1%} {mass / len(mixed):8.3f} {share / len(mixed):8.3f}")
+        print(lines[-1])
+    if args.out:
+        command = " ".join(["python bench/similarity_signal.py", *sys.argv[1:]])
+        Path(args.out).write_text(f"# Similarity signal on the {args.world} world\n\n`{command}`\n\n```\n"
+                                  + "\n".join(lines) + "\n```\n")
 
 
 if __name__ == "__main__":
