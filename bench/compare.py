@@ -56,7 +56,8 @@ ROWS = [
 SWEPT = [name for name, _, lr_of in ROWS if lr_of == name]
 # each world's budget; the story world evaluates on 600 problems, so that one evaluation's binomial standard
 # error is at most 2 points
-WORLDS = {"toy": {"steps": 60, "eval_size": 200}, "stories": {"steps": 60, "eval_size": 600}}
+WORLDS = {"toy": {"steps": 60, "eval_size": 200}, "stories": {"steps": 60, "eval_size": 600},
+          "code": {"steps": 60, "eval_size": 600}}
 
 
 def run_name(name, seed, lr):
@@ -173,6 +174,8 @@ def write_report(results, chosen, sweep_results, args, folder: Path):
              "| teacher tokens |", "|---|---|---|---|---|---|---|---|"]
     for name, _, lr_of in ROWS:
         runs = results[name]
+        if not runs:   # --no-ablations
+            continue
         accuracy, spread = mean_std([r["accuracy"] for r in runs])
         seconds = statistics.mean(r["seconds"] for r in runs)
         calls = statistics.mean(r["teacher_calls"] for r in runs)
@@ -203,6 +206,8 @@ def plot(results, path):
     figure, axis = plt.subplots(figsize=(8, 5))
     for name, _, _ in ROWS[1:]:
         curves = [r["curve"] for r in results[name]]
+        if not curves:
+            continue
         steps = [s for s, _ in curves[0]]
         mean = [statistics.mean(c[i][1] for c in curves) for i in range(len(steps))]
         axis.plot(steps, mean, marker="o", markersize=3, label=name,
@@ -229,6 +234,7 @@ def main():
     parser.add_argument("--valid-size", type=int, default=300, help="validation problems for the sweep")
     parser.add_argument("--eval-size", type=int, default=0, help="held-out test problems (0 = the world's)")
     parser.add_argument("--points", type=int, default=4, help="evaluations along the curve")
+    parser.add_argument("--no-ablations", action="store_true", help="only the methods, not OmniOPD's ablations")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at a time, one thread each")
     parser.add_argument("--runs", default=str(ROOT / "bench" / "runs"), help="where run folders go")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
@@ -246,7 +252,8 @@ def main():
     started = time.time()
     chosen, sweep_results = sweep(args, started)
     jobs = [(name, overrides, seed, chosen[lr_of] if lr_of else default_lr, args.world, args)
-            for name, overrides, lr_of in ROWS for seed in args.seeds]
+            for name, overrides, lr_of in ROWS for seed in args.seeds
+            if not (args.no_ablations and name.startswith("ablation"))]
     results = {name: [] for name, _, _ in ROWS}
     for result in run_all(jobs, args, started):
         results[result["row"]].append(result)
