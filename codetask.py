@@ -491,11 +491,10 @@ def enter_namespaces(as_root: bool) -> bool:
     import ctypes
     clone_newpid, clone_newnet, clone_newuser = 0x20000000, 0x40000000, 0x10000000
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
+        unshare = ctypes.CDLL(None, use_errno=True).unshare
+    except (OSError, AttributeError):   # not Linux
         return False
-    flags = clone_newpid | clone_newnet | (0 if as_root else clone_newuser)
-    return libc.unshare(flags) == 0
+    return unshare(clone_newpid | clone_newnet | (0 if as_root else clone_newuser)) == 0
 
 
 # Python-level events (sys.addaudithook) the guard refuses: starting processes, signals, sockets, native code
