@@ -83,3 +83,33 @@ def test_every_method_runs_on_the_code_world(tmp_path, capsys, method):
     assert (config["task"], config["prompt_template"], config["max_new_tokens"]) == ("code", "{question}", 64)
     records = [json.loads(line) for line in (out / "eval-step-000002.jsonl").read_text().splitlines()]
     assert len(records) == 8 and all("def solve(xs)" in r["program"] for r in records)
+
+
+def test_mean_at_n_checks_every_sampled_program():
+    """--eval-samples n: each record's sampled_correct is the share of its n sampled programs that pass."""
+    model, tokenizer = omniopd.load_model("code", "teacher", torch.device("cpu"))
+    cfg = omniopd.Config(**toyworld.world_options("code")).resolved()
+    problems = omniopd.load_rows("code", "test", 0, 6, task="code")
+    torch.manual_seed(0)
+    greedy, records = omniopd.evaluate(model, tokenizer, problems, cfg, samples=3)
+    assert all(r["sampled_correct"] in (0.0, 1 / 3, 2 / 3, 1.0) for r in records)
+    assert greedy >= 5 / 6 and sum(r["sampled_correct"] for r in records) / len(records) > 0.5   # a 97 % teacher
+
+
+def test_scale_trains_on_the_code_world(tmp_path):
+    """scale/train.py imports the same grade(): GRPO's reward and the evaluation run programs there too."""
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+               str(ROOT / "scale" / "train.py"), *toyworld.world_args("code"), "--method", "grpo", "--steps", "2",
+               "--batch-size", "8", "--eval-size", "8", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "loss/total" in line]
+    assert [m["step"] for m in steps] == [1, 2] and all(0.0 <= m["grpo/reward"] <= 1.0 for m in steps)
+    records = [json.loads(line) for line in (out / "eval-step-000002.jsonl").read_text().splitlines()]
+    assert len(records) == 8 and all(r["reason"] for r in records)
