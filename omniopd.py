@@ -1528,6 +1528,9 @@ def load_data(cfg) -> tuple[list[dict], list[dict]]:
         print(f"note: {sum(r['question'] in seen for r in eval_rows)} evaluation problems also appear in the "
               f"training data; they are left out of the evaluation", file=sys.stderr)
         eval_rows = [r for r in eval_rows if r["question"] not in seen]
+        if not eval_rows:   # e.g. --task code with one file for both: there is nothing left to evaluate on
+            raise OmniOPDError(f"every evaluation problem of {cfg.eval_data} also appears in the training data "
+                               f"({cfg.data}); name held-out problems with --eval-data")
     return train_rows, eval_rows
 
 

@@ -153,3 +153,14 @@ def test_smollm2_evaluates_and_trains_on_human_eval(tmp_path, method):
         assert all(0.0 <= m["grpo/reward"] <= 1.0 for m in steps)
     else:
         assert all(m["forks/count"] > 0 for m in steps)
+
+
+def test_one_file_for_training_and_evaluation_is_one_line(tmp_path):
+    """--task code defaults --eval-data to --data; for a single file that leaves nothing held out: say so."""
+    path = tmp_path / "mbpp.jsonl"
+    path.write_text(json.dumps(ADD_MBPP) + "\n")
+    done = subprocess.run([sys.executable, str(ROOT / "omniopd.py"), "--task", "code", "--data", str(path),
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 2 and len(errors) == 1 and "name held-out problems with --eval-data" in errors[0]
