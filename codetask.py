@@ -208,9 +208,25 @@ class Verdict:
     reason: str       # "passed", or why not: "time limit", "memory limit", "AssertionError ...", ...
 
 
-SANDBOX_UID_BASE = 1_900_000_000   # each checker slot runs as its own unused user id (root only)
-_slots = {}                        # thread -> slot number
+SANDBOX_UID_BASE = 1_900_000_000   # each check in flight runs as its own unused user id (root only)
+_free_slots = []                   # slot numbers of finished checks, for the next ones to reuse
+_slots_in_use = 0
 _slots_lock = threading.Lock()
+
+
+def take_slot() -> int:
+    """The smallest free slot: as many user ids as checks run at once, each used by one check at a time."""
+    global _slots_in_use
+    with _slots_lock:
+        if _free_slots:
+            return _free_slots.pop(_free_slots.index(min(_free_slots)))
+        _slots_in_use += 1
+        return _slots_in_use - 1
+
+
+def give_back_slot(slot: int) -> None:
+    with _slots_lock:
+        _free_slots.append(slot)
 
 
 def check(program: str, tests: dict, limits: Limits = Limits()) -> Verdict:
@@ -260,8 +276,7 @@ def run_sandboxed(program: str, units: list[str], stdin, limits: Limits) -> Outc
     """One sandboxed process: the program, then each test unit. The child reports each unit with a nonce
     the program never sees on its command line or in its environment, so a program that exits early
     (sys.exit(0), os._exit) cannot look like one that passed."""
-    with _slots_lock:
-        slot = _slots.setdefault(threading.get_ident(), len(_slots))
+    slot = take_slot()
     root = os.geteuid() == 0
     uid = SANDBOX_UID_BASE + slot if root else None
     folder = Path(tempfile.mkdtemp(prefix="omniopd-check-"))
@@ -291,9 +306,10 @@ def run_sandboxed(program: str, units: list[str], stdin, limits: Limits) -> Outc
             kill_group(child.pid)
             child.wait()
             wait_until_gone(child.pid, uid)
-        return read_outcome(folder, nonce, child.returncode, timed_out, len(units), limits)
+        return read_outcome(folder, nonce, child.returncode, timed_out, limits)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        give_back_slot(slot)
 
 
 def kill_group(pgid: int) -> None:
@@ -330,7 +346,7 @@ def wait_until_gone(pgid: int, uid, seconds: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def read_outcome(folder: Path, nonce: str, returncode: int, timed_out: bool, num_units: int, limits: Limits) -> Outcome:
+def read_outcome(folder: Path, nonce: str, returncode: int, timed_out: bool, limits: Limits) -> Outcome:
     """What happened, from the child's result lines, its exit status and its stderr's tail."""
     stdout = read_capped(folder / "stdout", limits.output_kb * 1024)
     stderr_tail = read_capped(folder / "stderr", limits.output_kb * 1024)[-2000:]
@@ -352,7 +368,7 @@ def read_outcome(folder: Path, nonce: str, returncode: int, timed_out: bool, num
         reason = "time limit"
     elif failed is not None:
         reason = failed.get("error", "failed")
-    elif returncode == -signal.SIGXFSZ or "File too large" in stderr_tail:
+    elif returncode == -signal.SIGXFSZ:
         reason = "output limit"
     elif returncode in (-signal.SIGXCPU, -signal.SIGKILL) and not done:
         reason = "time limit (CPU)" if returncode == -signal.SIGXCPU else "killed"
@@ -378,7 +394,7 @@ def read_capped(path: Path, limit: int) -> str:
 
 
 # ----------------------------------------------------------------------------
-# The child: this file run as `python -I -S codetask.py job.json`. Only the standard library is imported.
+# The child: this file run as `python -I -S -B codetask.py job.json`. Only the standard library is imported.
 
 # modules imported before the program drops its privileges: an unprivileged user may not be able to read the
 # interpreter's own folder (a Python under /root), and these are what solutions commonly import. socket is

@@ -63,8 +63,6 @@ import torch.nn.functional as F
 
 import codetask
 import toyworld
-# what the method reads and writes (models, dataset rows, the metrics log, random state) lives in omniopd_io.py;
-# every name is importable from here as well
 from omniopd_io import (ANSWER_FIELDS, MAX_ROW_BYTES, QUESTION_FIELDS, TEACHER_COUNTERS,  # noqa: F401
                         MetricsLog, OmniOPDError, check_causal_lm, code_rows, dataset_records, fork_table,
                         fp32_output_head, jsonl_records, keep_metrics_until, load_gguf, load_model, load_rows,
@@ -92,8 +90,9 @@ class Config:
     teacher: str = option("stories", "teacher: an offline world's ('stories', 'toy'), a local folder or hub id (HF model), "
                                      "or openai:MODEL for any OpenAI-compatible endpoint")
     data: str = option("stories", "training prompts: an offline world ('stories': word problems in several phrasings; 'toy': "
-                                  "arithmetic; 'code': Python functions with tests, --task code), 'human-eval[:SPLIT]', a JSONL, JSON, Parquet or CSV file, a dataset folder, or a Hub dataset id "
-                                  "with optional config and split (openai/gsm8k:main:train)")
+                                  "arithmetic; 'code': Python functions with tests, --task code), 'human-eval[:SPLIT]', "
+                                  "a JSONL, JSON, Parquet or CSV file, a dataset folder, or a Hub dataset id with "
+                                  "optional config and split (openai/gsm8k:main:train)")
     eval_data: str = option("stories", "held-out problems for accuracy, in the same forms as --data (split 'test' unless "
                                        "named)")
     task: str = option("math", "math: a final answer checked against the reference; code: a program run against the "

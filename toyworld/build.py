@@ -72,10 +72,10 @@ def world_data(world):
         return (toyworld.build_char_tokenizer(), train_rows, toyworld.make_problems(200, "train", seed=2000),
                 toyworld.make_problems(200, "test", seed=0), toyworld.TEACHER_DIR, toyworld.STUDENT_DIR)
     if world == "code":   # as stories: a Zipf-skewed corpus, the task's phrases uniform
-        train_rows = code_rows(code.make_problems(20000, "train", seed=1000, distribution="zipf", distinct=False))
+        train_rows = as_code_rows(code.make_problems(20000, "train", seed=1000, distribution="zipf", distinct=False))
         texts = [r["question"] + r["answer"] for r in train_rows]
         return (stories.build_word_tokenizer(texts, vocab_size=800), train_rows,
-                code_rows(code.make_problems(200, "train", seed=2000)), code_rows(code.make_problems(200, "test", seed=0)),
+                as_code_rows(code.make_problems(200, "train", seed=2000)), as_code_rows(code.make_problems(200, "test", seed=0)),
                 code.TEACHER_DIR, code.STUDENT_DIR)
     # stories: both models learn from the Zipf-skewed corpus; validation and test are the task (uniform verbs)
     train_rows = stories.make_problems(20000, "train", seed=1000, distribution="zipf")
@@ -84,7 +84,7 @@ def world_data(world):
             stories.make_problems(200, "test", seed=0), stories.TEACHER_DIR, stories.STUDENT_DIR)
 
 
-def code_rows(records):
+def as_code_rows(records):
     return [codetask.code_row(record, record["task_id"]) for record in records]
 
 
@@ -126,7 +126,7 @@ def main():
         print(f"{role}: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
         corpus = train_rows[:args.student_corpus] if role == "student" and args.student_corpus else train_rows
         if role == "student" and args.world == "code" and args.student_zipf:
-            corpus = code_rows(code.make_problems(len(corpus), "train", seed=1000, distinct=False,
+            corpus = as_code_rows(code.make_problems(len(corpus), "train", seed=1000, distinct=False,
                                                   distribution=f"zipf:{args.student_zipf}"))
         elif role == "student" and (args.student_verbs or args.student_zipf):
             distribution = f"zipf:{args.student_zipf}" if args.student_zipf else "zipf"
