@@ -6,7 +6,8 @@ chunks of code are text like chunks of a math solution. This module holds what c
      (text/test_list) and stdin/stdout problems (APPS input_output, CodeContests public/private tests, or
      tests: [{input, output}]) all become {"question", "answer", "tests", "code_prefix"}.
   2. Programs: a completion is cut at the end of the function (the first line back at column 0) or at the
-     closing code fence, and appended to the prompt's code when the prompt ends inside a function.
+     closing code fence, and runs after the prompt's code (a whole function written in a fence redefines the
+     prompt's stub; the prompt's imports and helpers stay).
   3. The checker runs each program in its own process (`python -I -S -B` on this file): a fresh temporary
      folder as working directory; a wall-clock limit that kills the whole process group; resource limits
      (address space, CPU seconds, file size, which also caps stdout and stderr, no core files, few processes);
@@ -162,30 +163,44 @@ def python_solution(record: dict):
 # 2. Programs from completions
 
 def cut_completion(text: str) -> str:
-    """The completion up to the closing code fence or, when it continues a function, up to the first
-    non-blank line that starts at column 0 (the function has ended)."""
+    """The completion up to the closing code fence or, when it continues a function (its first non-blank line is
+    indented, whatever blank lines come before it), up to the first non-blank line that starts at column 0 (the
+    function has ended)."""
     fence = text.find("```")
     if fence >= 0:
         text = text[:fence]
     lines = text.split("\n")
-    if lines and lines[0][:1] in (" ", "\t"):   # a function body
-        for i, line in enumerate(lines[1:], start=1):
+    first = next((line for line in lines if line.strip()), "")
+    if first[:1] in (" ", "\t"):   # a function body
+        for i, line in enumerate(lines):
             if line.strip() and not line[0].isspace():
                 return "\n".join(lines[:i]) + "\n"
     return text
 
 
 def program_of(row: dict, completion: str) -> str:
-    """The program to run: a fenced block the completion opens itself (chat models) replaces the prompt's code
-    when it defines the whole function; otherwise the prompt's code followed by the cut completion."""
+    """The program to run: the prompt's code, then the completion's, cut (cut_completion). A fenced block that
+    the completion opens itself (chat models) and that starts at column 0 (a whole function, with its own
+    imports) runs after the prompt's code, so the prompt's imports and helper functions stay defined and the
+    completion's def replaces the prompt's stub."""
     opened = re.search(r"```(?:python|py|python3)?[^\n]*\n", completion)
-    if opened:
-        code = cut_completion(completion[opened.end():])
-        defined = re.findall(r"^def (\w+)", row["code_prefix"], re.M)   # the last is the function to write
-        if not row["code_prefix"] or (defined and re.search(rf"^def {defined[-1]}\b", code, re.M)):
-            return code
+    if not opened:
+        return row["code_prefix"] + cut_completion(completion)
+    code = cut_completion(completion[opened.end():])
+    first = next((line for line in code.split("\n") if line.strip()), "")
+    if not row["code_prefix"] or first[:1] in (" ", "\t"):   # a body that continues the prompt's function
         return row["code_prefix"] + code
-    return row["code_prefix"] + cut_completion(completion)
+    return with_body(row["code_prefix"]) + "\n" + code
+
+
+def with_body(prefix: str) -> str:
+    """The prompt's code made complete on its own: a function that stops at its signature gets `pass`."""
+    import ast
+    try:
+        ast.parse(prefix)
+        return prefix
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return prefix.rstrip("\n") + "\n    pass\n"
 
 
 # ----------------------------------------------------------------------------

@@ -85,16 +85,18 @@ class Config:
     # what to train, on what
     method: str = option("omniopd", "training method: omniopd, or a baseline: opd (white-box token-level), sft, grpo",
                          ["omniopd", "opd", "sft", "grpo"])
-    student: str = option("stories", "student model: an offline world's ('stories', 'toy'), a local folder, a hub id, or a "
-                                     "bare Qwen name (Qwen2.5-0.5B)")
-    teacher: str = option("stories", "teacher: an offline world's ('stories', 'toy'), a local folder or hub id (HF model), "
-                                     "or openai:MODEL for any OpenAI-compatible endpoint")
-    data: str = option("stories", "training prompts: an offline world ('stories': word problems in several phrasings; 'toy': "
-                                  "arithmetic; 'code': Python functions with tests, --task code), 'human-eval[:SPLIT]', "
-                                  "a JSONL, JSON, Parquet or CSV file, a dataset folder, or a Hub dataset id with "
-                                  "optional config and split (openai/gsm8k:main:train)")
-    eval_data: str = option("stories", "held-out problems for accuracy, in the same forms as --data (split 'test' unless "
-                                       "named)")
+    student: str = option("stories", "student model: an offline world's ('stories', 'toy', 'code'), a local folder, a hub "
+                                     "id, or a bare Qwen name (Qwen2.5-0.5B)")
+    teacher: str = option("", "teacher: an offline world's, a local folder or hub id (HF model), or openai:MODEL for any "
+                              "OpenAI-compatible endpoint (empty = the student's world's teacher; for a real student, "
+                              "an instruct model of its family: Qwen2.5 -> Qwen/Qwen2.5-7B-Instruct)")
+    data: str = option("", "training prompts: an offline world ('stories': word problems in several phrasings; 'toy': "
+                           "arithmetic; 'code': Python functions with tests, --task code), 'human-eval[:SPLIT]', "
+                           "a JSONL, JSON, Parquet or CSV file, a dataset folder, or a Hub dataset id with "
+                           "optional config and split (openai/gsm8k:main:train) (empty = the student's world; for a "
+                           "real student, openai/gsm8k:main:train)")
+    eval_data: str = option("", "held-out problems for accuracy, in the same forms as --data (split 'test' unless "
+                                "named; empty = the test split of --data's source, or an error when it has none)")
     task: str = option("math", "math: a final answer checked against the reference; code: a program run against the "
                                "row's tests in a sandbox (HumanEval, MBPP or stdin/stdout rows; --data human-eval)",
                        ["math", "code"])
@@ -102,7 +104,8 @@ class Config:
     answer_field: str = option("", "the rows' reference-answer field (empty = answer, else solution)")
     eval_size: int = option(200, "number of held-out problems to evaluate (0 = all)")
     prompt_template: str = option(PLAIN_TEMPLATE, "how a question becomes the student's prompt; 'chat': the student's own "
-                                                  "chat template around it (instruct models)")
+                                                  "chat template around it (the default for a real student whose "
+                                                  "name says Instruct, -it or Chat); 'plain': this default")
     system_prompt: str = option("", "with --prompt-template chat: a system message before the question (empty = none)")
     # code checker (--task code)
     checker_workers: int = option(0, "programs checked at once, each in its own sandboxed process (0 = CPU cores)")
@@ -196,18 +199,57 @@ class Config:
 
     # computed at runtime
     def resolved(self):
-        """Fill the 0-means-auto fields: the offline worlds and real models need different scales."""
-        toy = self.student in toyworld.OFFLINE_WORLDS
-        self.task = "code" if self.data == "code" else self.task
-        if self.task == "code":   # the prompt is code (or a task ending in a code fence) the student continues
-            self.prompt_template = CODE_TEMPLATE if self.prompt_template == PLAIN_TEMPLATE else self.prompt_template
-            self.eval_data = self.data if self.eval_data == "stories" else self.eval_data
+        """Fill the empty and 0-means-auto fields: an offline world's student gets that world's teacher and data;
+        a real one an instruct teacher of its family, GSM8K, its chat template when it is an instruct model, and
+        real lengths and learning rate."""
+        world = self.student if self.student in toyworld.OFFLINE_WORLDS else None
+        self.teacher = self.teacher or world or family_teacher(self.student)
+        self.data = self.data or world or "openai/gsm8k:main:train"
+        self.task = "code" if self.data == "code" or self.data.split(":")[0] == "human-eval" else self.task
+        self.eval_data = self.eval_data or held_out_source(self.data, self.task)
+        if self.prompt_template == PLAIN_TEMPLATE and not world and is_instruct(self.student) and self.task == "math":
+            self.prompt_template = "chat"
+        if self.task == "code" and self.prompt_template == PLAIN_TEMPLATE:   # the student continues the code
+            self.prompt_template = CODE_TEMPLATE
+        self.prompt_template = PLAIN_TEMPLATE if self.prompt_template == "plain" else self.prompt_template
         self.checker_workers = self.checker_workers or os.cpu_count() or 1
         self.max_new_tokens = self.max_new_tokens or {"toy": 48, "stories": 96, "code": 64}.get(self.student, 512)
-        self.lr = self.lr or (2e-4 if toy else 1e-6)
+        self.lr = self.lr or (2e-4 if world else 1e-6)
         self.fork_gap = self.fork_gap or self.chunk_len
         self.out = self.out or f"runs/{datetime.datetime.now():%Y%m%d-%H%M%S}"
         return self
+
+
+# an instruct model of the student's family that fits beside it on one GPU, by the start of the student's name
+FAMILY_TEACHERS = (("qwen2.5-math", "Qwen/Qwen2.5-Math-7B-Instruct"), ("qwen2.5", "Qwen/Qwen2.5-7B-Instruct"),
+                   ("qwen3", "Qwen/Qwen3-8B"), ("llama-3", "meta-llama/Llama-3.1-8B-Instruct"),
+                   ("smollm2", "HuggingFaceTB/SmolLM2-1.7B-Instruct"), ("gemma-3", "google/gemma-3-12b-it"))
+
+
+def family_teacher(student: str) -> str:
+    """The default teacher of a real student: FAMILY_TEACHERS' entry for its name, or "" (check_config asks for one)."""
+    name = Path(student).name.lower()
+    return next((teacher for family, teacher in FAMILY_TEACHERS if name.startswith(family)), "")
+
+
+def is_instruct(student: str) -> bool:
+    """An instruct (chat-tuned) model, by the convention of its name: Qwen2.5-0.5B-Instruct, gemma-3-1b-it."""
+    return bool(re.search(r"instruct|chat|-it\b", Path(student).name, re.I))
+
+
+def held_out_source(data: str, task: str) -> str:
+    """--eval-data's default: the test split of --data's own source. An offline world, reasoning-gym and a dataset
+    folder have one (test rows are drawn apart from training rows); a Hub id's split becomes 'test'
+    (openai/gsm8k:main:train -> openai/gsm8k:main:test); human-eval trains on 0-99 and tests on 100-163. A single
+    file has no test split: "" (check_config refuses it in one line)."""
+    if data in toyworld.OFFLINE_WORLDS or data.startswith("reasoning-gym:") or Path(data).is_dir():
+        return data
+    if data.split(":")[0] == "human-eval":
+        return "" if data == "human-eval:all" else "human-eval:test"
+    if Path(data).suffix or Path(data.split(":")[0]).is_file():   # a file
+        return ""
+    parts = data.split(":")
+    return ":".join(parts[:-1] + ["test"]) if len(parts) > 1 else data
 
 
 def parse_args(argv=None, config_class=Config, description=None) -> Config:
@@ -244,7 +286,11 @@ def check_config(cfg) -> None:
               f"--task code: --data {cfg.data} is a math world; name code problems (human-eval, or a JSONL or dataset "
               f"of HumanEval, MBPP or stdin/stdout rows)"),
              (cfg.checker_timeout > 0 and cfg.checker_memory_mb >= 64, "--checker-timeout must be positive and "
-                                                                       "--checker-memory-mb at least 64")]
+                                                                       "--checker-memory-mb at least 64"),
+             (cfg.teacher or cfg.method == "grpo", f"no default teacher for student {cfg.student}: name one with "
+                                                   f"--teacher (a local folder, hub id or openai:MODEL)"),
+             (cfg.eval_data, f"--data {cfg.data} has no test split of its own: name held-out problems with "
+                             f"--eval-data")]
     for ok, message in rules:
         if not ok:
             raise OmniOPDError(message)
@@ -264,10 +310,11 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 
 def extract_answer(text: str):
-    """Final answer of a solution: the last \\boxed{...}, else '#### n', else the last number."""
-    boxed = re.findall(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}", text)
-    if boxed:
-        return boxed[-1].strip()
+    """Final answer of a solution: the last \\boxed{...} (braces balanced at any depth), else '#### n', else the
+    last number."""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed.strip()
     hashes = re.findall(r"####\s*([^\n]+)", text)
     if hashes:
         return hashes[-1].strip()
@@ -275,12 +322,26 @@ def extract_answer(text: str):
     return numbers[-1] if numbers else None
 
 
+def last_boxed(text: str):
+    """What the last closed \\boxed{...} holds, read brace by brace (\\boxed{\\frac{\\sqrt{3}}{2}} holds
+    \\frac{\\sqrt{3}}{2}); None when there is none."""
+    start = text.rfind("\\boxed{")
+    while start >= 0:
+        depth = 0
+        for end in range(start + len("\\boxed"), len(text)):
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            if depth == 0:
+                return text[start + len("\\boxed{"):end]
+        start = text.rfind("\\boxed{", 0, start)   # never closed: the one before it
+    return None
+
+
 def gold_answer(reference):
     """The reference's final answer: extract_answer's for a worked solution (one with \\boxed, '####' or
-    several lines); a short bare reference (MATH-500's answer field: \\frac{1}{2}) is the answer whole, where
-    the last-number rule would read 2."""
+    several lines); a bare reference (MATH-500's answer field: \\left( 3, \\frac{\\pi}{2} \\right)) is the
+    answer whole, at any length, where the last-number rule would read 2."""
     text = str(reference or "").strip()
-    if "\\boxed" in text or "####" in text or "\n" in text or len(text) > 20:
+    if "\\boxed" in text or "####" in text or "\n" in text:
         return extract_answer(text)
     return text or None
 
@@ -688,8 +749,12 @@ def rollout_and_drafts_forward(model, rollout: Rollout, drafts: Drafts):
     the prefix written out, while the prefix is computed once per rollout instead of once per draft. Draft 1,
     y_{t:t+|c|}, is read off the response's own logits, and so is every fresh draft's first token (all are
     scored by π_θ(·|x, y_<t)). Returns the response logits_B_T_V (for the anchor), ℓ_F_K and |c|_F_K."""
-    if model.config._attn_implementation not in ("sdpa", "eager") or (drafts.chunk_ids and not drafts.forks):
-        # flash attention takes no 4D mask: score the drafts with their prefixes written out
+    longest = rollout.prompt_ids_B_P.shape[1] + rollout.response_ids_B_T.shape[1] + max(
+        (len(c) for chunks in drafts.chunk_ids for c in chunks), default=0)
+    if (model.config._attn_implementation not in ("sdpa", "eager") or (drafts.chunk_ids and not drafts.forks)
+            or sliding_window_of(model.config) < longest):
+        # flash attention takes no 4D mask, and a custom 4D mask is passed through as it is, so sliding-window
+        # layers would attend past their window: score the drafts with their prefixes written out
         if not drafts.chunk_ids:
             return response_logits(model, rollout), torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.long)
         return response_logits(model, rollout), *chunk_logprobs(model, drafts, pad_id=0)   # padding is masked out
@@ -746,6 +811,17 @@ def rollout_and_drafts_forward(model, rollout: Rollout, drafts: Drafts):
         token_logprobs = PickedTokenLogprobs.apply(logits, *(torch.tensor(x, device=device) for x in (rows, columns, tokens)))
         logprobs_F_K = logprobs_F_K.index_add(0, torch.tensor(targets, device=device), token_logprobs)
     return logits[:, :T], logprobs_F_K.view(num_forks, num_drafts), lengths_F_K
+
+
+def sliding_window_of(config) -> float:
+    """The narrowest attention window of any layer (Mistral, Gemma-2/3, Qwen2 with use_sliding_window), or inf
+    when every layer sees the whole sequence."""
+    config = getattr(config, "text_config", None) or config
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    slides = (any("sliding" in kind for kind in layer_types) if layer_types
+              else getattr(config, "use_sliding_window", True))
+    return window if window and slides else float("inf")
 
 
 def attention_bias(allowed_B_S_S, model):
@@ -1100,7 +1176,10 @@ def anchor_kl(student_logits_B_T_V, reference_logits_B_T_V, mask_B_T, tokens_B_T
     form="k3": the k3 estimator exp(r) - 1 - r, r = log π_ref(y_t) - log π_θ(y_t), on sampled tokens.
     The mean divides by num_tokens when given."""
     if form == "k3":
-        ratio_B_T = token_logprobs(reference_logits_B_T_V, tokens_B_T) - token_logprobs(student_logits_B_T_V, tokens_B_T)
+        ratio_B_T = token_logprobs(reference_logits_B_T_V.detach(), tokens_B_T) - token_logprobs(student_logits_B_T_V,
+                                                                                                  tokens_B_T)
+        # masked before exp: past EOS the log-ratio may be huge, and exp(huge) · 0 is NaN
+        ratio_B_T = torch.where(mask_B_T.bool(), ratio_B_T, torch.zeros_like(ratio_B_T))
         kl_B_T = ratio_B_T.exp() - 1 - ratio_B_T
     else:
         kl_B_T = FullVocabularyKL.apply(student_logits_B_T_V, reference_logits_B_T_V.detach())
@@ -1118,8 +1197,8 @@ class FullVocabularyKL(torch.autograd.Function):
         kl_B_T = torch.empty(logits_B_T_V.shape[:2], device=logits_B_T_V.device)
         for at in a_few_positions_at_a_time(logits_B_T_V):
             logp, logq = F.log_softmax(logits_B_T_V[at].float(), -1), F.log_softmax(reference_B_T_V[at].float(), -1)
-            # KL(π_θ ‖ π_ref) = Σ_v π_θ(v) (log π_θ(v) - log π_ref(v))
-            kl_B_T[at] = (logp.exp() * (logp - logq)).sum(-1)
+            # KL(π_θ ‖ π_ref) = Σ_v π_θ(v) (log π_θ(v) - log π_ref(v)), with 0 · log(0 / q) = 0
+            kl_B_T[at] = xlogratio(logp, logq).sum(-1)
         ctx.save_for_backward(logits_B_T_V, reference_B_T_V, kl_B_T)
         return kl_B_T
 
@@ -1129,8 +1208,15 @@ class FullVocabularyKL(torch.autograd.Function):
         grad_B_T_V = torch.empty(logits_B_T_V.shape, dtype=logits_B_T_V.dtype, device=logits_B_T_V.device)
         for at in a_few_positions_at_a_time(logits_B_T_V):
             logp, logq = F.log_softmax(logits_B_T_V[at].float(), -1), F.log_softmax(reference_B_T_V[at].float(), -1)
-            grad_B_T_V[at] = (grad_kl_B_T[at][:, None] * logp.exp() * (logp - logq - kl_B_T[at][:, None])).to(grad_B_T_V.dtype)
+            gap = torch.where(logp > -float("inf"), logp - logq - kl_B_T[at][:, None], torch.zeros_like(logp))
+            grad_B_T_V[at] = (grad_kl_B_T[at][:, None] * logp.exp() * gap).to(grad_B_T_V.dtype)
         return grad_B_T_V, None
+
+
+def xlogratio(logp, logq):
+    """p (log p - log q) per entry, 0 where p = 0: a token both models rule out (logit -inf, as a masked
+    vocabulary has) adds nothing instead of 0 · (-inf + inf) = NaN."""
+    return torch.where(logp > -float("inf"), logp.exp() * (logp - logq), torch.zeros_like(logp))
 
 
 # ----------------------------------------------------------------------------
@@ -1519,11 +1605,13 @@ def run_eval(run, rows, cfg, tag) -> dict:
 
 
 def load_data(cfg) -> tuple[list[dict], list[dict]]:
-    """Training rows and held-out rows; held-out problems that also appear in training are left out."""
+    """Training rows and held-out rows; held-out problems that also appear in training are left out (unless
+    nothing trains: --steps 0 evaluates on every problem named)."""
+    print(f"held-out problems: {cfg.eval_data} (split 'test' unless it names one)", file=sys.stderr)
     train_rows = load_rows(cfg.data, "train", cfg.seed, 0, cfg.question_field, cfg.answer_field, cfg.task)
     eval_rows = load_rows(cfg.eval_data, "test", 0, cfg.eval_size, cfg.question_field, cfg.answer_field, cfg.task)
     seen = {r["question"] for r in train_rows}
-    if any(r["question"] in seen for r in eval_rows):
+    if cfg.steps > 0 and any(r["question"] in seen for r in eval_rows):
         print(f"note: {sum(r['question'] in seen for r in eval_rows)} evaluation problems also appear in the "
               f"training data; they are left out of the evaluation", file=sys.stderr)
         eval_rows = [r for r in eval_rows if r["question"] not in seen]
@@ -1628,6 +1716,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"\nheld-out accuracy ({cfg.eval_data}, {cfg.eval_size or 'all'} problems, greedy pass@1):")
+    if cfg.eval_data.startswith("human-eval") and cfg.eval_data != "human-eval:all":
+        print("  (HumanEval's fixed split: problems 100-163; --eval-data human-eval:all --steps 0 scores all 164)")
     for when in ("before", "after"):
         extra = "".join(f", {k.split('/')[1]} {v:.1%}" for k, v in summary[when].items() if k != "eval/accuracy")
         print(f"  student {when:<7} {summary[when]['eval/accuracy']:.1%}{extra}"

