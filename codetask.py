@@ -77,17 +77,22 @@ def code_row(record: dict, where: str) -> dict:
         raise CodeTaskError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if "entry_point" in record and "test" in record:   # HumanEval
         prompt = text_field(record, "prompt", where)
-        tests = {"asserts": [f"{record['test']}\n\ncheck({record['entry_point']})\n"]}
+        test, entry_point = text_field(record, "test", where), text_field(record, "entry_point", where)
+        if not entry_point.isidentifier():
+            raise CodeTaskError(f"{where}: field 'entry_point' must be a function name")
+        tests = {"asserts": [f"{test}\n\ncheck({entry_point})\n"]}
         return {"question": prompt, "answer": record.get("canonical_solution"), "tests": tests, "code_prefix": prompt}
     if "test_list" in record:   # MBPP (full and sanitized)
         text = record.get("text") or record.get("prompt")
         if not isinstance(text, str) or not text.strip():
             raise CodeTaskError(f"{where}: an MBPP row needs 'text' (or 'prompt') with the task")
-        asserts = [str(a) for a in record["test_list"] or []]
+        asserts = code_list(record, "test_list", where)
         setup = record.get("test_setup_code") or ""
+        if not isinstance(setup, str):
+            raise CodeTaskError(f"{where}: field 'test_setup_code' must be a string")
         question = (f"{text.strip()}\nYour code should pass these tests:\n" + "\n".join(asserts[:1]) + "\n" + CODE_FENCE)
         code = record.get("code")
-        return {"question": question, "answer": f"{code.strip()}\n```" if code else None,
+        return {"question": question, "answer": f"{code.strip()}\n```" if isinstance(code, str) and code else None,
                 "tests": {"asserts": [setup + "\n" + a for a in asserts]}, "code_prefix": ""}
     pairs = io_pairs(record, where)
     if pairs is not None:   # stdin/stdout
@@ -99,9 +104,18 @@ def code_row(record: dict, where: str) -> dict:
     if "prompt" in record and isinstance(record.get("tests"), list):   # {prompt, tests: [assert, ...]}
         prompt = text_field(record, "prompt", where)
         return {"question": prompt, "answer": record.get("answer") or record.get("solution"),
-                "tests": {"asserts": [str(t) for t in record["tests"]]}, "code_prefix": prompt}
+                "tests": {"asserts": code_list(record, "tests", where)}, "code_prefix": prompt}
     raise CodeTaskError(f"{where}: not a code problem: expected HumanEval (prompt, test, entry_point), MBPP "
                         f"(text, test_list) or stdin/stdout fields (question with input_output, public_tests or tests)")
+
+
+def code_list(record, name, where) -> list[str]:
+    """A field that holds test code: a list of non-empty strings (a bare string would become one test per
+    character; a number, a test that cannot fail)."""
+    value = record.get(name)
+    if not isinstance(value, list) or not all(isinstance(t, str) and t.strip() for t in value):
+        raise CodeTaskError(f"{where}: field '{name}' must be a list of test-code strings")
+    return value
 
 
 def text_field(record, name, where) -> str:
@@ -119,14 +133,18 @@ def io_pairs(record: dict, where: str):
         spec = record["input_output"]
         try:
             spec = json.loads(spec) if isinstance(spec, str) else spec
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise CodeTaskError(f"{where}: field 'input_output' is not valid JSON") from None
         spec = spec or {}
+        if not isinstance(spec, dict) or not all(isinstance(spec.get(k, []), list) for k in ("inputs", "outputs")):
+            raise CodeTaskError(f"{where}: field 'input_output' must be an object with lists 'inputs' and 'outputs'")
         found = list(zip(spec.get("inputs", []), spec.get("outputs", [])))
     elif any(f in record for f in ("public_tests", "private_tests", "generated_tests")):
         found = []
         for name in ("public_tests", "private_tests", "generated_tests"):
             tests = record.get(name) or {}
+            if not isinstance(tests, dict) or not all(isinstance(tests.get(k, []), list) for k in ("input", "output")):
+                raise CodeTaskError(f"{where}: field '{name}' must be an object with lists 'input' and 'output'")
             found += list(zip(tests.get("input", []), tests.get("output", [])))
     elif isinstance(record.get("tests"), list) and all(isinstance(t, dict) for t in record["tests"]):
         found = [(t.get("input"), t.get("output")) for t in record["tests"]]

@@ -58,15 +58,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import torch
 import torch.nn.functional as F
 
 import codetask
 import toyworld
 from omniopd_io import (ANSWER_FIELDS, MAX_ROW_BYTES, QUESTION_FIELDS, TEACHER_COUNTERS,  # noqa: F401
-                        MetricsLog, OmniOPDError, check_causal_lm, code_rows, dataset_records, fork_table,
-                        fp32_output_head, jsonl_records, keep_metrics_until, load_gguf, load_model, load_rows,
-                        resolve_model_path, rng_state, row_from_record, seed_everything, set_rng_state)
+                        DeadlineTransport, MetricsLog, OmniOPDError, check_causal_lm, code_rows, dataset_records, fork_table,
+                        fp32_output_head, jsonl_records, keep_metrics_until, load_gguf, load_model, load_plain_state,
+                        load_rows, lock_folder, redact, resolve_model_path, rng_state, row_from_record, seed_everything, set_rng_state)
 
 
 # ----------------------------------------------------------------------------
@@ -294,8 +295,23 @@ def check_config(cfg) -> None:
     for ok, message in rules:
         if not ok:
             raise OmniOPDError(message)
+    if cfg.prompt_template != "chat":
+        check_prompt_template(cfg.prompt_template)
     if cfg.teacher_prompt:
         read_teacher_prompt(cfg.teacher_prompt)
+
+
+def check_prompt_template(template: str) -> None:
+    """--prompt-template: {question} must be there, and no other name in braces ({{ and }} for literal braces)."""
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as error:   # a lone { or }
+        raise OmniOPDError(f"--prompt-template: {error}; write {{{{ and }}}} for literal braces") from None
+    if names - {"question"}:
+        raise OmniOPDError(f"--prompt-template: unknown placeholder {{{sorted(names - {'question'})[0]}}}; the only "
+                           f"one is {{question}}")
+    if "question" not in names:
+        raise OmniOPDError("--prompt-template has no {question}: every prompt would be the same")
 
 
 # ----------------------------------------------------------------------------
@@ -875,6 +891,10 @@ def teacher_template(teacher) -> str:
     return getattr(teacher, "prompt", "") or (CHAT_CONTINUE_PROMPT if teacher.mode == "chat" else "{prefix}")
 
 
+# finish_reason of a reply the teacher ended itself; a missing or unknown one counts as cut
+STOPPED_ON_PURPOSE = ("stop", "eos", "end_turn", "stop_sequence")
+
+
 def teacher_answer(text, stopped: bool):
     """The one rule every teacher backend follows for a reply: its text, less a leading <think>...</think>
     block (reasoning models). An empty reply the teacher ended on purpose (a stop token; finish_reason "stop")
@@ -943,7 +963,9 @@ class OpenAITeacher:
         api_key = os.environ.get(api_key_env)
         if not api_key:
             raise OmniOPDError(f"teacher API key missing: set the environment variable {api_key_env}")
-        self.client = openai.OpenAI(api_key=api_key, base_url=base_url or None, timeout=timeout, max_retries=retries)
+        # timeout: a whole-request deadline (DeadlineTransport), not httpx's per-read one
+        self.client = openai.OpenAI(api_key=api_key, base_url=base_url or None, timeout=timeout, max_retries=retries,
+                                    http_client=httpx.Client(transport=DeadlineTransport(timeout), timeout=timeout))
         self.model, self.temperature, self.concurrency = model, temperature, concurrency
         self.reasoning_effort = reasoning_effort
         self.mode = "chat" if mode == "auto" else mode
@@ -963,13 +985,13 @@ class OpenAITeacher:
                 reply = self.client.completions.create(
                     model=self.model, prompt=message, max_tokens=max_tokens, temperature=self.temperature)
                 text = reply.choices[0].text
-            stopped = reply.choices[0].finish_reason not in ("length", "content_filter")
+            stopped = reply.choices[0].finish_reason in STOPPED_ON_PURPOSE
             self.tokens += getattr(reply.usage, "completion_tokens", 0) or 0
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as error:
             what = "does not know the model" if error.status_code == 404 else "rejected the API key"
             raise OmniOPDError(f"teacher {self.model}: the server {what} (HTTP {error.status_code})") from None
         except (openai.OpenAIError, AttributeError, IndexError, TypeError, ValueError) as error:
-            reason = str(error)[:120].replace(self.client.api_key, "***")  # a server may echo the key back
+            reason = redact(error, [self.client.api_key])[:120]   # a server may echo the key back: blank, then cut
             print(f"teacher request failed: {type(error).__name__}: {reason}", file=sys.stderr)
             return None
         return teacher_answer(text, stopped)
@@ -1019,8 +1041,13 @@ def teacher_rollouts(teacher, prefix_texts: list[str], num_samples: int, chunk_l
     return [None if texts is None else [first_tokens(t, tokenizer, chunk_len) for t in texts] for texts in answers]
 
 
+CHARACTERS_PER_TOKEN_AT_MOST = 64   # a reply is cut to this many characters per wanted token before tokenizing
+
+
 def first_tokens(text: str, tokenizer, count: int) -> str:
-    """The beginning of text that the tokenizer writes in `count` tokens."""
+    """The beginning of text that the tokenizer writes in `count` tokens. An oversized reply is cut to
+    count · CHARACTERS_PER_TOKEN_AT_MOST characters first: tokenizing 20 MB to keep 16 tokens takes minutes."""
+    text = text[:count * CHARACTERS_PER_TOKEN_AT_MOST]
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return text if len(ids) <= count else tokenizer.decode(ids[:count])
 
@@ -1362,7 +1389,8 @@ def sft_collect(run, rows, cfg) -> StepBatch:
     prompts = [teacher_view_template(cfg).format(question=r["question"]) for r in rows]
     with run.clock("teacher"):
         solutions = run.teacher.continuations(prompts, 1, cfg.max_new_tokens, draw_name(cfg, run.step), rows)
-    kept = [(r["question"], s[0]) for r, s in zip(rows, solutions) if s and s[0].strip()]
+    limit = cfg.max_new_tokens * CHARACTERS_PER_TOKEN_AT_MOST   # a server may ignore max_tokens
+    kept = [(r["question"], s[0][:limit]) for r, s in zip(rows, solutions) if s and s[0].strip()]
     # each solution is trained on with the EOS that ends it
     num_tokens = sum(len(run.tokenizer(s, add_special_tokens=False)["input_ids"]) + 1 for _, s in kept)
     return StepBatch(solutions=kept, num_tokens=num_tokens, metrics={"sft/solutions": len(kept)})
@@ -1485,17 +1513,25 @@ def batch_rows(rows, step, cfg) -> list[dict]:
 
 def save_checkpoint(run, cfg) -> Path:
     """Student and tokenizer (save_pretrained) plus optimizer, step and RNG; written to a temporary
-    folder and renamed, so a crash never leaves half a checkpoint. Keeps the newest keep_checkpoints."""
+    folder and renamed, so a crash never leaves half a checkpoint. Keeps the newest keep_checkpoints.
+    A save that fails (a full disk) removes its partial folder and is one line; older checkpoints stay."""
     root = Path(cfg.out) / "checkpoints"
     final, partial = root / f"step-{run.step:06d}", root / f".partial-step-{run.step:06d}"
-    shutil.rmtree(partial, ignore_errors=True)
-    (run.lora or run.student).save_pretrained(partial)   # under LoRA: the adapter alone
-    run.tokenizer.save_pretrained(partial)
-    torch.save({"step": run.step, "optimizer": run.optimizer.state_dict(), "rng": rng_state(),
-                "teacher": {k: getattr(run.teacher, k, 0) for k in TEACHER_COUNTERS},
-                "config": dataclasses.asdict(cfg)}, partial / "trainer_state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
+    try:
+        shutil.rmtree(partial, ignore_errors=True)
+        (run.lora or run.student).save_pretrained(partial)   # under LoRA: the adapter alone
+        run.tokenizer.save_pretrained(partial)
+        torch.save({"step": run.step, "optimizer": run.optimizer.state_dict(), "rng": rng_state(),
+                    "teacher": {k: getattr(run.teacher, k, 0) for k in TEACHER_COUNTERS},
+                    "config": dataclasses.asdict(cfg)}, partial / "trainer_state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+    except Exception as error:   # OSError; torch.save and safetensors report a failed write as their own errors
+        shutil.rmtree(partial, ignore_errors=True)
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        kept = sorted(root.glob("step-*"))
+        raise OmniOPDError(f"cannot save the checkpoint of step {run.step} in {root} ({reason}); "
+                           f"last good checkpoint: {kept[-1] if kept else 'none'}") from None
     for old in sorted(root.glob("step-*"))[:-cfg.keep_checkpoints]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -1516,6 +1552,8 @@ def setup(cfg, teacher=None) -> RunState:
     if cfg.resume and not (Path(cfg.resume) / "trainer_state.pt").is_file():
         raise OmniOPDError(f"--resume {cfg.resume}: not a checkpoint folder (no trainer_state.pt); "
                            f"checkpoints are <out>/checkpoints/step-N")
+    if cfg.resume:
+        check_resumable(load_plain_state(Path(cfg.resume) / "trainer_state.pt").get("config", {}), cfg)
     seed_everything(cfg.seed)
     # a LoRA checkpoint holds the adapter only: the base comes from --student
     student, tokenizer = load_model(cfg.student if cfg.lora_rank else (cfg.resume or cfg.student), "student", device)
@@ -1545,14 +1583,36 @@ def setup(cfg, teacher=None) -> RunState:
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     run = RunState(student, tokenizer, reference, teacher, similarity, optimizer, lora=lora)
     if cfg.resume:
-        state = torch.load(Path(cfg.resume) / "trainer_state.pt", weights_only=False)
+        state = load_plain_state(Path(cfg.resume) / "trainer_state.pt")
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:   # the saved groups carry the old run's settings
+            group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
         run.step = state["step"]
         set_rng_state(state["rng"])
         if teacher is not None:
             for counter, value in state.get("teacher", {}).items():
                 setattr(teacher, counter, value)
     return run
+
+
+# what a resumed run may not change: the model and what it is, the method, and the seed every draw is keyed by
+FIXED_ON_RESUME = ("student", "method", "seed", "lora_rank", "lora_alpha", "lora_target_modules")
+# the run's own paths and bookkeeping, not settings
+NOT_SETTINGS = ("out", "resume")
+
+
+def check_resumable(saved: dict, cfg) -> None:
+    """--resume: the saved config against the new one. A setting of FIXED_ON_RESUME that differs is a one-line
+    refusal; any other that differs (lr, steps, eval cadence, ...) takes effect from here on, and is logged."""
+    now = dataclasses.asdict(cfg)
+    changed = [k for k in now if k in saved and saved[k] != now[k] and k not in NOT_SETTINGS]
+    fixed = [k for k in changed if k in FIXED_ON_RESUME]
+    if fixed:
+        raise OmniOPDError(f"--resume {cfg.resume}: cannot change " + ", ".join(
+            f"--{k.replace('_', '-')} ({saved[k]} -> {now[k]})" for k in fixed) + " on resume; start a new run")
+    if changed:
+        print(f"note: resumed with new settings: " + ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in changed),
+              file=sys.stderr)
 
 
 def add_lora(student, cfg):
@@ -1626,14 +1686,21 @@ STOP_AFTER = 3  # steps in a row with a non-finite loss, or with no usable teach
 
 def train(cfg: Config) -> dict:
     """Evaluate, train for cfg.steps with the chosen method, evaluate again; returns the summary."""
-    from tqdm import tqdm
     check_config(cfg)
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        out_lock = lock_folder(out)   # held until this function returns
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     except OSError as error:
         raise OmniOPDError(f"cannot write to output folder {out}: {error.strerror}") from None
+    with contextlib.closing(out_lock):
+        return train_in(cfg, out)
+
+
+def train_in(cfg: Config, out: Path) -> dict:
+    """train's body, in a run folder it holds."""
+    from tqdm import tqdm
     train_rows, eval_rows = load_data(cfg)   # bad data fails before any model loads
     run = setup(cfg)
     if cfg.resume:

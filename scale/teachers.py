@@ -25,6 +25,7 @@ import asyncio
 import email.utils
 import hashlib
 import json
+import math
 import os
 import random
 import sqlite3
@@ -124,21 +125,24 @@ class RateLimiter:
 
 
 def retry_after_seconds(error) -> float | None:
-    """The server's Retry-After (seconds or an HTTP date; also retry-after-ms), if the error carries one."""
+    """The server's Retry-After (seconds or an HTTP date; also retry-after-ms), if the error carries one that
+    reads as a finite number of seconds; anything else ("soon", NaN, inf, a bad date) is None: the normal backoff."""
     headers = getattr(getattr(error, "response", None), "headers", None) or {}
-    if headers.get("retry-after-ms"):
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if not value:
+            continue
         try:
-            return float(headers["retry-after-ms"]) / 1000
+            seconds = float(value) * scale
         except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time()) if when else None
+            try:
+                when = email.utils.parsedate_to_datetime(value) if scale == 1.0 else None
+            except (TypeError, ValueError, IndexError):
+                when = None
+            seconds = when.timestamp() - time.time() if when and when.tzinfo else None
+        if seconds is not None and math.isfinite(seconds):
+            return max(0.0, seconds)
+    return None
 
 
 class TeacherPool:
@@ -160,7 +164,7 @@ class TeacherPool:
                                                         timeout=timeout, max_retries=0)
         self.mode = "chat" if mode == "auto" else mode
         self.reasoning_effort = reasoning_effort
-        self.temperature, self.retries, self.concurrency = temperature, retries, concurrency
+        self.temperature, self.retries, self.concurrency, self.timeout = temperature, retries, concurrency, timeout
         self.backoff, self.max_backoff = backoff, max_backoff
         self.price_per_million = price_per_million
         self.cache = AnswerCache(cache_path) if cache_path else None
@@ -240,7 +244,8 @@ class TeacherPool:
                 self.max_in_flight = max(self.max_in_flight, self.in_flight)
                 self.calls += 1
                 try:
-                    text, usage = await self.send(endpoint, request)
+                    # the timeout is a deadline for the whole request, however slowly its bytes arrive
+                    text, usage = await asyncio.wait_for(self.send(endpoint, request), self.timeout)
                 except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
                     raise omniopd.OmniOPDError(f"teacher {endpoint.name()} rejected the API key from "
                                                f"{endpoint.api_key_env} (HTTP {error.status_code})") from None
@@ -248,16 +253,17 @@ class TeacherPool:
                     raise omniopd.OmniOPDError(f"teacher {endpoint.name()}: the server does not know model "
                                                f"'{endpoint.model}' (HTTP 404)") from None
                 except openai.BadRequestError as error:  # this request will never work: skip it, do not retry
-                    self.log(endpoint, f"bad request (HTTP 400): {str(error.message)[:100]}")
+                    self.log(endpoint, f"bad request (HTTP 400): {error.message}")
                     break
                 except openai.RateLimitError as error:
                     wait = retry_after_seconds(error)
                     text = None
-                except (openai.APIError, ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
+                except (openai.APIError, asyncio.TimeoutError, ValueError, KeyError, IndexError, TypeError,
+                        AttributeError) as error:
                     # 5xx, timeouts, refused connections, malformed JSON or a reply without the expected fields
                     wait, text = retry_after_seconds(error), None
                     if attempt == self.retries:
-                        self.log(endpoint, f"{type(error).__name__}: {str(error)[:100]}")
+                        self.log(endpoint, f"{type(error).__name__}: {error}")
                 finally:
                     self.in_flight -= 1
             if text is not None:
@@ -287,14 +293,13 @@ class TeacherPool:
             raise TypeError(f"reply has no text ({type(reply).__name__})")
         usage = reply.usage
         # an empty reply cut at max_tokens is retried like a failure; one that stopped is the answer ""
-        text = omniopd.teacher_answer(text, reply.choices[0].finish_reason not in ("length", "content_filter"))
+        text = omniopd.teacher_answer(text, reply.choices[0].finish_reason in omniopd.STOPPED_ON_PURPOSE)
         return text, (getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
 
     def log(self, endpoint, message):
-        """One line on stderr; any API key a server echoed back is blanked out first."""
-        for key in {os.environ.get(e.api_key_env, "") for e in self.endpoints} - {""}:
-            message = message.replace(key, "***")
-        print(f"teacher {endpoint.name()}: request skipped: {message}", file=sys.stderr)
+        """One line on stderr: any API key a server echoed back (or part of it) is blanked first, then it is cut."""
+        keys = [os.environ.get(e.api_key_env, "") for e in self.endpoints]
+        print(f"teacher {endpoint.name()}: request skipped: {omniopd.redact(message, keys)[:200]}", file=sys.stderr)
 
     def close(self):
         for client in self.clients.values():

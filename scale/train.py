@@ -284,7 +284,7 @@ def load_checkpoint(run, cfg, rank, world):
     set_state_dict(run.student, run.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     run.step = saved["step"]
     if saved["world_size"] == world:
-        omniopd.set_rng_state(torch.load(path / f"rng-rank{rank}.pt", weights_only=False))
+        omniopd.set_rng_state(omniopd.load_plain_state(path / f"rng-rank{rank}.pt"))
     else:
         omniopd.seed_everything(cfg.seed * 1_000_003 + run.step * 1009 + rank)
         if rank == 0:
