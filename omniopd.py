@@ -1667,7 +1667,6 @@ def run_eval(run, rows, cfg, tag) -> dict:
 def load_data(cfg) -> tuple[list[dict], list[dict]]:
     """Training rows and held-out rows; held-out problems that also appear in training are left out (unless
     nothing trains: --steps 0 evaluates on every problem named)."""
-    print(f"held-out problems: {cfg.eval_data} (split 'test' unless it names one)", file=sys.stderr)
     train_rows = load_rows(cfg.data, "train", cfg.seed, 0, cfg.question_field, cfg.answer_field, cfg.task)
     eval_rows = load_rows(cfg.eval_data, "test", 0, cfg.eval_size, cfg.question_field, cfg.answer_field, cfg.task)
     seen = {r["question"] for r in train_rows}

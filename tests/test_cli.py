@@ -22,7 +22,7 @@ def run_cli(*args, env=None, timeout=300):
 
 
 def tiny_args(model, out, *extra):
-    return ["--student", model, "--teacher", model, "--steps", "2", "--batch-size", "2", "--eval-size", "4",
+    return ["--student", model, "--teacher", model, "--data", "stories", "--steps", "2", "--batch-size", "2", "--eval-size", "4",
             "--max-new-tokens", "16", "--chunk-len", "4", "--num-drafts", "3", "--teacher-samples", "2",
             "--out", str(out), *extra]
 
@@ -95,10 +95,11 @@ def test_malformed_data_row_is_one_clear_line(tmp_path, content, message):
 
 
 def test_unknown_model_is_one_clear_line(tmp_path):
-    result = run_cli("--student", "no-such-org/no-such-model", "--out", str(tmp_path / "run"))
+    result = run_cli("--student", "no-such-org/no-such-model", "--teacher", "toy", "--data", "toy", "--out",
+                     str(tmp_path / "run"))
     assert result.returncode == 2
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(error_lines) == 1 and "cannot load student model 'no-such-org/no-such-model'" in error_lines[0]
+    assert len(error_lines) == 1 and "cannot fetch student model no-such-org/no-such-model" in error_lines[0]
 
 
 def test_help_explains_every_option():

@@ -20,7 +20,9 @@ PASSES = {"asserts": ["assert True"]}   # a test the program would pass if it ca
 
 
 def limits(layer, **changes):
-    return codetask.Limits(seconds=2.0, python_guard=layer == "guard", **changes)
+    """guard: the audit hook alone stands between the program and a world-writable target (no private /tmp);
+    kernel (root): the resource limits, the sandbox user and the namespaces alone, with no hook."""
+    return codetask.Limits(seconds=2.0, python_guard=layer == "guard", private_scratch=layer == "kernel", **changes)
 
 
 def leftover_processes() -> list[int]:
@@ -110,6 +112,14 @@ ATTACKS = {
     "create": "open({new!r}, 'w').write('new')",
     "remove folder": "import shutil\nshutil.rmtree({folder!r})",
     "rename": "import os\nos.rename({target!r}, {new!r})",
+    # a folder outside as dir_fd, a name resolved against it (#22)
+    "dir_fd truncate": ("import os\nd = os.open({folder!r}, os.O_RDONLY)\n"
+                        "fd = os.open('keep.txt', os.O_WRONLY | os.O_TRUNC, dir_fd=d)\nos.write(fd, b'overwritten')"),
+    "dir_fd create": ("import os\nd = os.open({folder!r}, os.O_RDONLY)\n"
+                      "os.close(os.open('new.txt', os.O_WRONLY | os.O_CREAT, dir_fd=d))"),
+    "dir_fd remove": "import os\nd = os.open({folder!r}, os.O_RDONLY)\nos.unlink('keep.txt', dir_fd=d)",
+    # a hard link to a file outside, written through the link
+    "hard link": "import os\nos.link({target!r}, 'l')\nopen('l', 'w').write('overwritten')",
 }
 
 
@@ -129,7 +139,8 @@ def test_nothing_outside_the_working_folder_changes(attack, layer, tmp_path):
     program = ATTACKS[attack].format(target=str(target), new=str(folder / "new.txt"), folder=str(folder))
     verdict = codetask.check(program, PASSES, limits(layer))
     assert not verdict.passed
-    assert "PermissionError" in verdict.reason
+    # the kernel layer: the sandbox user may not write there, or (a private /tmp) cannot even see it
+    assert "PermissionError" in verdict.reason or (layer == "kernel" and "FileNotFoundError" in verdict.reason)
     assert target.read_text() == "original"
     assert sorted(p.name for p in folder.iterdir()) == ["keep.txt"]
 
@@ -196,3 +207,122 @@ def test_fraction_of_tests_passed_and_stdin_programs():
     assert verdict.fraction == pytest.approx(2 / 3)
     assert codetask.check(summing + "raise SystemExit(0)\n", {"io": cases[:2]}).passed   # exit(0) ends a stdin program
     assert codetask.check("input()\n", {"asserts": ["assert True"]}).reason == "EOFError: EOF when reading a line"
+
+
+# ----------------------------------------------------------------------------
+# A program cannot decide its own verdict (#22): the tests run in a second process, the judge, which gets plain
+# values back from the program's functions; the verdict travels on a pipe the program's process does not hold.
+
+RIGGED = {"asserts": ["assert add(1, 2) == 3", "raise Exception('this unit always fails')"]}
+SELF_PASSING = {
+    "exec a no-op": "import builtins\nbuiltins.exec = lambda *a, **k: None\n",
+    "report from the frame": ("import sys\nframe = sys._getframe(1)\n"
+                              "for name in ('report', 'results', 'channel'):\n"
+                              "    thing = frame.f_locals.get(name)\n"
+                              "    if thing is not None and hasattr(thing, 'write'):\n"
+                              "        thing.write('{\"done\": true}\\n')\n"),
+    "patched json": "import json\njson.dumps = lambda *a, **k: '{\"unit\": 1, \"ok\": true, \"done\": true}'\n",
+    "every descriptor": ("import os, json\nline = json.dumps({'unit': 1, 'ok': True}) + '\\n' + json.dumps({'done': True})\n"
+                         "for fd in range(3, 256):\n"
+                         "    try:\n        os.write(fd, (line + '\\n').encode())\n    except OSError:\n        pass\n"),
+    "the parent's descriptors": ("import os\nfor pid in (os.getppid(), os.getppid() - 1, 1):\n"
+                                 "    for fd in range(3, 64):\n"
+                                 "        try:\n"
+                                 "            with open(f'/proc/{pid}/fd/{fd}', 'w') as h:\n"
+                                 "                h.write('{\"unit\": 1, \"ok\": true}\\n{\"done\": true}\\n')\n"
+                                 "        except Exception:\n            pass\n"),
+    "an object equal to everything": ("class Anything:\n    def __eq__(self, other):\n        return True\n"
+                                      "    __hash__ = object.__hash__\n"
+                                      "_add = add\ndef add(a, b):\n    return Anything()\n"),
+    "an int subclass": ("class Int(int):\n    def __eq__(self, other):\n        return True\n"
+                        "    __hash__ = int.__hash__\ndef add(a, b):\n    return Int(0)\n"),
+    "exit zero after the program": "import atexit, os\natexit.register(lambda: os._exit(0))\n",
+}
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+@pytest.mark.parametrize("attack", sorted(SELF_PASSING))
+def test_a_program_cannot_pass_a_test_that_fails(attack, layer):
+    program = "def add(a, b):\n    return a + b\n" + SELF_PASSING[attack]
+    verdict = codetask.check(program, RIGGED, limits(layer))
+    assert not verdict.passed and verdict.fraction <= 0.5, verdict
+    if attack not in ("an object equal to everything", "an int subclass", "every descriptor"):   # these break
+        # their own side of the pipe to the judge, or return what cannot cross it
+        assert verdict.fraction == 0.5 and verdict.reason == "Exception: this unit always fails", verdict
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_a_program_cannot_read_its_tests(layer, tmp_path):
+    """The tests reach the judge through a pipe; the job file holds only the program (and, as root, only root
+    may read it). A program that finds the expected value in any file it can read passes; none does."""
+    hunt = ("import os\nfound = None\nfor folder in ('..', '../..', '.', os.environ.get('HOME', '.')):\n"
+            "    for root, _, files in os.walk(folder):\n"
+            "        for name in files:\n"
+            "            try:\n"
+            "                text = open(os.path.join(root, name), errors='ignore').read()\n"
+            "            except Exception:\n"
+            "                continue\n"
+            "            if 'SECRET-EXPECTED-' in text:\n"
+            "                found = text.split('SECRET-EXPECTED-')[1][:6]\n"
+            "def answer():\n    return found\n")
+    verdict = codetask.check(hunt, {"asserts": ["assert answer() == '424242'  # SECRET-EXPECTED-424242"]},
+                             limits(layer))
+    assert not verdict.passed and verdict.reason == "AssertionError", verdict
+
+
+def test_values_cross_as_plain_data_only():
+    values = [None, True, 3, -2 ** 80, 1.5, float("inf"), "é", b"\x00\xff", 1 + 2j, [1, (2, 3)], {4, 5},
+              frozenset({6}), {"a": [1], (1, 2): {"b": None}}, ()]
+    for value in values:
+        assert codetask.decode(codetask.encode(value)) == value and type(codetask.decode(codetask.encode(value))) is type(value)
+    for refused in (object(), lambda: 1, iter([1]), type("Int", (int,), {})(3)):
+        with pytest.raises(TypeError):
+            codetask.encode(refused)
+    for malformed in ([1, 2], {"list": 1}, {"evil": []}, {"int": "1", "x": 2}):
+        with pytest.raises((TypeError, ValueError)):
+            codetask.decode(malformed)
+
+
+def test_tests_may_use_the_programs_helpers_values_and_modules():
+    program = ("import math\nLIMIT = 10\ndef square(x):\n    return x * x\n"
+               "def apply(xs):\n    return [square(x) for x in xs]\n"
+               "def fail():\n    raise ValueError('no')\n")
+    tests = {"asserts": ["assert apply([1, 2]) == [1, 4] and LIMIT == 10 and math.isclose(math.pi, 3.14159, "
+                         "rel_tol=1e-3)",
+                         "try:\n    fail()\nexcept ValueError as error:\n    assert 'no' in str(error)\nelse:\n"
+                         "    assert False"]}
+    assert codetask.check(program, tests) == codetask.Verdict(True, 1.0, "passed")
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_sqlite_cannot_rewrite_a_database_outside(layer, tmp_path):
+    """A teacher cache is an SQLite file: sqlite3 writes it natively, past the open() hook."""
+    import sqlite3
+    database = tmp_path / "teacher_cache.sqlite"
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE answers (key TEXT, text TEXT)")
+        db.execute("INSERT INTO answers VALUES ('k', 'paid for')")
+    db.close()
+    if layer == "guard":
+        os.chmod(tmp_path, 0o777)
+        os.chmod(database, 0o666)
+    program = (f"import sqlite3\ndb = sqlite3.connect({str(database)!r})\n"
+               f"db.execute(\"UPDATE answers SET text = 'poisoned'\")\ndb.commit()\n")
+    verdict = codetask.check(program, PASSES, limits(layer))
+    assert not verdict.passed and verdict.reason.split(":")[0] in ("PermissionError", "OperationalError"), verdict
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT text FROM answers").fetchall() == [("paid for",)]
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_files_written_to_tmp_and_dev_shm_do_not_outlive_the_check(layer):
+    """Twenty 900 kB files in each of /tmp, /dev/shm and /var/tmp (each under the 1 MiB file-size limit): with the
+    guard they are refused; as root with the guard off they land in the check's own tmpfs, gone with it."""
+    tag = f"omniopd-leftover-{os.getpid()}-{layer}"
+    program = (f"import os\nfor place in ('/tmp', '/dev/shm', '/var/tmp'):\n"
+               f"    for i in range(20):\n"
+               f"        with open(os.path.join(place, '{tag}-%d' % i), 'wb') as h:\n"
+               f"            h.write(b'x' * 900_000)\n")
+    verdict = codetask.check(program, PASSES, limits(layer))
+    assert verdict.passed == (layer == "kernel"), verdict
+    assert not [p for place in ("/tmp", "/dev/shm", "/var/tmp") for p in Path(place).glob(f"{tag}-*")]

@@ -85,7 +85,7 @@ def test_a_model_that_is_not_a_causal_lm_is_one_line(tmp_path, what, path):
     else:
         path = tmp_path / "model.gguf"
         path.write_bytes(b"GGUF" + os.urandom(512))
-    done = cli("--student", str(path), "--out", str(tmp_path / "run"))
+    done = cli("--student", str(path), "--teacher", "toy", "--data", "toy", "--out", str(tmp_path / "run"))
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert done.returncode == 2 and len(errors) == 1 and "cannot load student model" in errors[0], done.stderr[-800:]
 

@@ -25,7 +25,8 @@ def test_a_bad_prompt_file_is_one_line_before_any_model_loads(tmp_path, capsys, 
     if text is not None:
         path.write_text(text)
     # the student does not exist: had the check come after loading, the error would be about the model
-    code = omniopd.main(["--teacher-prompt", str(path), "--student", "no/such-model", "--out", str(tmp_path / "run")])
+    code = omniopd.main(["--teacher-prompt", str(path), "--student", "no/such-model", "--teacher", "toy", "--data", "toy",
+                         "--out", str(tmp_path / "run")])
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and says in error[0] and "--teacher-prompt" in error[0], error
 
