@@ -76,8 +76,9 @@ def code_row(record: dict, where: str) -> dict:
         raise CodeTaskError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if "entry_point" in record and "test" in record:   # HumanEval
         prompt = text_field(record, "prompt", where)
-        test, entry_point = text_field(record, "test", where), text_field(record, "entry_point", where)
-        if not entry_point.isidentifier():
+        test, entry_point = text_field(record, "test", where), record["entry_point"]
+        if not isinstance(entry_point, str) or (entry_point and not entry_point.isidentifier()):
+            # (an empty one is kept: its test fails, as a row without tests does)
             raise CodeTaskError(f"{where}: field 'entry_point' must be a function name")
         tests = {"asserts": [f"{test}\n\ncheck({entry_point})\n"]}
         return {"question": prompt, "answer": record.get("canonical_solution"), "tests": tests, "code_prefix": prompt}

@@ -88,7 +88,7 @@ def test_openai_teacher_through_the_cli(tiny_model_path, tmp_path):
 def test_malformed_data_row_is_one_clear_line(tmp_path, content, message):
     data = tmp_path / "bad.jsonl"
     data.write_bytes(content if isinstance(content, bytes) else content.encode())
-    result = run_cli("--data", str(data), "--out", str(tmp_path / "run"))
+    result = run_cli("--data", str(data), "--eval-data", "stories", "--out", str(tmp_path / "run"))
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert result.stderr.startswith("error: ") and str(data) in result.stderr and message in result.stderr

@@ -326,3 +326,69 @@ def test_files_written_to_tmp_and_dev_shm_do_not_outlive_the_check(layer):
     verdict = codetask.check(program, PASSES, limits(layer))
     assert verdict.passed == (layer == "kernel"), verdict
     assert not [p for place in ("/tmp", "/dev/shm", "/var/tmp") for p in Path(place).glob(f"{tag}-*")]
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"   # readable by every user, unlike a Python under /root
+UNPRIVILEGED = pytest.mark.skipif(not ROOT or not os.access(SYSTEM_PYTHON, os.X_OK),
+                                  reason="needs root (to become nobody) and a system Python nobody can run")
+
+
+@pytest.fixture
+def nobody_home():
+    """A folder user nobody can read (pytest's own tmp_path is root's alone), removed afterwards."""
+    import shutil
+    import tempfile
+    home = Path(tempfile.mkdtemp(prefix="omniopd-nobody-"))
+    os.chmod(home, 0o755)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def run_as_nobody(checks: list, home: Path) -> list[dict]:
+    """codetask.check for each (program, tests) pair, run by user nobody with the system Python: the non-root
+    path (no sandbox user, no namespaces unless user namespaces are allowed; the judge and the hook hold)."""
+    import json
+    import shutil
+    import subprocess
+    shutil.copy(Path(codetask.__file__), home / "codetask.py")
+    (home / "checks.json").write_text(json.dumps(checks))
+    (home / "driver.py").write_text(
+        "import dataclasses, json, sys\nsys.path.insert(0, sys.argv[1])\nimport codetask\n"
+        "checks = json.load(open(sys.argv[1] + '/checks.json'))\n"
+        "limits = codetask.Limits(seconds=3.0)\n"
+        "print(json.dumps([dataclasses.asdict(codetask.check(p, t, limits)) for p, t in checks]))\n")
+    for name in ("codetask.py", "checks.json", "driver.py"):
+        os.chmod(home / name, 0o644)
+
+    def become_nobody():
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+    done = subprocess.run([SYSTEM_PYTHON, "-I", str(home / "driver.py"), str(home)], capture_output=True, text=True,
+                          timeout=300, preexec_fn=become_nobody, cwd=home, env={"PATH": "/usr/bin:/bin", "HOME": str(home)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+@UNPRIVILEGED
+def test_without_root_a_program_still_cannot_pass_its_own_tests_or_write_outside(nobody_home):
+    """As nobody, every file of the check and the targets belong to the same user, so only the judge's
+    separation (pipes, non-dumpable processes) and the audit hook stand in the way."""
+    outside = nobody_home / "outside"
+    outside.mkdir()
+    target = outside / "keep.txt"
+    target.write_text("original")
+    for path in (outside, target):
+        os.chown(path, 65534, 65534)
+    good = [("def add(a, b):\n    return a + b\n", {"asserts": ["assert add(1, 2) == 3"]})]
+    checks = [("def add(a, b):\n    return a + b\n" + SELF_PASSING[name], RIGGED) for name in sorted(SELF_PASSING)]
+    writes = ["dir_fd truncate", "dir_fd create", "hard link", "overwrite", "append"]
+    checks += [(ATTACKS[name].format(target=str(target), new=str(outside / "new.txt"), folder=str(outside)), PASSES)
+               for name in writes]
+    verdicts = run_as_nobody(good + checks, nobody_home)
+    assert verdicts[0]["passed"], verdicts[0]
+    for name, verdict in zip(sorted(SELF_PASSING), verdicts[1:]):
+        assert not verdict["passed"] and verdict["fraction"] <= 0.5, (name, verdict)
+    for name, verdict in zip(writes, verdicts[1 + len(SELF_PASSING):]):
+        assert not verdict["passed"] and "PermissionError" in verdict["reason"], (name, verdict)
+    assert target.read_text() == "original" and sorted(p.name for p in outside.iterdir()) == ["keep.txt"]

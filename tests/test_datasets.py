@@ -114,7 +114,8 @@ def test_missing_field_empty_split_and_unknown_dataset_are_one_line(tmp_path):
         omniopd.load_rows(str(tmp_path / "absent.parquet"), "train", 0)
     with pytest.raises(omniopd.OmniOPDError) as caught:   # no Hub here: the library's reason, in one line
         omniopd.load_rows("no-such-owner/no-such-dataset:train", "train", 0)
-    assert str(caught.value).startswith("cannot load dataset 'no-such-owner/no-such-dataset:train'")
+    assert str(caught.value).startswith("cannot fetch dataset no-such-owner/no-such-dataset (config None, split "
+                                        "train) from the Hugging Face Hub")
     assert "\n" not in str(caught.value)
 
 

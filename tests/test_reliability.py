@@ -126,7 +126,7 @@ def test_training_survives_a_teacher_failing_30_percent_and_never_pays_twice(tea
 def test_empty_and_enormous_data_files(tmp_path, capsys, content, message):
     data = tmp_path / "data.jsonl"
     data.write_bytes(content)
-    assert message in error_line(capsys, ["--data", str(data), "--out", str(tmp_path / "run")])
+    assert message in error_line(capsys, ["--data", str(data), "--eval-data", "stories", "--out", str(tmp_path / "run")])
 
 
 @pytest.mark.parametrize("option, value, message", [
@@ -141,7 +141,8 @@ def test_settings_that_cannot_work_stop_before_anything_loads(tmp_path, capsys, 
 
 
 def test_missing_data_file_and_unwritable_output(tmp_path, capsys):
-    assert "data file not found" in error_line(capsys, ["--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "r")])
+    assert "data file not found" in error_line(capsys, ["--data", str(tmp_path / "nope.jsonl"), "--eval-data", "stories",
+                                                        "--out", str(tmp_path / "r")])
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     assert "cannot write to output folder" in error_line(capsys, ["--out", str(blocker / "run")])
