@@ -278,10 +278,13 @@ def load_checkpoint(run, cfg, rank, world):
     if not (path / "trainer.json").exists():
         raise omniopd.OmniOPDError(f"{path} is not a scale/ checkpoint (no trainer.json)")
     saved = json.loads((path / "trainer.json").read_text())
+    omniopd.check_resumable(saved.get("config", {}), cfg)   # as omniopd.setup: what may change, and what may not
     model_state, optimizer_state = get_state_dict(run.student, run.optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
     dcp.load(state, checkpoint_id=str(path))
     set_state_dict(run.student, run.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    for group in run.optimizer.param_groups:   # the saved groups carry the old run's settings
+        group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
     run.step = saved["step"]
     if saved["world_size"] == world:
         omniopd.set_rng_state(omniopd.load_plain_state(path / f"rng-rank{rank}.pt"))
@@ -338,9 +341,22 @@ def train(cfg: ScaleConfig) -> dict:
                                    f"of --group-size {cfg.group_size}; a group split over ranks would be normalised "
                                    f"over part of its samples")
     out = Path(cfg.out)
-    if rank == 0:
+    held, refusal = None, ""
+    if rank == 0:   # one run per folder, as omniopd.train; every rank learns whether rank 0 got the lock
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        try:
+            held = omniopd.lock_folder(out)
+            (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        except omniopd.OmniOPDError as error:
+            refusal = str(error)
+    if all_reduce([float(bool(refusal))])[0]:
+        raise omniopd.OmniOPDError(refusal or f"another run is writing to {out}")
+    with contextlib.nullcontext() if held is None else contextlib.closing(held):
+        return train_in(cfg, out, rank, world)
+
+
+def train_in(cfg: ScaleConfig, out: Path, rank: int, world: int) -> dict:
+    """train's body, in a run folder rank 0 holds."""
     train_rows, eval_rows = omniopd.load_data(cfg)
     run = setup(cfg, rank, world)
     if cfg.resume and rank == 0:

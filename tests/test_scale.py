@@ -75,3 +75,23 @@ def test_checkpoint_saved_on_two_ranks_loads_on_one_and_continues(tmp_path):
                     "--out", str(tmp_path / "more"))
     assert "resumed on 1" in done.stderr
     assert [m["step"] for m in metrics(tmp_path / "more") if "loss/total" in m] == [3]
+
+
+def test_scale_refuses_a_new_seed_on_resume_and_a_folder_in_use(tmp_path):
+    """#22 in scale/ as in omniopd.py: resume may not change the seed; one run per --out."""
+    options = [*TOY, "--similarity", "lexical", "--steps", "1"]
+    torchrun(1, ROOT / "scale/train.py", *options, "--out", str(tmp_path / "run"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+
+    def refused(*args):
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--standalone",
+                               str(ROOT / "scale/train.py"), *options, *args], env=env, capture_output=True,
+                              text=True, timeout=300, cwd=ROOT)
+        return done.returncode != 0 and [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    lines = refused("--steps", "2", "--seed", "4", "--resume", str(tmp_path / "run/checkpoints/step-000001"),
+                    "--out", str(tmp_path / "resumed"))
+    assert lines and "--seed (3 -> 4)" in lines[0], lines
+    held = omniopd.lock_folder(tmp_path / "run")
+    lines = refused("--out", str(tmp_path / "run"))
+    held.close()
+    assert lines and "another run is writing to" in lines[0], lines
