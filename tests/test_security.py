@@ -295,8 +295,18 @@ def test_an_oversized_reply_is_cut_before_it_is_tokenized(hostile, monkeypatch, 
     huge = "7 + 5 = 12. " * 1_700_000
     url = hostile(lambda handler, body: handler.send_json(200, reply(huge)))
     _, tokenizer = tiny_lm
-    texts = omniopd.teacher_rollouts(api_teacher(url, monkeypatch, timeout=60.0), ["Tom has"], 1, 16, tokenizer)
+    seen = []
+
+    class Watched:   # the real tokenizer, noting how much text each call gets
+        def __call__(self, text, **options):
+            seen.append(len(text))
+            return tokenizer(text, **options)
+
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+    texts = omniopd.teacher_rollouts(api_teacher(url, monkeypatch, timeout=60.0), ["Tom has"], 1, 16, Watched())
     assert texts == [[huge[:16]]]   # the toy tokenizer writes a character per token
+    assert max(seen) <= 16 * omniopd.CHARACTERS_PER_TOKEN_AT_MOST   # not 20 MB
 
 
 @pytest.mark.parametrize("make", [api_teacher, pool_teacher])
