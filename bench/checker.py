@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import codetask  # noqa: E402
+from omniopd_lib import codetask  # noqa: E402
 from toyworld import code  # noqa: E402
 
 

@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import omniopd  # noqa: E402
+from omniopd_lib import grading  # noqa: E402
 from speed import LINES, say  # noqa: E402  (bench/ is on the path: this script's folder)
 
 
@@ -216,7 +217,7 @@ def equations_hold(text: str, world: str) -> bool:
     if len(equations) != {"toy": 2, "stories": 3}[world]:
         return False
     true = all((int(a) + int(b) if op == "+" else int(a) - int(b)) == int(c) for a, op, b, c in equations)
-    return true and omniopd.extract_answer(text) == equations[-1][3]
+    return true and grading.extract_answer(text) == equations[-1][3]
 
 
 def lucky_answers(run, rows, cfg, batches, world):
@@ -230,7 +231,7 @@ def lucky_answers(run, rows, cfg, batches, world):
             rollout = omniopd.sample_rollouts(run.student, run.tokenizer, [r["question"] for r in batch], cfg)
             for row, text in zip(batch, omniopd.response_texts(run.tokenizer, rollout)):
                 total += 1
-                if omniopd.answers_match(omniopd.extract_answer(text), omniopd.gold_answer(row["answer"])):
+                if grading.answers_match(grading.extract_answer(text), grading.gold_answer(row["answer"])):
                     right += 1
                     if not equations_hold(text, world):
                         lucky += 1
@@ -255,7 +256,7 @@ def rejection_sampling_collect(run, rows, cfg):
         rollout = omniopd.sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
     texts = omniopd.response_texts(run.tokenizer, rollout)
     kept = [(r["question"], t) for r, t in zip(rows, texts)
-            if omniopd.answers_match(omniopd.extract_answer(t), omniopd.gold_answer(r["answer"]))]
+            if grading.answers_match(grading.extract_answer(t), grading.gold_answer(r["answer"]))]
     num_tokens = sum(len(run.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for _, t in kept)
     return omniopd.StepBatch(solutions=kept, num_tokens=num_tokens, metrics={"rs/kept": len(kept) / len(rows)})
 

@@ -33,6 +33,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import omniopd  # noqa: E402
+from omniopd_lib import teachers  # noqa: E402
 import toyworld  # noqa: E402
 from speed import PeakMemory  # noqa: E402  (bench/ is on the path: this script's folder)
 
@@ -95,7 +96,7 @@ def one_run(args) -> dict:
         from toyworld.serve import start_in_thread
         server = start_in_thread("echo")
         os.environ[KEY_ENV] = "not-a-secret"
-        teacher = omniopd.OpenAITeacher("echo", f"http://127.0.0.1:{server.server_address[1]}/v1", KEY_ENV,
+        teacher = teachers.OpenAITeacher("echo", f"http://127.0.0.1:{server.server_address[1]}/v1", KEY_ENV,
                                         "completion", concurrency=64)
     else:
         teacher = LocalTeacher(qwen_like(3584, args.teacher_layers, 28, 4, 18944, torch.bfloat16, False,

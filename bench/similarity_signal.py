@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import codetask  # noqa: E402
+from omniopd_lib import codetask  # noqa: E402
 import omniopd  # noqa: E402
 import toyworld  # noqa: E402
 

@@ -36,6 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import omniopd  # noqa: E402
+from omniopd_lib import common  # noqa: E402
+from omniopd_lib import teachers  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -189,8 +191,8 @@ class TeacherPool:
         rows: each prefix's dataset row, for {question} and {answer} in a --teacher-prompt."""
         if not prefixes:
             return []
-        template = omniopd.teacher_template(self)
-        messages = [omniopd.teacher_message(template, p, row) for p, row in zip(prefixes, rows or [None] * len(prefixes))]
+        template = teachers.teacher_template(self)
+        messages = [teachers.teacher_message(template, p, row) for p, row in zip(prefixes, rows or [None] * len(prefixes))]
         answers = self.loop.run_until_complete(self.ask_all(messages, n, max_tokens, draw))
         per_prefix = len(self.endpoints) * n
         rows = [answers[i * per_prefix:(i + 1) * per_prefix] for i in range(len(prefixes))]
@@ -220,11 +222,11 @@ class TeacherPool:
             raise
 
     def request_body(self, endpoint, message, max_tokens) -> dict:
-        """What goes over the wire for one continuation (message: omniopd.teacher_message's text), as the chat
+        """What goes over the wire for one continuation (message: teachers.teacher_message's text), as the chat
         or completion endpoint takes it."""
         body = {"model": endpoint.model, "temperature": self.temperature}
         if self.mode == "chat":
-            return {**body, **omniopd.token_budget(max_tokens, self.reasoning_effort),
+            return {**body, **teachers.token_budget(max_tokens, self.reasoning_effort),
                     "messages": [{"role": "user", "content": message}]}
         return {**body, "max_tokens": max_tokens, "prompt": message}
 
@@ -281,7 +283,7 @@ class TeacherPool:
         return None
 
     async def send(self, endpoint, request):
-        """One HTTP request: (text, or None by omniopd.teacher_answer's rule; (prompt tokens, completion tokens))."""
+        """One HTTP request: (text, or None by teachers.teacher_answer's rule; (prompt tokens, completion tokens))."""
         client = self.clients[endpoint]
         if "messages" in request:
             reply = await client.chat.completions.create(**request)
@@ -293,13 +295,13 @@ class TeacherPool:
             raise TypeError(f"reply has no text ({type(reply).__name__})")
         usage = reply.usage
         # an empty reply cut at max_tokens is retried like a failure; one that stopped is the answer ""
-        text = omniopd.teacher_answer(text, reply.choices[0].finish_reason in omniopd.STOPPED_ON_PURPOSE)
+        text = teachers.teacher_answer(text, reply.choices[0].finish_reason in teachers.STOPPED_ON_PURPOSE)
         return text, (getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
 
     def log(self, endpoint, message):
         """One line on stderr: any API key a server echoed back (or part of it) is blanked first, then it is cut."""
         keys = [os.environ.get(e.api_key_env, "") for e in self.endpoints]
-        print(f"teacher {endpoint.name()}: request skipped: {omniopd.redact(message, keys)[:200]}", file=sys.stderr)
+        print(f"teacher {endpoint.name()}: request skipped: {common.redact(message, keys)[:200]}", file=sys.stderr)
 
     def close(self):
         for client in self.clients.values():

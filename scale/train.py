@@ -41,7 +41,8 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import omniopd  # noqa: E402
-from omniopd import option  # noqa: E402
+from omniopd_lib import config  # noqa: E402
+from omniopd_lib.config import option  # noqa: E402
 from scale.teachers import TeacherPool  # noqa: E402
 
 
@@ -61,7 +62,7 @@ def parse_args(argv=None) -> ScaleConfig:
     argv = list(sys.argv[1:] if argv is None else argv)
     teachers = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--teacher"]
     teachers += [a.split("=", 1)[1] for a in argv if a.startswith("--teacher=")]
-    cfg = omniopd.parse_args(argv, ScaleConfig, __doc__.split("\n\n")[0])
+    cfg = config.parse_args(argv, ScaleConfig, __doc__.split("\n\n")[0])
     cfg.teacher = ",".join(teachers) or cfg.teacher
     return cfg
 

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import omniopd
+from omniopd_lib import grading
 import toyworld
 from conftest import ROOT
 from toyworld.build import new_model
@@ -82,7 +83,7 @@ def test_grpo_batches_repeat_each_prompt_g_times():
     ("#### 7", "8", False), ("\\boxed{3}", "3.5", False), ("no number at all", "3", False),
 ])
 def test_answer_checking_formats(text, gold, same):
-    assert omniopd.answers_match(omniopd.extract_answer(text), gold) is same
+    assert grading.answers_match(grading.extract_answer(text), gold) is same
 
 
 def run_cli(*args, env=None):
@@ -138,4 +139,4 @@ def test_reasoning_gym_data_source_is_offline_and_split():
     test = omniopd.load_rows("reasoning-gym:gsm_symbolic", "test", seed=0, size=5)
     assert len(train) == 5 and all(r["question"] and r["answer"] for r in train)
     assert {r["question"] for r in train} != {r["question"] for r in test}
-    assert omniopd.answers_match(omniopd.extract_answer(train[0]["answer"]), train[0]["answer"])
+    assert grading.answers_match(grading.extract_answer(train[0]["answer"]), train[0]["answer"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import codetask
+from omniopd_lib import codetask
 
 ROOT = os.geteuid() == 0
 LAYERS = ["guard", pytest.param("kernel", marks=pytest.mark.skipif(

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import codetask
+from omniopd_lib import codetask
 import omniopd
 from conftest import ROOT
 

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-import codetask
+from omniopd_lib import codetask
 import omniopd
 import toyworld
 from toyworld import code

@@ -8,8 +8,10 @@ import sys
 import pytest
 import torch
 
-import codetask
+from omniopd_lib import codetask
 import omniopd
+from omniopd_lib import fastpaths
+from omniopd_lib import grading
 from conftest import ROOT
 
 # ----------------------------------------------------------------------------
@@ -69,10 +71,10 @@ def test_packed_scoring_respects_a_sliding_window(family, attention):
 
 def test_the_window_is_read_from_each_config():
     from transformers import LlamaConfig, Qwen2Config
-    assert omniopd.sliding_window_of(Qwen2Config()) == float("inf")   # Qwen2.5 ships use_sliding_window false
-    assert omniopd.sliding_window_of(Qwen2Config(use_sliding_window=True, sliding_window=8, max_window_layers=0)) == 8
-    assert omniopd.sliding_window_of(LlamaConfig()) == float("inf")
-    assert omniopd.sliding_window_of(windowed_model("gemma3", "sdpa").config) == 4
+    assert fastpaths.sliding_window_of(Qwen2Config()) == float("inf")   # Qwen2.5 ships use_sliding_window false
+    assert fastpaths.sliding_window_of(Qwen2Config(use_sliding_window=True, sliding_window=8, max_window_layers=0)) == 8
+    assert fastpaths.sliding_window_of(LlamaConfig()) == float("inf")
+    assert fastpaths.sliding_window_of(windowed_model("gemma3", "sdpa").config) == 4
 
 
 # ----------------------------------------------------------------------------
@@ -82,11 +84,11 @@ MATH500_FIRST = "\\left( 3, \\frac{\\pi}{2} \\right)"
 
 
 def test_a_bare_gold_answer_is_the_answer_whole_at_any_length():
-    gold = omniopd.gold_answer(MATH500_FIRST)
+    gold = grading.gold_answer(MATH500_FIRST)
     assert gold == MATH500_FIRST
-    assert omniopd.answers_match(omniopd.extract_answer(f"So the point is \\boxed{{{MATH500_FIRST}}}."), gold)
-    assert not omniopd.answers_match(omniopd.extract_answer("I think it is 2"), gold)
-    assert omniopd.gold_answer("#### 72") == "72" and omniopd.gold_answer("It is 5.\n#### 5") == "5"
+    assert grading.answers_match(grading.extract_answer(f"So the point is \\boxed{{{MATH500_FIRST}}}."), gold)
+    assert not grading.answers_match(grading.extract_answer("I think it is 2"), gold)
+    assert grading.gold_answer("#### 72") == "72" and grading.gold_answer("It is 5.\n#### 5") == "5"
 
 
 @pytest.mark.parametrize("text, inside", [
@@ -96,7 +98,7 @@ def test_a_bare_gold_answer_is_the_answer_whole_at_any_length():
     ("\\boxed{7} and an unclosed \\boxed{\\frac{1}{2}", "7"),
 ])
 def test_boxed_is_read_with_balanced_braces_at_any_depth(text, inside):
-    assert omniopd.extract_answer(text) == inside
+    assert grading.extract_answer(text) == inside
 
 
 def test_a_nested_boxed_answer_is_graded_right():

@@ -8,6 +8,7 @@ import datasets
 import pytest
 
 import omniopd
+from omniopd_lib import grading
 import toyworld
 
 GSM8K_README = """---
@@ -70,10 +71,10 @@ def test_math500_like_fields_and_bare_gold_answers(tmp_path):
     (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     rows = omniopd.load_rows(f"{folder}:test", "train", 0)
     assert rows == [{"question": r["problem"], "answer": r["answer"]} for r in records]
-    assert omniopd.answers_match(omniopd.extract_answer("so it is \\boxed{0.5}"), omniopd.gold_answer(rows[0]["answer"]))
-    assert not omniopd.answers_match(omniopd.extract_answer("so it is \\boxed{2}"), omniopd.gold_answer(rows[0]["answer"]))
+    assert grading.answers_match(grading.extract_answer("so it is \\boxed{0.5}"), grading.gold_answer(rows[0]["answer"]))
+    assert not grading.answers_match(grading.extract_answer("so it is \\boxed{2}"), grading.gold_answer(rows[0]["answer"]))
     by_solution = omniopd.load_rows(f"{folder}:test", "train", 0, answer_field="solution")
-    assert omniopd.gold_answer(by_solution[1]["answer"]) == "42"
+    assert grading.gold_answer(by_solution[1]["answer"]) == "42"
 
 
 def test_save_to_disk_files_and_fields(tmp_path):

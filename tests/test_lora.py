@@ -105,6 +105,8 @@ def test_lora_misuse_is_one_line(tmp_path, capsys, argv, says):
 
 def test_resuming_a_full_checkpoint_with_lora_is_one_line(tmp_path, capsys):
     omniopd.train(omniopd.Config(steps=1, out=str(tmp_path / "full"), **SMALL).resolved())
-    code = omniopd.main(["--lora-rank", "4", "--resume", str(tmp_path / "full/checkpoints/step-000001"),
-                         "--steps", "2", "--out", str(tmp_path / "full")])
-    assert code == 2 and "has no LoRA adapter" in capsys.readouterr().err
+    code = omniopd.main([*toyworld.world_args("toy"), "--batch-size", "4", "--similarity", "lexical", "--lora-rank", "4",
+                         "--resume", str(tmp_path / "full/checkpoints/step-000001"), "--steps", "2", "--out",
+                         str(tmp_path / "full")])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "cannot change --lora-rank (0 -> 4)" in error[-1], error

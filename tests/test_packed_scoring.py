@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import omniopd
+from omniopd_lib import fastpaths
 
 TOLERANCE = 1e-5
 
@@ -84,13 +85,13 @@ def test_picked_token_logprobs_equal_autograd_through_log_softmax():
     and more places than one slice holds."""
     torch.manual_seed(0)
     logits = (3 * torch.randn(3, 40, 50)).requires_grad_()
-    picked = omniopd.POSITIONS_AT_ONCE + 61
+    picked = fastpaths.POSITIONS_AT_ONCE + 61
     row, column, token = torch.randint(3, (picked,)), torch.randint(40, (picked,)), torch.randint(50, (picked,))
     weights = torch.randn(picked)
     expected = torch.log_softmax(logits, -1)[row, column, token]
     (expected * weights).sum().backward()
     expected_grad, logits.grad = logits.grad.clone(), None
-    got = omniopd.PickedTokenLogprobs.apply(logits, row, column, token)
+    got = fastpaths.PickedTokenLogprobs.apply(logits, row, column, token)
     (got * weights).sum().backward()
     assert torch.allclose(got, expected, atol=TOLERANCE)
     assert torch.allclose(logits.grad, expected_grad, atol=TOLERANCE)

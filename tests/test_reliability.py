@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import omniopd
+from omniopd_lib import data
 from conftest import ROOT
 from toyworld.serve import FaultPlan, start_in_thread
 
@@ -121,7 +122,7 @@ def test_training_survives_a_teacher_failing_30_percent_and_never_pays_twice(tea
 @pytest.mark.parametrize("content, message", [
     (b"", "no rows"),
     (b"\n\n", "no rows"),
-    (b'{"question": "' + b"x" * (omniopd.MAX_ROW_BYTES + 10) + b'"}\n', "line 1: longer than"),
+    (b'{"question": "' + b"x" * (data.MAX_ROW_BYTES + 10) + b'"}\n', "line 1: longer than"),
 ])
 def test_empty_and_enormous_data_files(tmp_path, capsys, content, message):
     data = tmp_path / "data.jsonl"

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 import omniopd
+from omniopd_lib import teachers
 import toyworld
 from conftest import ROOT
 from scale import train as scale_train
@@ -144,7 +145,7 @@ def test_teacher_cache_gives_paid_answers_back_to_the_same_draw_only(serve, tmp_
         fresh = pool()
         fresh.continuations(prefixes, n=2, max_tokens=8, draw=draw)
         assert fresh.cached == 0 and fresh.calls == 4
-    monkeypatch.setattr(omniopd, "CHAT_CONTINUE_PROMPT", "Continue: {prefix}")
+    monkeypatch.setattr(teachers, "CHAT_CONTINUE_PROMPT", "Continue: {prefix}")
     reworded = pool()
     reworded.continuations(prefixes, n=2, max_tokens=8, draw="seed 0 step 0")
     assert reworded.cached == 0, "another prompt template is another request"
@@ -188,7 +189,7 @@ def test_every_teacher_backend_keeps_an_empty_continuation_that_stopped(serve, m
     finished = [TEMPLATE.format(question=r["question"]) + r["answer"] for r in rows]
     _, url = serve("toy")
     local = omniopd.HFTeacher("toy", CPU, mode="completion", temperature=0.0)
-    api = omniopd.OpenAITeacher("toy", url, KEY_ENV, mode, temperature=0.0)
+    api = teachers.OpenAITeacher("toy", url, KEY_ENV, mode, temperature=0.0)
     pool = TeacherPool(["openai:toy"], url, KEY_ENV, mode, temperature=0.0, retries=0)
     for teacher in (local, api, pool):
         assert teacher.continuations(finished, n=2, max_tokens=8) == [["", ""], ["", ""]], type(teacher).__name__
@@ -199,12 +200,12 @@ def test_every_teacher_backend_keeps_an_empty_continuation_that_stopped(serve, m
 def test_an_empty_reply_cut_at_the_token_limit_is_a_failed_request(serve):
     """What a reasoning model returns when thinking used every token: no answer, on every backend."""
     _, url = serve("toy", faults=FaultPlan(rate=1.0, kinds=("empty",)))
-    api = omniopd.OpenAITeacher("toy", url, KEY_ENV, "completion", retries=0)
+    api = teachers.OpenAITeacher("toy", url, KEY_ENV, "completion", retries=0)
     pool = TeacherPool(["openai:toy"], url, KEY_ENV, "completion", retries=0)
     for teacher in (api, pool):
         assert teacher.continuations(["Question: 1+1?\nAnswer: "], n=2, max_tokens=8) == [None]
         assert teacher.failures == 2
-    assert omniopd.teacher_answer("", stopped=False) is None and omniopd.teacher_answer(" \n", stopped=True) == ""
+    assert teachers.teacher_answer("", stopped=False) is None and teachers.teacher_answer(" \n", stopped=True) == ""
 
 
 # 8. similarity and votes --------------------------------------------------------------------
@@ -233,7 +234,7 @@ def test_vote_threshold_zero_means_every_rollout_votes():
 
 def test_the_teacher_may_write_2L_of_its_tokens_and_its_text_is_cut_to_L_student_tokens(serve):
     server, url = serve("echo")     # answers " and so on after <the prompt's last word>"
-    teacher = omniopd.OpenAITeacher("echo", url, KEY_ENV, "completion")
+    teacher = teachers.OpenAITeacher("echo", url, KEY_ENV, "completion")
     characters = toyworld.build_char_tokenizer()      # one token per character
     assert omniopd.teacher_rollouts(teacher, ["a b c"], 2, 4, characters) == [[" and"] * 2]
     assert [body["max_tokens"] for body in server.bodies] == [8, 8]
@@ -244,13 +245,13 @@ def test_the_teacher_may_write_2L_of_its_tokens_and_its_text_is_cut_to_L_student
 def test_reasoning_teachers_get_max_completion_tokens_and_the_effort(serve):
     """OpenAI's reasoning models answer max_tokens with HTTP 400; they take max_completion_tokens."""
     server, url = serve("echo")
-    api = omniopd.OpenAITeacher("echo", url, KEY_ENV, "chat", reasoning_effort="low")
+    api = teachers.OpenAITeacher("echo", url, KEY_ENV, "chat", reasoning_effort="low")
     pool = TeacherPool(["openai:echo"], url, KEY_ENV, "chat", reasoning_effort="low")
     for teacher in (api, pool):
         assert teacher.continuations(["Question: 1+1?\nAnswer: "], n=1, max_tokens=300)[0]
         body = server.bodies[-1]
         assert body["max_completion_tokens"] == 300 and body["reasoning_effort"] == "low" and "max_tokens" not in body
-    plain = omniopd.OpenAITeacher("echo", url, KEY_ENV, "chat")
+    plain = teachers.OpenAITeacher("echo", url, KEY_ENV, "chat")
     plain.continuations(["x"], n=1, max_tokens=30)
     assert server.bodies[-1]["max_tokens"] == 30 and "reasoning_effort" not in server.bodies[-1]
 
@@ -282,7 +283,7 @@ def test_a_think_block_is_stripped_and_unfinished_thinking_is_no_answer(serve, k
     """Reasoning models (Qwen3, R1 distills) write <think>...</think> before the answer."""
     _, url = serve("toy", faults=FaultPlan(rate=1.0, kinds=(kind,)))
     prefix = [TEMPLATE.format(question="Ann has 7 pens. She gets 5 more, then gives 3 away. How many pens now?")]
-    for teacher in (omniopd.OpenAITeacher("toy", url, KEY_ENV, "completion", temperature=0.0, retries=0),
+    for teacher in (teachers.OpenAITeacher("toy", url, KEY_ENV, "completion", temperature=0.0, retries=0),
                     TeacherPool(["openai:toy"], url, KEY_ENV, "completion", temperature=0.0, retries=0)):
         assert teacher.continuations(prefix, n=2, max_tokens=8) == expected
         assert teacher.failures == (2 if expected == [None] else 0)

@@ -18,8 +18,10 @@ import time
 import pytest
 import torch
 
-import codetask
+from omniopd_lib import codetask
 import omniopd
+from omniopd_lib import common
+from omniopd_lib import teachers
 from conftest import ROOT
 
 TOY = ["--student", "toy", "--teacher", "toy", "--data", "toy", "--eval-data", "toy", "--batch-size", "4",
@@ -223,7 +225,7 @@ def hostile():
 
 def api_teacher(url, monkeypatch, **options):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    return omniopd.OpenAITeacher("m", url, mode="chat", **{"retries": 0, "timeout": 5.0, **options})
+    return teachers.OpenAITeacher("m", url, mode="chat", **{"retries": 0, "timeout": 5.0, **options})
 
 
 def pool_teacher(url, monkeypatch, **options):
@@ -250,7 +252,7 @@ def test_no_part_of_the_api_key_reaches_stderr(hostile, monkeypatch, capsys, mak
     err = capsys.readouterr().err
     assert "500" in err or "InternalServerError" in err
     assert_no_part_of_the_key(err)
-    assert omniopd.redact(f"Bearer {KEY} and {KEY[:12]}...", [KEY]) == "Bearer *** and ***..."
+    assert common.redact(f"Bearer {KEY} and {KEY[:12]}...", [KEY]) == "Bearer *** and ***..."
 
 
 @pytest.mark.parametrize("value", ["soon", "nan", "inf", "-inf", "Wed, 99 Foo 2026 00:00:00 GMT"])

@@ -7,6 +7,10 @@ import torch
 import torch.nn.functional as F
 
 import omniopd
+from omniopd_lib import fastpaths
+from omniopd_lib import grading
+from omniopd_lib import models
+from omniopd_lib import similarity
 import toyworld
 
 
@@ -111,10 +115,10 @@ def test_drafts_start_with_what_the_student_wrote(tiny_lm):
 # Step 5 ---------------------------------------------------------------------
 
 def test_ngram_f1_by_hand():
-    assert omniopd.ngram_f1("abc", "abc") == 1.0
-    assert omniopd.ngram_f1("ab", "xy") == 0.0
+    assert similarity.ngram_f1("abc", "abc") == 1.0
+    assert similarity.ngram_f1("ab", "xy") == 0.0
     # n=1: 1 common of 2 and 2 -> F1 ½; n=2: "ab" vs "ac", 0 common -> 0; mean ¼
-    assert omniopd.ngram_f1("ab", "ac", max_n=2) == pytest.approx(0.25)
+    assert similarity.ngram_f1("ab", "ac", max_n=2) == pytest.approx(0.25)
 
 
 def test_similarity_matrices_shapes_and_identity():
@@ -220,17 +224,17 @@ def test_anchor_is_zero_before_the_first_update_and_exact_after(tiny_model_path)
     ("#### 1,000", "1,000"), ("it is 3 then 17", "17"), ("-4.5 is it", "-4.5"), ("nothing", None),
 ])
 def test_extract_answer(text, answer):
-    assert omniopd.extract_answer(text) == answer
+    assert grading.extract_answer(text) == answer
 
 
 def test_answers_match():
-    assert omniopd.answers_match("1,000", "1000.0") and omniopd.answers_match("x+1", "x + 1")
-    assert not omniopd.answers_match("12", "13") and not omniopd.answers_match(None, "1")
+    assert grading.answers_match("1,000", "1000.0") and grading.answers_match("x+1", "x + 1")
+    assert not grading.answers_match("12", "13") and not grading.answers_match(None, "1")
 
 
 def test_bare_qwen_name_resolves_to_the_hub_organisation():
-    assert omniopd.resolve_model_path("Qwen2.5-0.5B", "student") == "Qwen/Qwen2.5-0.5B"
-    assert omniopd.resolve_model_path("meta-llama/Llama-3.2-1B", "student") == "meta-llama/Llama-3.2-1B"
+    assert models.resolve_model_path("Qwen2.5-0.5B", "student") == "Qwen/Qwen2.5-0.5B"
+    assert models.resolve_model_path("meta-llama/Llama-3.2-1B", "student") == "meta-llama/Llama-3.2-1B"
 
 
 def test_toy_splits_are_disjoint():
@@ -344,7 +348,7 @@ def test_a_draft_is_decoded_in_context_so_sentencepiece_keeps_its_leading_space(
 def test_full_vocabulary_kl_function_equals_autograd_through_the_formula():
     """The lean anchor (omniopd.FullVocabularyKL, position chunks, recomputed softmax) against torch.distributions."""
     torch.manual_seed(0)
-    positions = omniopd.POSITIONS_AT_ONCE + 37          # more than one chunk per row
+    positions = fastpaths.POSITIONS_AT_ONCE + 37          # more than one chunk per row
     logits = (3 * torch.randn(2, positions + 1, 50)).requires_grad_()
     reference = 3 * torch.randn(2, positions, 50)
     weights = torch.rand(2, positions)                   # a loss that weighs positions differently

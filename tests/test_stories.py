@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import omniopd
+from omniopd_lib import grading
 from toyworld import stories
 
 
@@ -30,7 +31,7 @@ def test_every_solution_adds_up_and_the_splits_are_disjoint():
         assert len(equations) == stories.STEPS, row
         for a, sign, b, result in equations:
             assert int(result) == (int(a) + int(b) if sign == "+" else int(a) - int(b)) >= 0, row
-        assert omniopd.extract_answer(row["answer"]) == equations[-1][3] == str(true_total(row["question"])), row
+        assert grading.extract_answer(row["answer"]) == equations[-1][3] == str(true_total(row["question"])), row
 
 
 def test_one_problem_has_solutions_in_three_styles_and_every_verb_is_a_task():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import omniopd
+from omniopd_lib import teachers
 from toyworld.serve import start_in_thread
 
 PREFIXES = ["Question: Ann has 3 pens.\nAnswer: 3+", "Question: Ben has 9 cats. He loses 2.\nAnswer: "]
@@ -19,7 +20,7 @@ def server(tiny_model_path):
 def openai_teacher(server, monkeypatch, mode, **options):
     monkeypatch.setenv("TOY_TEACHER_KEY", "sk-test-not-a-real-key")
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    return omniopd.OpenAITeacher("toy", url, "TOY_TEACHER_KEY", mode, **options)
+    return teachers.OpenAITeacher("toy", url, "TOY_TEACHER_KEY", mode, **options)
 
 
 @pytest.mark.parametrize("mode", ["completion", "chat"])
@@ -30,7 +31,7 @@ def test_openai_teacher_matches_the_local_model(server, tiny_model_path, monkeyp
     answers = teacher.continuations(PREFIXES, n=2, max_tokens=6)
     local = omniopd.HFTeacher(tiny_model_path, torch.device("cpu"), mode="completion", temperature=0.0)
     expected = local.continuations(PREFIXES, n=1, max_tokens=6)
-    # one rule on both sides (omniopd.teacher_answer): an empty reply that never stopped is a failure, None
+    # one rule on both sides (teachers.teacher_answer): an empty reply that never stopped is a failure, None
     assert answers == [None if e is None else e * 2 for e in expected]
     assert any(row is not None for row in answers)
     assert server.requests_served - served_before == 4
@@ -48,7 +49,7 @@ def test_sampled_continuations_are_text(server, monkeypatch):
 
 def test_unreachable_teacher_is_counted_not_raised(monkeypatch):
     monkeypatch.setenv("TOY_TEACHER_KEY", "sk-test")
-    teacher = omniopd.OpenAITeacher("toy", "http://127.0.0.1:9/v1", "TOY_TEACHER_KEY", "completion",
+    teacher = teachers.OpenAITeacher("toy", "http://127.0.0.1:9/v1", "TOY_TEACHER_KEY", "completion",
                                     timeout=2.0, retries=0)
     assert teacher.continuations(PREFIXES, n=2, max_tokens=4) == [None, None]
     assert teacher.failures == 4
@@ -57,4 +58,4 @@ def test_unreachable_teacher_is_counted_not_raised(monkeypatch):
 def test_missing_key_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     with pytest.raises(omniopd.OmniOPDError, match="NO_SUCH_KEY_VAR"):
-        omniopd.OpenAITeacher("toy", "http://127.0.0.1:9/v1", "NO_SUCH_KEY_VAR")
+        teachers.OpenAITeacher("toy", "http://127.0.0.1:9/v1", "NO_SUCH_KEY_VAR")

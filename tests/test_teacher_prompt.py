@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import omniopd
+from omniopd_lib import teachers
 import toyworld
 from scale.teachers import TeacherPool
 
@@ -32,16 +33,16 @@ def test_a_bad_prompt_file_is_one_line_before_any_model_loads(tmp_path, capsys, 
 
 
 def test_literal_braces_and_the_default_prompts():
-    assert omniopd.teacher_message("{{x}} {prefix}", "abc") == "{x} abc"
-    assert omniopd.teacher_message(PRIVILEGED, "P", {"question": "Q", "answer": None}).startswith("Reference solution: \n")
+    assert teachers.teacher_message("{{x}} {prefix}", "abc") == "{x} abc"
+    assert teachers.teacher_message(PRIVILEGED, "P", {"question": "Q", "answer": None}).startswith("Reference solution: \n")
 
     class Chat:
         mode = "chat"
 
     class Completion:
         mode = "completion"
-    assert omniopd.teacher_template(Chat()) == omniopd.CHAT_CONTINUE_PROMPT
-    assert omniopd.teacher_template(Completion()) == "{prefix}"
+    assert teachers.teacher_template(Chat()) == teachers.CHAT_CONTINUE_PROMPT
+    assert teachers.teacher_template(Completion()) == "{prefix}"
 
 
 def sent_messages(server) -> list[str]:
@@ -83,7 +84,7 @@ def test_the_teacher_pool_renders_the_prompt_and_caches_by_it(serve, tmp_path, m
         pool.continuations(["same prefix", "same prefix"], n=1, max_tokens=8, draw="d", rows=rows)
         bodies = list(server.bodies)[before:]
         sent = [b["messages"][0]["content"] if mode == "chat" else b["prompt"] for b in bodies]
-        assert sorted(sent) == sorted(omniopd.teacher_message(PRIVILEGED, "same prefix", r) for r in rows)
+        assert sorted(sent) == sorted(teachers.teacher_message(PRIVILEGED, "same prefix", r) for r in rows)
         assert pool.calls == 2 and len(pool.cache) == 2
 
 
@@ -93,6 +94,6 @@ def test_a_local_teacher_continues_the_rendered_text(tiny_model_path):
     teacher = omniopd.HFTeacher(tiny_model_path, torch.device("cpu"), "completion", temperature=0.0)
     row = toyworld.make_problems(1, "train", 3)[0]
     prefix = omniopd.PLAIN_TEMPLATE.format(question=row["question"])
-    plain = teacher.continuations([omniopd.teacher_message("Hint: {answer}\n{prefix}", prefix, row)], 1, 8)
+    plain = teacher.continuations([teachers.teacher_message("Hint: {answer}\n{prefix}", prefix, row)], 1, 8)
     teacher.prompt = "Hint: {answer}\n{prefix}"
     assert teacher.continuations([prefix], 1, 8, rows=[row]) == plain

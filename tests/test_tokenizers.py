@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import omniopd
+from omniopd_lib import grading
 
 CPU = torch.device("cpu")
 TEMPLATE = omniopd.Config.prompt_template
@@ -28,7 +29,8 @@ def fixed_rollout(tokenizer, questions, responses, monkeypatch=None):
     width = max(len(r) for r in responses)
     padded = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in responses])
     if monkeypatch:
-        monkeypatch.setattr(omniopd, "generate", lambda *args, **kwargs: padded)
+        for module in (omniopd, grading):   # sampling (omniopd.sample_rollouts) and evaluation (grading.evaluate)
+            monkeypatch.setattr(module, "generate", lambda *args, **kwargs: padded)
     return prompts, padded
 
 
@@ -98,7 +100,7 @@ def test_chat_prompts_use_the_students_template_and_the_teacher_sees_plain_text(
 
 
 def test_a_chat_formatted_student_trains_end_to_end(qwen_like_path, tmp_path):
-    cfg = omniopd.Config(student=qwen_like_path, teacher=qwen_like_path, prompt_template="chat",
+    cfg = omniopd.Config(student=qwen_like_path, teacher=qwen_like_path, data="toy", prompt_template="chat",
                          system_prompt="Answer briefly.", steps=1, batch_size=2, eval_size=4, max_new_tokens=12,
                          chunk_len=4, num_drafts=2, teacher_samples=2, similarity="lexical", entropy_threshold=0.0,
                          out=str(tmp_path / "run")).resolved()

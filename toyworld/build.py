@@ -16,7 +16,7 @@ import time
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-import codetask
+from omniopd_lib import codetask
 import omniopd
 import toyworld
 from toyworld import code, stories

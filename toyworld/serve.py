@@ -9,7 +9,7 @@ toy teacher as a black box over real HTTP: the tests and benchmarks use it on
 127.0.0.1. For real models, serve with vLLM or SGLang instead.
 
 The toy teacher has no chat template, so for chat requests the server stands in
-for an instruction-following model: it recognises omniopd.CHAT_CONTINUE_PROMPT
+for an instruction-following model: it recognises teachers.CHAT_CONTINUE_PROMPT
 and continues the prefix inside it; models with a chat template get the messages
 through that template.
 
@@ -35,8 +35,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import torch
 
 import omniopd
+from omniopd_lib import teachers
 
-CHAT_HEAD = omniopd.CHAT_CONTINUE_PROMPT.split("{prefix}")[0]
+CHAT_HEAD = teachers.CHAT_CONTINUE_PROMPT.split("{prefix}")[0]
 FAULT_KINDS = ("429", "500", "timeout", "malformed", "empty", "refusal")
 # answers as reasoning models give them, on request only: a closed think block before the text, or thinking
 # cut off by max_tokens

@@ -27,16 +27,17 @@
 # tokens; `teacher_rollouts` then cuts each text to L tokens of the student's tokenizer, so
 # a draft and a teacher rollout have the same length in the same units. An empty reply
 # that the teacher ended on purpose is the text `""` (a vote for stopping here); one cut at
-# the token limit is a failure (`omniopd.teacher_answer`).
+# the token limit is a failure (`teachers.teacher_answer`).
 
 # %%
 from helpers import show
 import omniopd
+from omniopd_lib import teachers
 
-print(omniopd.CHAT_CONTINUE_PROMPT)
+print(teachers.CHAT_CONTINUE_PROMPT)
 show(omniopd.teacher_rollouts)
 show(omniopd.HFTeacher.continuations)
-show(omniopd.OpenAITeacher.one_continuation)
+show(teachers.OpenAITeacher.one_continuation)
 
 # %% [markdown]
 # ## Worked example: a local teacher, then the same teacher over HTTP
@@ -56,12 +57,12 @@ server = start_in_thread("toy")                     # a real OpenAI-compatible s
 url = f"http://127.0.0.1:{server.server_address[1]}/v1"
 os.environ["TUTORIAL_KEY"] = "not-a-secret"
 for mode in ("completion", "chat"):
-    remote = omniopd.OpenAITeacher("toy", url, "TUTORIAL_KEY", mode=mode, temperature=0.0)
+    remote = teachers.OpenAITeacher("toy", url, "TUTORIAL_KEY", mode=mode, temperature=0.0)
     answer = remote.continuations([prefix], n=2, max_tokens=16)
     print(f"HTTP, {mode + ':':<12}", answer)
     assert answer == [local.continuations([prefix], n=1, max_tokens=16)[0] * 2]
 torch.manual_seed(0)
-sampled = omniopd.OpenAITeacher("toy", url, "TUTORIAL_KEY", mode="completion", temperature=1.0)
+sampled = teachers.OpenAITeacher("toy", url, "TUTORIAL_KEY", mode="completion", temperature=1.0)
 print("HTTP, sampled M=4:  ", sampled.continuations([prefix], n=4, max_tokens=16))
 print("requests served:", server.requests_served)
 server.shutdown()

