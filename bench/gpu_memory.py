@@ -33,6 +33,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import omniopd  # noqa: E402
+from omniopd_lib import models  # noqa: E402
 from omniopd_lib import teachers  # noqa: E402
 import toyworld  # noqa: E402
 from speed import PeakMemory  # noqa: E402  (bench/ is on the path: this script's folder)
@@ -90,8 +91,8 @@ def one_run(args) -> dict:
     # a slow path: 26 s against 0.66 s for the whole tensor, measured on the teacher's head; so fp32 there
     reference_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     reference = qwen_like(896, args.student_layers, 14, 2, 4864, reference_dtype, True, device).requires_grad_(False)
-    omniopd.fp32_output_head(student)                                                         # as omniopd.setup
-    omniopd.fp32_output_head(reference)
+    models.fp32_output_head(student)                                                         # as omniopd.setup
+    models.fp32_output_head(reference)
     if args.teacher == "served":
         from toyworld.serve import start_in_thread
         server = start_in_thread("echo")

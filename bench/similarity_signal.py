@@ -24,6 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from omniopd_lib import codetask  # noqa: E402
 import omniopd  # noqa: E402
+from omniopd_lib import data  # noqa: E402
+from omniopd_lib import models  # noqa: E402
 import toyworld  # noqa: E402
 
 
@@ -64,9 +66,9 @@ def main():
     torch.manual_seed(args.seed)
     cfg = omniopd.Config(**toyworld.world_options(args.world)).resolved()
     device = torch.device("cpu")
-    student, tokenizer = omniopd.load_model(args.world, "student", device)
+    student, tokenizer = models.load_model(args.world, "student", device)
     teacher = omniopd.HFTeacher(args.world, device)
-    rows = omniopd.load_rows(args.world, "train", args.seed + 500, args.prompts, task=cfg.task)
+    rows = data.load_rows(args.world, "train", args.seed + 500, args.prompts, task=cfg.task)
     rollout = omniopd.sample_rollouts(student, tokenizer, [r["question"] for r in rows], cfg)
     with torch.no_grad():
         logits = omniopd.response_logits(student, rollout)

@@ -32,6 +32,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import omniopd  # noqa: E402
+from omniopd_lib import data  # noqa: E402
+from omniopd_lib import models  # noqa: E402
 import toyworld  # noqa: E402
 
 LINES = []
@@ -188,7 +190,7 @@ def toy_run(device, **options):
     cfg = omniopd.Config(similarity="embed", eval_size=0, out="/tmp/omniopd-speed", device=device.type,
                          **{**toyworld.world_options("toy"), **options}).resolved()
     run = omniopd.setup(cfg)
-    rows = omniopd.load_rows("toy", "train", 0)
+    rows = data.load_rows("toy", "train", 0)
     return run, rows, cfg
 
 
@@ -258,8 +260,8 @@ def against_trl(args, device):
     batch_size, length = 16, 48
     run, rows, cfg = toy_run(device, method="opd", batch_size=batch_size, max_new_tokens=length)
     ours = step_seconds(run, rows, cfg, args.repeats)
-    student, tokenizer = omniopd.load_model("toy", "student", device)
-    teacher, _ = omniopd.load_model("toy", "teacher", device)
+    student, tokenizer = models.load_model("toy", "student", device)
+    teacher, _ = models.load_model("toy", "teacher", device)
     tokenizer.chat_template = CHAT   # the toy tokenizer has none; this one writes our plain prompt
     messages = [[{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}]
                 for r in rows[:256]]
@@ -272,7 +274,7 @@ def against_trl(args, device):
     rows_trl = {"TRL GKDTrainer": timed(trl_step_function(trainer), args.repeats)}
     try:
         from trl import DistillationConfig, DistillationTrainer
-        student, _ = omniopd.load_model("toy", "student", device)
+        student, _ = models.load_model("toy", "student", device)
         distill = DistillationTrainer(   # always on-policy; beta 1 is reverse KL; reads prompts only
             model=student, teacher_model=teacher, processing_class=tokenizer,
             train_dataset=Dataset.from_dict({"prompt": [m[:1] for m in messages]}),

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import omniopd  # noqa: E402
+from omniopd_lib import models  # noqa: E402
 from toyworld import stories  # noqa: E402
 
 DECIDING = {"Ġadd", "Ġtake", "Ġmore", "Ġfewer"}   # the first word that says which operation
@@ -58,7 +59,7 @@ def main():
     parser.add_argument("model")
     parser.add_argument("--rows", type=int, default=200)
     args = parser.parse_args()
-    model, tokenizer = omniopd.load_model(args.model, "student", torch.device("cpu"))
+    model, tokenizer = models.load_model(args.model, "student", torch.device("cpu"))
     found = decisions(model.eval(), tokenizer, stories.make_problems(args.rows, "test", 0))
     print(f"{args.model}: {len(found)} decisions on {args.rows} held-out problems\n")
     print("| verb rank | decisions | P(right) | entropy (nats) | uncertain (0.1 < P < 0.9) |")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from omniopd_lib.common import OmniOPDError, rng_state
+from omniopd_lib.common import OmniOPDError, load_plain_state, rng_state, set_rng_state
 from omniopd_lib.tracking import TEACHER_COUNTERS
 
 
@@ -57,3 +57,29 @@ def check_resumable(saved: dict, cfg) -> None:
     if changed:
         print("note: resumed with new settings: " + ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in changed),
               file=sys.stderr)
+
+
+def resume_state(cfg):
+    """--resume's trainer state (None without --resume), checked before anything loads: a checkpoint folder, a
+    plain state, and settings that may change on resume."""
+    if not cfg.resume:
+        return None
+    if not (Path(cfg.resume) / "trainer_state.pt").is_file():
+        raise OmniOPDError(f"--resume {cfg.resume}: not a checkpoint folder (no trainer_state.pt); "
+                           f"checkpoints are <out>/checkpoints/step-N")
+    state = load_plain_state(Path(cfg.resume) / "trainer_state.pt")
+    check_resumable(state.get("config", {}), cfg)
+    return state
+
+
+def restore(run, state: dict, cfg) -> None:
+    """A run where the checkpoint left it: AdamW's moments (with the new rate and decay), the step, every random
+    stream, the teacher's counters."""
+    run.optimizer.load_state_dict(state["optimizer"])
+    for group in run.optimizer.param_groups:   # the saved groups carry the old run's settings
+        group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run.step = state["step"]
+    set_rng_state(state["rng"])
+    if run.teacher is not None:
+        for counter, value in state.get("teacher", {}).items():
+            setattr(run.teacher, counter, value)

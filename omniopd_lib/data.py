@@ -3,6 +3,7 @@ folders, Parquet, JSON, CSV), the offline worlds, reasoning-gym, and code proble
 --data source implies."""
 
 import json
+import sys
 from pathlib import Path
 
 import toyworld
@@ -169,3 +170,19 @@ def held_out_source(data: str, task: str) -> str:
         return ""
     parts = data.split(":")
     return ":".join(parts[:-1] + ["test"]) if len(parts) > 1 else data
+
+
+def load_data(cfg) -> tuple[list[dict], list[dict]]:
+    """Training rows and held-out rows; held-out problems that also appear in training are left out (unless
+    nothing trains: --steps 0 evaluates on every problem named)."""
+    train_rows = load_rows(cfg.data, "train", cfg.seed, 0, cfg.question_field, cfg.answer_field, cfg.task)
+    eval_rows = load_rows(cfg.eval_data, "test", 0, cfg.eval_size, cfg.question_field, cfg.answer_field, cfg.task)
+    seen = {r["question"] for r in train_rows}
+    if cfg.steps > 0 and any(r["question"] in seen for r in eval_rows):
+        print(f"note: {sum(r['question'] in seen for r in eval_rows)} evaluation problems also appear in the "
+              f"training data; they are left out of the evaluation", file=sys.stderr)
+        eval_rows = [r for r in eval_rows if r["question"] not in seen]
+        if not eval_rows:   # e.g. --task code with one file for both: there is nothing left to evaluate on
+            raise OmniOPDError(f"every evaluation problem of {cfg.eval_data} also appears in the training data "
+                               f"({cfg.data}); name held-out problems with --eval-data")
+    return train_rows, eval_rows

@@ -142,3 +142,26 @@ def save_merged(run, folder: Path) -> Path:
     merged.save_pretrained(folder)
     run.tokenizer.save_pretrained(folder)
     return folder
+
+
+def load_student(cfg, device):
+    """The student π_θ and its tokenizer: from --resume's checkpoint (a LoRA checkpoint holds the adapter only, so
+    its base comes from --student), with the fp32 LM head, gradient checkpointing if asked, and the LoRA adapter.
+    Returns (student, tokenizer, lora); lora is the PEFT model around the student, or None."""
+    student, tokenizer = load_model(cfg.student if cfg.lora_rank else (cfg.resume or cfg.student), "student", device)
+    fp32_output_head(student)
+    if cfg.gradient_checkpointing:  # drafts are scored with their whole prefix: F·K long sequences with grad
+        getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
+    lora = add_lora(student, cfg) if cfg.lora_rank else None
+    return student, tokenizer, lora
+
+
+def load_reference(cfg, lora, device):
+    """π_ref, frozen at the starting weights: the student with its adapter switched off under LoRA, else a second
+    copy of --student; None when the anchor is off (β = 0)."""
+    if cfg.kl_beta <= 0:
+        return None
+    if lora is not None:
+        return AdapterOff(lora)
+    reference, _ = load_model(cfg.student, "student", device)
+    return fp32_output_head(reference.eval().requires_grad_(False))

@@ -201,3 +201,13 @@ def first_tokens(text: str, tokenizer, count: int) -> str:
     text = text[:count * CHARACTERS_PER_TOKEN_AT_MOST]
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return text if len(ids) <= count else tokenizer.decode(ids[:count])
+
+
+def ready_teacher(teacher, cfg, tokenizer):
+    """The teacher with its --teacher-prompt, and for a local one whether it shares the student's tokenizer (then
+    it writes L tokens, and token-level OPD can read its logits)."""
+    if teacher is not None and cfg.teacher_prompt:
+        teacher.prompt = read_teacher_prompt(cfg.teacher_prompt)
+    if isinstance(teacher, HFTeacher):
+        teacher.shares_tokenizer = teacher.tokenizer.get_vocab() == tokenizer.get_vocab()
+    return teacher

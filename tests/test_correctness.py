@@ -10,6 +10,7 @@ import torch
 
 from omniopd_lib import codetask
 import omniopd
+from omniopd_lib import models
 from omniopd_lib import fastpaths
 from omniopd_lib import grading
 from conftest import ROOT
@@ -233,4 +234,4 @@ def test_the_headline_command_offline_fails_in_one_line_naming_what_it_fetched(t
     assert run.returncode == 2 and len(errors) == 1, run.stderr[-2000:]
     assert "openai/gsm8k" in errors[0] and "--data DIR" in errors[0] and "Traceback" not in run.stderr
     with pytest.raises(omniopd.OmniOPDError, match=r"Qwen/Qwen2.5-0.5B from the Hugging Face Hub.*--student DIR"):
-        omniopd.load_model("Qwen2.5-0.5B", "student", torch.device("cpu"))
+        models.load_model("Qwen2.5-0.5B", "student", torch.device("cpu"))

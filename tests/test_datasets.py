@@ -8,6 +8,7 @@ import datasets
 import pytest
 
 import omniopd
+from omniopd_lib import data
 from omniopd_lib import grading
 import toyworld
 
@@ -43,9 +44,9 @@ def gsm8k_like(tmp_path_factory):
 
 def test_a_hub_layout_folder_by_config_and_split(gsm8k_like):
     expected = toyworld.make_problems(6, "train", 0)
-    assert omniopd.load_rows(f"{gsm8k_like}:main:train", "test", 0) == expected      # the named split wins
-    assert omniopd.load_rows(f"{gsm8k_like}:main:test", "train", 0) == toyworld.make_problems(6, "test", 1)
-    socratic = omniopd.load_rows(f"{gsm8k_like}:socratic:train", "train", 0, size=2)
+    assert data.load_rows(f"{gsm8k_like}:main:train", "test", 0) == expected      # the named split wins
+    assert data.load_rows(f"{gsm8k_like}:main:test", "train", 0) == toyworld.make_problems(6, "test", 1)
+    socratic = data.load_rows(f"{gsm8k_like}:socratic:train", "train", 0, size=2)
     assert len(socratic) == 2 and socratic[0]["answer"].startswith("Socratic: ")
 
 
@@ -56,7 +57,7 @@ def test_a_hub_layout_folder_by_config_and_split(gsm8k_like):
 ])
 def test_bad_names_are_one_line(gsm8k_like, spec, says):
     with pytest.raises(omniopd.OmniOPDError) as caught:
-        omniopd.load_rows(f"{gsm8k_like}{spec}", "train", 0)
+        data.load_rows(f"{gsm8k_like}{spec}", "train", 0)
     message = str(caught.value)
     assert says in message and "\n" not in message, message
 
@@ -69,11 +70,11 @@ def test_math500_like_fields_and_bare_gold_answers(tmp_path):
     records = [{"problem": "Halve 1.", "solution": "Half of 1 is $\\boxed{\\frac{1}{2}}$.", "answer": "\\frac{1}{2}"},
                {"problem": "What is 6 times 7?", "solution": "$6 \\cdot 7 = \\boxed{42}$", "answer": "42"}]
     (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    rows = omniopd.load_rows(f"{folder}:test", "train", 0)
+    rows = data.load_rows(f"{folder}:test", "train", 0)
     assert rows == [{"question": r["problem"], "answer": r["answer"]} for r in records]
     assert grading.answers_match(grading.extract_answer("so it is \\boxed{0.5}"), grading.gold_answer(rows[0]["answer"]))
     assert not grading.answers_match(grading.extract_answer("so it is \\boxed{2}"), grading.gold_answer(rows[0]["answer"]))
-    by_solution = omniopd.load_rows(f"{folder}:test", "train", 0, answer_field="solution")
+    by_solution = data.load_rows(f"{folder}:test", "train", 0, answer_field="solution")
     assert grading.gold_answer(by_solution[1]["answer"]) == "42"
 
 
@@ -82,39 +83,39 @@ def test_save_to_disk_files_and_fields(tmp_path):
     dict_folder = tmp_path / "saved"
     datasets.DatasetDict({"train": datasets.Dataset.from_list(rows),
                           "test": datasets.Dataset.from_list(rows[:1])}).save_to_disk(str(dict_folder))
-    assert omniopd.load_rows(str(dict_folder), "train", 0) == rows
-    assert omniopd.load_rows(str(dict_folder), "test", 0) == rows[:1]
+    assert data.load_rows(str(dict_folder), "train", 0) == rows
+    assert data.load_rows(str(dict_folder), "test", 0) == rows[:1]
     with pytest.raises(omniopd.OmniOPDError, match="no split 'validation'; it has train, test"):
-        omniopd.load_rows(f"{dict_folder}:validation", "train", 0)
+        data.load_rows(f"{dict_folder}:validation", "train", 0)
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "rows.parquet"))
     datasets.Dataset.from_list(rows).to_csv(str(tmp_path / "rows.csv"), index=False)
     (tmp_path / "rows.json").write_text(json.dumps(rows))
     for name in ("rows.parquet", "rows.csv", "rows.json"):
-        assert omniopd.load_rows(str(tmp_path / name), "train", 0) == rows, name
+        assert data.load_rows(str(tmp_path / name), "train", 0) == rows, name
     # other field names, given by flag; and TRL's conversational rows
     renamed = [{"q": r["question"], "gold": r["answer"]} for r in rows]
     datasets.Dataset.from_list(renamed).to_parquet(str(tmp_path / "renamed.parquet"))
-    assert omniopd.load_rows(str(tmp_path / "renamed.parquet"), "train", 0, question_field="q",
+    assert data.load_rows(str(tmp_path / "renamed.parquet"), "train", 0, question_field="q",
                              answer_field="gold") == rows
     chats = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": r["question"]},
                            {"role": "assistant", "content": r["answer"]}]} for r in rows]
     datasets.Dataset.from_list(chats).to_parquet(str(tmp_path / "chats.parquet"))
-    assert omniopd.load_rows(str(tmp_path / "chats.parquet"), "train", 0) == rows
+    assert data.load_rows(str(tmp_path / "chats.parquet"), "train", 0) == rows
 
 
 def test_missing_field_empty_split_and_unknown_dataset_are_one_line(tmp_path):
     datasets.Dataset.from_list([{"text": "no question here"}]).to_parquet(str(tmp_path / "plain.parquet"))
     with pytest.raises(omniopd.OmniOPDError, match=r"row 1: missing field 'question' \(or problem, prompt, messages\)"):
-        omniopd.load_rows(str(tmp_path / "plain.parquet"), "train", 0)
+        data.load_rows(str(tmp_path / "plain.parquet"), "train", 0)
     with pytest.raises(omniopd.OmniOPDError, match="row 1: missing field 'text2'"):
-        omniopd.load_rows(str(tmp_path / "plain.parquet"), "train", 0, question_field="text2")
+        data.load_rows(str(tmp_path / "plain.parquet"), "train", 0, question_field="text2")
     datasets.Dataset.from_dict({"question": [], "answer": []}).to_parquet(str(tmp_path / "empty.parquet"))
     with pytest.raises(omniopd.OmniOPDError, match="no rows"):
-        omniopd.load_rows(str(tmp_path / "empty.parquet"), "train", 0)
+        data.load_rows(str(tmp_path / "empty.parquet"), "train", 0)
     with pytest.raises(omniopd.OmniOPDError, match="data file not found"):
-        omniopd.load_rows(str(tmp_path / "absent.parquet"), "train", 0)
+        data.load_rows(str(tmp_path / "absent.parquet"), "train", 0)
     with pytest.raises(omniopd.OmniOPDError) as caught:   # no Hub here: the library's reason, in one line
-        omniopd.load_rows("no-such-owner/no-such-dataset:train", "train", 0)
+        data.load_rows("no-such-owner/no-such-dataset:train", "train", 0)
     assert str(caught.value).startswith("cannot fetch dataset no-such-owner/no-such-dataset (config None, split "
                                         "train) from the Hugging Face Hub")
     assert "\n" not in str(caught.value)

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import omniopd
+from omniopd_lib import data
+from omniopd_lib import models
 import toyworld
 
 SMALL = dict(batch_size=4, similarity="lexical", eval_size=4, eval_teacher=False, **toyworld.world_options("toy"))
@@ -18,7 +20,7 @@ def lora_cfg(tmp_path, name, **options):
 
 
 def one_step(run, cfg, step=0):
-    rows = omniopd.batch_rows(omniopd.load_rows("toy", "train", cfg.seed), step, cfg)
+    rows = omniopd.batch_rows(data.load_rows("toy", "train", cfg.seed), step, cfg)
     batch = omniopd.omniopd_collect(run, rows, cfg)
     loss, metrics = omniopd.omniopd_loss(run, batch, cfg)
     return loss, metrics
@@ -27,7 +29,7 @@ def one_step(run, cfg, step=0):
 def test_gradients_reach_only_the_adapter_and_the_reference_is_the_base(tmp_path):
     cfg = lora_cfg(tmp_path, "grads", lr=1e-2)
     run = omniopd.setup(cfg)
-    base, _ = omniopd.load_model("toy", "student", torch.device("cpu"))
+    base, _ = models.load_model("toy", "student", torch.device("cpu"))
     assert list(run.reference.parameters()) == []            # the reference is no second model
     names = {id(p): n for n, p in run.student.named_parameters()}
     trainable = [names[id(p)] for group in run.optimizer.param_groups for p in group["params"]]
@@ -82,14 +84,14 @@ def test_merge_lora_exports_a_plain_model_with_the_adapters_logits(tmp_path):
     cfg = lora_cfg(tmp_path, "merge", steps=2, lr=1e-2, merge_lora=True)
     summary = omniopd.train(cfg)
     from peft import PeftModel
-    base, _ = omniopd.load_model("toy", "student", torch.device("cpu"))
+    base, _ = models.load_model("toy", "student", torch.device("cpu"))
     adapted = PeftModel.from_pretrained(base, summary["checkpoint"])
-    merged, _ = omniopd.load_model(summary["merged"], "student", torch.device("cpu"))   # no PEFT needed
+    merged, _ = models.load_model(summary["merged"], "student", torch.device("cpu"))   # no PEFT needed
     assert not any("lora" in n for n, _ in merged.named_parameters())
     ids = torch.tensor([[5, 40, 41, 42, 43, 44, 45]])
     with torch.no_grad():
         assert torch.allclose(merged(input_ids=ids).logits, adapted(input_ids=ids).logits, atol=1e-5)
-        fresh, _ = omniopd.load_model("toy", "student", torch.device("cpu"))
+        fresh, _ = models.load_model("toy", "student", torch.device("cpu"))
         assert not torch.allclose(merged(input_ids=ids).logits, fresh(input_ids=ids).logits, atol=1e-4)
 
 

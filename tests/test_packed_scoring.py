@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import omniopd
+from omniopd_lib import data
+from omniopd_lib import models
 from omniopd_lib import fastpaths
 
 TOLERANCE = 1e-5
@@ -17,7 +19,7 @@ def collected(student, teacher, seed=1, **options):
     cfg = omniopd.Config(student=student, teacher=teacher, batch_size=6, seed=seed, similarity="lexical",
                          entropy_threshold=0.0, max_new_tokens=24, chunk_len=6, **options).resolved()
     run = omniopd.setup(cfg)
-    rows = omniopd.batch_rows(omniopd.load_rows("toy", "train", seed), 0, cfg)
+    rows = omniopd.batch_rows(data.load_rows("toy", "train", seed), 0, cfg)
     batch = omniopd.omniopd_collect(run, rows, cfg)
     assert batch.num_forks >= 3
     return run, batch, cfg
@@ -102,7 +104,7 @@ def test_n_samples_of_a_prompt_share_one_prefill_and_equal_num_return_sequences(
     those of transformers' own num_return_sequences = n (which runs each prompt n times), drawn from the same
     random stream, with left padding in the batch."""
     from transformers import GenerationConfig
-    model, tokenizer = omniopd.load_model(qwen_like_path, "student", torch.device("cpu"))
+    model, tokenizer = models.load_model(qwen_like_path, "student", torch.device("cpu"))
     prompts = omniopd.encode_prompts(tokenizer, ["Ann has 3 pens.", "Ben has 12 cats and 4 dogs. How many?"],
                                      omniopd.Config.prompt_template, torch.device("cpu"))
     rows_seen = []

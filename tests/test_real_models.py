@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import omniopd
+from omniopd_lib import models
 import toyworld
 from conftest import ROOT
 
@@ -35,7 +36,7 @@ def smollm2():
 def smollm2_variant(smollm2, tmp_path_factory):
     """SmolLM2 with 2 % noise on every weight: a teacher with the student's tokenizer and other logits, for OPD
     (with the student as its own teacher OPD's advantage is exactly 0)."""
-    model, tokenizer = omniopd.load_model(smollm2, "teacher", torch.device("cpu"))
+    model, tokenizer = models.load_model(smollm2, "teacher", torch.device("cpu"))
     torch.manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
@@ -68,7 +69,7 @@ def steps_of(out):
 
 
 def test_smollm2_is_a_real_instruct_model_and_its_folder_reloads(smollm2):
-    model, tokenizer = omniopd.load_model(smollm2, "student", torch.device("cpu"))
+    model, tokenizer = models.load_model(smollm2, "student", torch.device("cpu"))
     assert tokenizer.convert_ids_to_tokens(0) == "<|endoftext|>" and tokenizer.pad_token_id == tokenizer.eos_token_id
     assert tokenizer.chat_template and len(tokenizer) == 49152
     prompt = omniopd.encode_prompts(tokenizer, ["What is 2+3?"], omniopd.Config.prompt_template, model.device)

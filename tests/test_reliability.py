@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import omniopd
+from omniopd_lib import models
 from omniopd_lib import data
 from conftest import ROOT
 from toyworld.serve import FaultPlan, start_in_thread
@@ -208,7 +209,7 @@ def test_non_finite_losses_are_skipped_and_three_in_a_row_stop_the_run(tmp_path,
     assert "not finite 3 steps in a row" in line and "step-000002" in line
     assert [m.get("loss/nonfinite_skipped", 0) for m in metrics_of(out)] == [0, 0, 1, 1, 1]
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-000001", "step-000002"]
-    saved, _ = omniopd.load_model(str(out / "checkpoints/step-000002"), "student", torch.device("cpu"))
+    saved, _ = models.load_model(str(out / "checkpoints/step-000002"), "student", torch.device("cpu"))
     assert all(torch.isfinite(p).all() for p in saved.parameters())
 
 

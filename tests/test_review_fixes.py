@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 
 import omniopd
+from omniopd_lib import data
+from omniopd_lib import models
 from omniopd_lib import teachers
 import toyworld
 from conftest import ROOT
@@ -56,7 +58,7 @@ def test_scale_exchanges_go_through_when_the_default_group_refuses_cpu_tensors(s
 # 2. sampling settings of the checkpoint ---------------------------------------
 
 def test_greedy_is_greedy_whatever_the_checkpoint_generation_config_says(qwen_like_path):
-    model, tokenizer = omniopd.load_model(qwen_like_path, "student", CPU)
+    model, tokenizer = models.load_model(qwen_like_path, "student", CPU)
     assert model.generation_config.top_k == 20 and model.generation_config.do_sample   # Instruct defaults
     prompts = omniopd.encode_prompts(tokenizer, ["Ann has 3 pens.", "Ben has 12 cats. How many?"], TEMPLATE, CPU)
     outputs = []
@@ -73,7 +75,7 @@ def test_greedy_is_greedy_whatever_the_checkpoint_generation_config_says(qwen_li
 def test_samples_come_from_the_plain_softmax_at_temperature(qwen_like_path):
     """4000 first tokens sampled at τ = 0.8 are exactly torch.multinomial(softmax(logits / 0.8)) drawn from the
     same random stream: no top-k, top-p, or repetition penalty (1.05 alone changes 4 of the 4000) came along."""
-    model, tokenizer = omniopd.load_model(qwen_like_path, "student", CPU)
+    model, tokenizer = models.load_model(qwen_like_path, "student", CPU)
     prompt = omniopd.encode_prompts(tokenizer, ["Ann has 3 pens."], TEMPLATE, CPU)
     torch.manual_seed(0)
     sampled = omniopd.generate(model, tokenizer, prompt.input_ids, prompt.attention_mask, 1, 0.8, n=4000)[:, 0]
@@ -88,7 +90,7 @@ def test_samples_come_from_the_plain_softmax_at_temperature(qwen_like_path):
 
 def test_grpo_rewards_a_right_answer_that_generate_padded(qwen_like_path, monkeypatch):
     """In Qwen2.5's vocabulary id 0 is "!": zeroing the tokens after EOS turned '#### 12' into '#### 12!!!'."""
-    model, tokenizer = omniopd.load_model(qwen_like_path, "student", CPU)
+    model, tokenizer = models.load_model(qwen_like_path, "student", CPU)
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     right, wrong = encode("7+5=12.\n#### 12") + [tokenizer.eos_token_id], encode("7+5=13.\n#### 13")
     width = max(len(right), len(wrong)) + 3
@@ -157,7 +159,7 @@ def test_each_step_asks_the_teacher_under_its_own_draw():
     draws = []
     real = run.teacher.continuations
     run.teacher.continuations = lambda prefixes, n, max_tokens, draw, rows=None: draws.append(draw) or real(prefixes, n, max_tokens)
-    rows = omniopd.load_rows("toy", "train", 5, 100)
+    rows = data.load_rows("toy", "train", 5, 100)
     for step in (0, 1):
         run.step = step
         omniopd.omniopd_collect(run, omniopd.batch_rows(rows, step, cfg), cfg)
@@ -257,7 +259,7 @@ def test_reasoning_teachers_get_max_completion_tokens_and_the_effort(serve):
 
 
 def test_students_and_completion_teachers_see_the_bos_their_tokenizer_adds(bos_model_path):
-    model, tokenizer = omniopd.load_model(bos_model_path, "student", CPU)
+    model, tokenizer = models.load_model(bos_model_path, "student", CPU)
     bos = tokenizer.bos_token_id
     torch.manual_seed(0)
     rollout = omniopd.sample_rollouts(model, tokenizer, ["Ann has 3 pens.", "Ben?"], omniopd.Config(max_new_tokens=4))
@@ -291,12 +293,12 @@ def test_a_think_block_is_stripped_and_unfinished_thinking_is_no_answer(serve, k
 
 def test_under_bf16_autocast_the_students_logits_come_from_an_fp32_head(tiny_model_path):
     """bench/bf16_logits.py measured the anchor KL 24 % off with bf16 logits, 7 % with the head in fp32."""
-    model, tokenizer = omniopd.load_model(tiny_model_path, "student", CPU)
+    model, tokenizer = models.load_model(tiny_model_path, "student", CPU)
     ids = torch.tensor([tokenizer("Ann has 3 pens.")["input_ids"]])
     keys = list(model.state_dict())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model(input_ids=ids).logits.dtype == torch.bfloat16        # what autocast does to a plain head
-        omniopd.fp32_output_head(model)
+        models.fp32_output_head(model)
         logits = model(input_ids=ids).logits
         hidden = model.model(input_ids=ids).last_hidden_state
     assert logits.dtype == torch.float32

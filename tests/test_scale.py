@@ -11,6 +11,9 @@ import pytest
 import torch
 
 import omniopd
+from omniopd_lib import common
+from omniopd_lib import data
+from omniopd_lib import models
 import toyworld
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +37,7 @@ def test_two_ranks_equal_one_process_on_a_fixed_batch(tmp_path):
     """Loss and updated weights of one distributed step at world size 2 equal omniopd's one-process step."""
     cfg = omniopd.Config(batch_size=8, seed=3, similarity="lexical", **toyworld.world_options("toy")).resolved()
     run = omniopd.setup(cfg)
-    batch = omniopd.omniopd_collect(run, omniopd.batch_rows(omniopd.load_rows("toy", "train", 3), 0, cfg), cfg)
+    batch = omniopd.omniopd_collect(run, omniopd.batch_rows(data.load_rows("toy", "train", 3), 0, cfg), cfg)
     assert batch.num_forks >= 2
     torch.save(batch, tmp_path / "batch.pt")
     loss, _ = omniopd.omniopd_loss(run, batch, cfg)
@@ -67,8 +70,8 @@ def test_checkpoint_saved_on_two_ranks_loads_on_one_and_continues(tmp_path):
     assert json.loads((checkpoint / "trainer.json").read_text())["world_size"] == 2
     # loaded on one rank with nothing left to train: its export equals the two-rank export
     torchrun(1, ROOT / "scale/train.py", *options, "--steps", "2", "--resume", str(checkpoint), "--out", str(tmp_path / "same"))
-    saved, _ = omniopd.load_model(str(tmp_path / "two/export"), "student", torch.device("cpu"))
-    loaded, _ = omniopd.load_model(str(tmp_path / "same/export"), "student", torch.device("cpu"))
+    saved, _ = models.load_model(str(tmp_path / "two/export"), "student", torch.device("cpu"))
+    loaded, _ = models.load_model(str(tmp_path / "same/export"), "student", torch.device("cpu"))
     assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), loaded.state_dict().values()))
     # and it continues: one more step on one rank
     done = torchrun(1, ROOT / "scale/train.py", *options, "--steps", "3", "--resume", str(checkpoint),
@@ -91,7 +94,23 @@ def test_scale_refuses_a_new_seed_on_resume_and_a_folder_in_use(tmp_path):
     lines = refused("--steps", "2", "--seed", "4", "--resume", str(tmp_path / "run/checkpoints/step-000001"),
                     "--out", str(tmp_path / "resumed"))
     assert lines and "--seed (3 -> 4)" in lines[0], lines
-    held = omniopd.lock_folder(tmp_path / "run")
+    held = common.lock_folder(tmp_path / "run")
     lines = refused("--out", str(tmp_path / "run"))
     held.close()
     assert lines and "another run is writing to" in lines[0], lines
+
+
+def test_scale_stops_when_the_teacher_stops_answering_with_progress_saved(tmp_path):
+    """The stop omniopd.train has (#23: scale/ now shares it): three steps with no usable teacher answer save a
+    checkpoint and end the run in one line."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "OPENAI_API_KEY": "sk-x"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--standalone",
+                           str(ROOT / "scale/train.py"), "--student", "toy", "--data", "toy", "--batch-size", "8",
+                           "--eval-size", "16", "--similarity", "lexical", "--teacher", "openai:toy",
+                           "--teacher-base-url", "http://127.0.0.1:9/v1", "--teacher-retries", "0",
+                           "--teacher-timeout", "2", "--steps", "10", "--out", str(tmp_path / "run")],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode != 0 and lines and "no usable answer 3 steps in a row" in lines[0], done.stderr[-2000:]
+    assert (tmp_path / "run/checkpoints/step-000003/trainer.json").exists()
+    assert [m["step"] for m in metrics(tmp_path / "run") if "loss/total" in m] == [1, 2, 3]

@@ -20,6 +20,7 @@ import torch
 
 from omniopd_lib import codetask
 import omniopd
+from omniopd_lib import data
 from omniopd_lib import common
 from omniopd_lib import teachers
 from conftest import ROOT
@@ -79,7 +80,7 @@ def test_a_checkpoint_holding_a_pickled_object_runs_nothing_on_resume(checkpoint
     # scale/'s per-rank RNG files go through the same reader
     torch.save(RunsCode(marker), tmp_path / "rng-rank0.pt")
     with pytest.raises(omniopd.OmniOPDError, match="not a plain training state"):
-        omniopd.load_plain_state(tmp_path / "rng-rank0.pt")
+        common.load_plain_state(tmp_path / "rng-rank0.pt")
     assert not marker.exists()
 
 
@@ -91,7 +92,7 @@ def test_the_random_state_round_trips_through_a_plain_file(tmp_path):
     torch.save(omniopd.rng_state(), tmp_path / "rng.pt")
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     omniopd.seed_everything(99)
-    omniopd.set_rng_state(omniopd.load_plain_state(tmp_path / "rng.pt"))
+    omniopd.set_rng_state(common.load_plain_state(tmp_path / "rng.pt"))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
@@ -163,7 +164,7 @@ def test_resume_refuses_another_lora_rank(tmp_path):
 def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    held = omniopd.lock_folder(out)   # a run in progress (the lock is the kernel's: any process sees it)
+    held = common.lock_folder(out)   # a run in progress (the lock is the kernel's: any process sees it)
     done = cli(*TOY, "--steps", "1", "--out", str(out))
     lines = error_lines(done.stderr)
     assert done.returncode == 2 and len(lines) == 1 and "another run is writing to" in lines[0]
@@ -354,7 +355,7 @@ def test_deeply_nested_json_is_one_line(tmp_path):
     path.write_text("[" * 200_000 + "]" * 200_000 + "\n")
     for task in ("math", "code"):
         with pytest.raises(omniopd.OmniOPDError, match="deep.jsonl line 1: JSON nested too deeply"):
-            omniopd.load_rows(str(path), "train", 0, task=task)
+            data.load_rows(str(path), "train", 0, task=task)
     nested = json.dumps({"question": "q", "input_output": "[" * 200_000 + "]" * 200_000})
     with pytest.raises(codetask.CodeTaskError, match="not valid JSON"):
         codetask.code_row(json.loads(nested), "row 1")

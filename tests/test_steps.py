@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import omniopd
+from omniopd_lib import data
 from omniopd_lib import fastpaths
 from omniopd_lib import grading
 from omniopd_lib import models
@@ -198,8 +199,8 @@ def test_chunk_kl_gradient_raises_the_preferred_draft():
 # Step 8 ---------------------------------------------------------------------
 
 def test_anchor_is_zero_before_the_first_update_and_exact_after(tiny_model_path):
-    student, tokenizer = omniopd.load_model(tiny_model_path, "student", torch.device("cpu"))
-    reference, _ = omniopd.load_model(tiny_model_path, "student", torch.device("cpu"))
+    student, tokenizer = models.load_model(tiny_model_path, "student", torch.device("cpu"))
+    reference, _ = models.load_model(tiny_model_path, "student", torch.device("cpu"))
     torch.manual_seed(0)
     rollout = omniopd.sample_rollouts(student, tokenizer, ["Ann has 3 pens.", "B"], omniopd.Config(max_new_tokens=10))
     mask, tokens = rollout.response_mask_B_T, rollout.response_ids_B_T
@@ -249,8 +250,8 @@ def test_shipped_toy_models_are_a_strong_teacher_and_a_weak_student():
     import toyworld
     rows = toyworld.make_problems(100, "test", seed=0)
     cfg = omniopd.Config(**toyworld.world_options("toy")).resolved()
-    teacher, tokenizer = omniopd.load_model("toy", "teacher", torch.device("cpu"))
-    student, student_tokenizer = omniopd.load_model("toy", "student", torch.device("cpu"))
+    teacher, tokenizer = models.load_model("toy", "teacher", torch.device("cpu"))
+    student, student_tokenizer = models.load_model("toy", "student", torch.device("cpu"))
     assert tokenizer.get_vocab() == student_tokenizer.get_vocab()
     assert omniopd.evaluate(teacher, tokenizer, rows, cfg)[0] >= 0.9
     assert 0.05 <= omniopd.evaluate(student, student_tokenizer, rows, cfg)[0] <= 0.5
@@ -291,7 +292,7 @@ def test_collect_routes_each_fork_its_teacher_votes(monkeypatch, k):
         teacher.texts = [run.tokenizer.decode(chunks[k], skip_special_tokens=True) for chunks in drafts.chunk_ids]
         return drafts
     monkeypatch.setattr(omniopd, "draft_chunks", drafts_seen_by_teacher)
-    batch = omniopd.omniopd_collect(run, omniopd.batch_rows(omniopd.load_rows("toy", "train", 1), 0, cfg), cfg)
+    batch = omniopd.omniopd_collect(run, omniopd.batch_rows(data.load_rows("toy", "train", 1), 0, cfg), cfg)
     assert batch.num_forks == batch.metrics["forks/count"] >= 4
     for f, chunks in enumerate(batch.drafts.chunk_ids):
         texts = [run.tokenizer.decode(c, skip_special_tokens=True) for c in chunks]
@@ -304,7 +305,7 @@ def test_student_prior_is_the_students_own_draft_distribution():
     cfg = omniopd.Config(batch_size=4, seed=2, similarity="lexical", prior="student", dirichlet_alpha=1e6,
                          **toyworld.world_options("toy")).resolved()
     run = omniopd.setup(cfg)
-    batch = omniopd.omniopd_collect(run, omniopd.batch_rows(omniopd.load_rows("toy", "train", 2), 0, cfg), cfg)
+    batch = omniopd.omniopd_collect(run, omniopd.batch_rows(data.load_rows("toy", "train", 2), 0, cfg), cfg)
     assert batch.num_forks > 0
     with torch.no_grad():
         logprobs, lengths = omniopd.chunk_logprobs(run.student, batch.drafts, run.tokenizer.pad_token_id)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import omniopd
+from omniopd_lib import models
 from omniopd_lib import grading
 from toyworld import stories
 
@@ -45,7 +46,7 @@ def test_one_problem_has_solutions_in_three_styles_and_every_verb_is_a_task():
 
 
 def test_the_shipped_tokenizer_writes_words_and_round_trips():
-    _, tokenizer = omniopd.load_model("stories", "student", torch.device("cpu"))
+    _, tokenizer = models.load_model("stories", "student", torch.device("cpu"))
     row = stories.make_problems(1, "test", 3)[0]
     ids = tokenizer(row["answer"])["input_ids"]
     assert tokenizer.decode(ids) == row["answer"]
@@ -57,7 +58,7 @@ def test_the_shipped_tokenizer_writes_words_and_round_trips():
 
 @pytest.mark.parametrize("role,low,high", [("teacher", 0.95, 1.0), ("student", 0.3, 0.85)])
 def test_the_shipped_models_are_what_their_build_reports_say(role, low, high):
-    model, tokenizer = omniopd.load_model("stories", role, torch.device("cpu"))
+    model, tokenizer = models.load_model("stories", role, torch.device("cpu"))
     report = json.loads((stories.TEACHER_DIR if role == "teacher" else stories.STUDENT_DIR)
                         .joinpath("build_report.json").read_text())
     assert low <= report["test_accuracy"] <= high

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import omniopd
+from omniopd_lib import data
 from omniopd_lib import teachers
 import toyworld
 from scale.teachers import TeacherPool
@@ -61,7 +62,7 @@ def test_each_fork_sends_its_own_rows_question_and_answer(serve, tmp_path, monke
                          teacher_prompt=str(prompt), steps=1, batch_size=4, similarity="lexical", eval_size=2,
                          eval_teacher=False, out=str(tmp_path / "run"), student="toy", data="toy", eval_data="toy").resolved()
     omniopd.train(cfg)
-    answers = {row["question"]: row["answer"] for row in omniopd.load_rows("toy", "train", cfg.seed)}
+    answers = {row["question"]: row["answer"] for row in data.load_rows("toy", "train", cfg.seed)}
     messages = sent_messages(server)
     assert messages
     pattern = re.compile(r"Reference solution: (.*)\nProblem: (.*)\nContinue exactly where this stops:\n(.*)", re.S)

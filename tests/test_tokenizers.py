@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import omniopd
+from omniopd_lib import models
 from omniopd_lib import grading
 
 CPU = torch.device("cpu")
@@ -15,7 +16,7 @@ TEMPLATE = omniopd.Config.prompt_template
 
 @pytest.fixture(scope="module")
 def qwen_like(qwen_like_path):
-    return omniopd.load_model(qwen_like_path, "student", CPU)
+    return models.load_model(qwen_like_path, "student", CPU)
 
 
 def ids_of(tokenizer, text):

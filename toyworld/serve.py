@@ -35,6 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import torch
 
 import omniopd
+from omniopd_lib import models
 from omniopd_lib import teachers
 
 CHAT_HEAD = teachers.CHAT_CONTINUE_PROMPT.split("{prefix}")[0]
@@ -75,7 +76,7 @@ class ModelServer(ThreadingHTTPServer):
         self.bodies = collections.deque(maxlen=1000)   # the latest request bodies, for tests to read
         self.model = self.tokenizer = None
         if model_name != "echo":
-            self.model, self.tokenizer = omniopd.load_model(model_name, "teacher", torch.device(device))
+            self.model, self.tokenizer = models.load_model(model_name, "teacher", torch.device(device))
             self.model.eval()
             self.waiting = queue.Queue()
             threading.Thread(target=self.generate_batches, daemon=True).start()

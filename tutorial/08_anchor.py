@@ -22,6 +22,7 @@
 # %%
 from helpers import show
 import omniopd
+from omniopd_lib import models
 
 show(omniopd.anchor_kl)
 show(omniopd.anchor_term)
@@ -53,13 +54,13 @@ import toyworld
 
 torch.manual_seed(0)
 cfg = omniopd.Config(**toyworld.world_options("toy")).resolved()
-reference, tokenizer = omniopd.load_model("toy", "student", torch.device("cpu"))
+reference, tokenizer = models.load_model("toy", "student", torch.device("cpu"))
 rollout = omniopd.sample_rollouts(reference, tokenizer, [r["question"] for r in toyworld.make_problems(8, "test", 3)], cfg)
 with torch.no_grad():
     reference_logits = omniopd.response_logits(reference, rollout)
 noise = {name: torch.randn_like(p) for name, p in reference.named_parameters()}
 for scale in (0.0, 0.01, 0.03, 0.1):
-    student, _ = omniopd.load_model("toy", "student", torch.device("cpu"))
+    student, _ = models.load_model("toy", "student", torch.device("cpu"))
     with torch.no_grad():
         for name, p in student.named_parameters():
             p.add_(scale * noise[name])

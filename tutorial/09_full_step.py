@@ -16,6 +16,7 @@
 # %%
 from helpers import show
 import omniopd
+from omniopd_lib import models
 
 show(omniopd.omniopd_collect)
 show(omniopd.omniopd_loss)
@@ -29,8 +30,8 @@ import toyworld
 
 device = torch.device("cpu")
 cfg = omniopd.Config(batch_size=4, **toyworld.world_options("toy")).resolved()
-student, tokenizer = omniopd.load_model("toy", "student", device)
-reference, _ = omniopd.load_model("toy", "student", device)
+student, tokenizer = models.load_model("toy", "student", device)
+reference, _ = models.load_model("toy", "student", device)
 teacher = omniopd.HFTeacher("toy", device)
 similarity = omniopd.Similarity("embed")
 rows = toyworld.make_problems(cfg.batch_size, "train", seed=11)

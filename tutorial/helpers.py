@@ -4,6 +4,7 @@ import inspect
 import os
 import sys
 from pathlib import Path
+from omniopd_lib import models
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -33,7 +34,7 @@ def page_one_rollout():
 
     torch.manual_seed(3)
     cfg = omniopd.Config(**toyworld.world_options("toy")).resolved()
-    student, tokenizer = omniopd.load_model("toy", "student", torch.device("cpu"))
+    student, tokenizer = models.load_model("toy", "student", torch.device("cpu"))
     problem = toyworld.make_problems(1, "test", seed=5)[0]
     rollout = omniopd.sample_rollouts(student, tokenizer, [problem["question"]], cfg)
     with torch.no_grad():

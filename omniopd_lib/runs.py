@@ -1,0 +1,111 @@
+"""A run's plumbing, shared by omniopd.py's loop and scale/'s: the run folder (held by one run at a time), the
+rules that stop a run early, what each step adds to its metrics besides the method's own, evaluation records,
+and the summary printed at the end."""
+
+import contextlib
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from omniopd_lib.common import OmniOPDError, lock_folder
+from omniopd_lib.tracking import TEACHER_COUNTERS
+
+
+@contextlib.contextmanager
+def run_folder(cfg):
+    """<out>, created, locked for this run (a second run on it is refused in one line) and holding config.json."""
+    out = Path(cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        held = lock_folder(out)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    except OSError as error:
+        raise OmniOPDError(f"cannot write to output folder {out}: {error.strerror}") from None
+    with contextlib.closing(held):
+        yield out
+
+
+STOP_AFTER = 3  # steps in a row with a non-finite loss, or with no usable teacher answer, stop the run
+
+
+class StopRules:
+    """When a run stops early: STOP_AFTER steps in a row whose loss was not finite (none was applied: it stops,
+    naming the last checkpoint, which holds the last good weights), or in which the teacher gave no usable answer
+    (it saves its progress, then stops). A checkpoint is never saved right after a non-finite step."""
+
+    def __init__(self):
+        self.nonfinite_in_a_row = self.silent_in_a_row = 0
+
+    def count(self, metrics: dict) -> None:
+        """After a step: marks a skipped (non-finite) step in its metrics and counts both kinds of bad step."""
+        if math.isfinite(metrics["loss/total"]):
+            self.nonfinite_in_a_row = 0
+        else:
+            metrics["loss/nonfinite_skipped"] = 1
+            self.nonfinite_in_a_row += 1
+        silent = (metrics.get("forks/count", 0) > 0 and metrics["forks/skipped"] == metrics["forks/count"]
+                  or metrics.get("sft/solutions", 1) == 0)
+        self.silent_in_a_row = self.silent_in_a_row + 1 if silent else 0
+
+    def may_save(self) -> bool:
+        return not self.nonfinite_in_a_row
+
+    def check(self, step: int, metrics: dict, out: Path, save) -> None:
+        """Raise the one-line stop when either count reaches STOP_AFTER; save() writes the progress checkpoint."""
+        if self.nonfinite_in_a_row == STOP_AFTER:
+            last = sorted((out / "checkpoints").glob("step-*"))
+            raise OmniOPDError(f"the loss was not finite {STOP_AFTER} steps in a row (steps {step - 2}-{step}); "
+                               f"none was applied. Stopped; last checkpoint: {last[-1] if last else 'none saved'}")
+        if self.silent_in_a_row == STOP_AFTER:
+            saved = save()
+            raise OmniOPDError(f"the teacher gave no usable answer {STOP_AFTER} steps in a row "
+                               f"({metrics.get('teacher/failures', 0)} failed requests in all): check --teacher and "
+                               f"--teacher-base-url. Stopped; progress saved in {saved}")
+
+
+def step_figures(step: int, started: float, teacher) -> dict:
+    """What every step logs besides the method's metrics and its stages' times: its number, its time, the
+    teacher's meter (a pool's whole meter, else the counters every teacher keeps)."""
+    meter = getattr(teacher, "meter", None)
+    meter = meter() if callable(meter) else {k: getattr(teacher, k, 0) for k in TEACHER_COUNTERS}
+    return {"step": step, "time/step": time.time() - started, **{f"teacher/{k}": v for k, v in meter.items()}}
+
+
+def evaluation_result(records: list[dict], cfg) -> dict:
+    """eval/accuracy (greedy pass@1) and, with --eval-samples n, eval/mean@n, from evaluate()'s records."""
+    result = {"eval/accuracy": sum(r["correct"] for r in records) / max(len(records), 1)}
+    if cfg.eval_samples:
+        result[f"eval/mean@{cfg.eval_samples}"] = sum(r["sampled_correct"] for r in records) / max(len(records), 1)
+    return result
+
+
+def write_records(cfg, tag: str, records: list[dict]) -> None:
+    """Every evaluated problem's output, in the run folder as eval-<tag>.jsonl."""
+    with open(Path(cfg.out) / f"eval-{tag}.jsonl", "w") as handle:
+        handle.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def print_summary(cfg, summary: dict, seconds: float) -> None:
+    """The held-out accuracy before and after training (and the teacher's), and where the run is."""
+    print(f"\nheld-out accuracy ({cfg.eval_data}, {cfg.eval_size or 'all'} problems, greedy pass@1):")
+    if cfg.eval_data.startswith("human-eval") and cfg.eval_data != "human-eval:all":
+        print("  (HumanEval's fixed split: problems 100-163; --eval-data human-eval:all --steps 0 scores all 164)")
+    for when in ("before", "after"):
+        extra = "".join(f", {k.split('/')[1]} {v:.1%}" for k, v in summary[when].items() if k != "eval/accuracy")
+        print(f"  student {when:<7} {summary[when]['eval/accuracy']:.1%}{extra}"
+              + (f"   ({cfg.method}, {cfg.steps} steps)" if when == "after" else ""))
+    if "teacher" in summary:
+        print(f"  teacher         {summary['teacher']:.1%}")
+    print(f"run folder {cfg.out}, checkpoint {summary['checkpoint']}, {seconds:.0f} s")
+
+
+def main_with_errors(run, argv) -> int:
+    """run(argv) -> 0, or 2 with one line on stderr for a problem the user can fix."""
+    try:
+        return run(argv)
+    except OmniOPDError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
