@@ -41,9 +41,7 @@ F forks in the batch, K drafts per fork, M teacher continuations per fork.
 """
 
 import contextlib
-import dataclasses
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -52,19 +50,19 @@ import torch
 import torch.nn.functional as F
 
 from omniopd_lib.checkpoint import restore, resume_state, save_checkpoint
-from omniopd_lib.common import OmniOPDError, StageClock, device_of, rng_state, seed_everything, set_rng_state
+from omniopd_lib.common import OmniOPDError, RunState, device_of, seed_everything
 from omniopd_lib.config import PLAIN_TEMPLATE, RunOptions, offline_if_the_world_is, option, parse_args
-from omniopd_lib.data import load_data
+from omniopd_lib.data import batch_rows, load_data
 from omniopd_lib.fastpaths import (FullVocabularyKL, a_few_positions_at_a_time, packed_rollout_and_drafts,
                                    packed_scoring_applies)
 from omniopd_lib.generation import (cut_at_stop, decode_after, encode_prompts, format_prompts, generate, left_pad,
                                     positions, stop_token_ids)
-from omniopd_lib.grading import evaluate, grade
+from omniopd_lib.grading import grade
 from omniopd_lib.models import load_reference, load_student, save_merged
 from omniopd_lib.similarity import Similarity
 from omniopd_lib.teachers import CHARACTERS_PER_TOKEN_AT_MOST, HFTeacher, first_tokens, make_teacher, ready_teacher
-from omniopd_lib.runs import (StopRules, evaluation_result, main_with_errors, print_summary, run_folder,
-                              step_figures, write_records)
+from omniopd_lib.runs import (StopRules, main_with_errors, print_summary, run_eval, run_folder, step_figures,
+                              teacher_accuracy)
 from omniopd_lib.tracking import MetricsLog, keep_metrics_until
 
 
@@ -677,20 +675,6 @@ METHODS = {"omniopd": (omniopd_collect, omniopd_loss), "opd": (rollout_collect, 
            "sft": (sft_collect, sft_loss), "grpo": (grpo_collect, grpo_loss)}
 
 
-@dataclass
-class RunState:
-    """Everything a step needs: the models, the teacher, the similarity, the optimizer, the step profile."""
-    student: object
-    tokenizer: object
-    reference: object
-    teacher: object
-    similarity: object
-    optimizer: torch.optim.Optimizer
-    step: int = 0
-    clock: "StageClock" = field(default_factory=lambda: StageClock())
-    lora: object = None   # with --lora-rank: the PEFT model around `student` (saves the adapter; switches it off)
-
-
 def update(run, loss, grad_clip) -> float:
     """Step 9: one AdamW step on L with the gradient norm clipped; returns the norm before clipping."""
     run.optimizer.zero_grad(set_to_none=True)
@@ -698,14 +682,6 @@ def update(run, loss, grad_clip) -> float:
     norm = torch.nn.utils.clip_grad_norm_(run.student.parameters(), grad_clip)
     run.optimizer.step()
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # sharded (FSDP) or plain
-
-
-def batch_rows(rows, step, cfg) -> list[dict]:
-    """The rows of a step depend only on (seed, step), so a resumed run sees the same data.
-    GRPO takes batch_size / G prompts and repeats each G times: every method sees batch_size rollouts."""
-    rng = random.Random(f"{cfg.seed}-{step}")
-    group = cfg.group_size if cfg.method == "grpo" else 1
-    return [row for _ in range(max(1, cfg.batch_size // group)) for row in [rows[rng.randrange(len(rows))]] * group]
 
 
 def setup(cfg, teacher=None) -> RunState:
@@ -730,25 +706,6 @@ def setup(cfg, teacher=None) -> RunState:
     if state is not None:
         restore(run, state, cfg)
     return run
-
-
-def run_eval(run, rows, cfg, tag) -> dict:
-    """Evaluate the student and keep every problem's output in the run folder as eval-<tag>.jsonl.
-    Training's random streams are put back afterwards, so evaluating never changes what training samples."""
-    saved = rng_state()
-    _, records = evaluate(run.student, run.tokenizer, rows, cfg, cfg.eval_samples)
-    set_rng_state(saved)
-    write_records(cfg, tag, records)
-    return evaluation_result(records, cfg)
-
-
-def teacher_accuracy(run, rows, cfg) -> dict:
-    """{"teacher": its greedy pass@1} for a local teacher (--eval-teacher), in its chat format only if it has one."""
-    if not (cfg.eval_teacher and isinstance(run.teacher, HFTeacher)):
-        return {}
-    plain = cfg.prompt_template == "chat" and not run.teacher.tokenizer.chat_template
-    teacher_cfg = dataclasses.replace(cfg, prompt_template=PLAIN_TEMPLATE) if plain else cfg
-    return {"teacher": evaluate(run.teacher.model, run.teacher.tokenizer, rows, teacher_cfg)[0]}
 
 
 def train(cfg: Config) -> dict:

@@ -283,7 +283,7 @@ def train_control(world, name, steps, eval_rows, method=None, similarity=None, s
         collect, loss_fn = rejection_sampling_collect, omniopd.sft_loss
         cfg.group_size = 4
         cfg.method = "grpo"    # batch_rows repeats each prompt group_size times
-    before = omniopd.evaluate(run.student, run.tokenizer, eval_rows, cfg, samples=4)[1]
+    before = grading.evaluate(run.student, run.tokenizer, eval_rows, cfg, samples=4)[1]
     logged, started = [], time.time()
     for step in range(steps):
         batch = collect(run, omniopd.batch_rows(rows, step, cfg), cfg)
@@ -294,7 +294,7 @@ def train_control(world, name, steps, eval_rows, method=None, similarity=None, s
             metrics["grpo/groups_with_signal"] = (groups.abs().sum(1) > 0).float().mean().item()
         logged.append(metrics)
         run.step += 1
-    after = omniopd.evaluate(run.student, run.tokenizer, eval_rows, cfg, samples=4)[1]
+    after = grading.evaluate(run.student, run.tokenizer, eval_rows, cfg, samples=4)[1]
     greedy = lambda records: share(r["correct"] for r in records)  # noqa: E731
     sampled = lambda records: statistics.mean(r["sampled_correct"] for r in records)  # noqa: E731
     result = {"name": name, "seed": seed, "greedy_before": greedy(before), "greedy_after": greedy(after),

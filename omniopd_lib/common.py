@@ -4,6 +4,7 @@ the run folder's lock, random state that a checkpoint can hold as plain data, th
 import collections
 import contextlib
 import random
+from dataclasses import dataclass, field
 import re
 import time
 from pathlib import Path
@@ -149,3 +150,17 @@ def device_of(cfg) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
+
+
+@dataclass
+class RunState:
+    """Everything a step needs: the models, the teacher, the similarity, the optimizer, the step profile."""
+    student: object
+    tokenizer: object
+    reference: object
+    teacher: object
+    similarity: object
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    clock: "StageClock" = field(default_factory=lambda: StageClock())
+    lora: object = None   # with --lora-rank: the PEFT model around `student` (saves the adapter; switches it off)

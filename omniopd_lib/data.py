@@ -3,6 +3,7 @@ folders, Parquet, JSON, CSV), the offline worlds, reasoning-gym, and code proble
 --data source implies."""
 
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -186,3 +187,11 @@ def load_data(cfg) -> tuple[list[dict], list[dict]]:
             raise OmniOPDError(f"every evaluation problem of {cfg.eval_data} also appears in the training data "
                                f"({cfg.data}); name held-out problems with --eval-data")
     return train_rows, eval_rows
+
+
+def batch_rows(rows, step, cfg) -> list[dict]:
+    """The rows of a step depend only on (seed, step), so a resumed run sees the same data.
+    GRPO takes batch_size / G prompts and repeats each G times: every method sees batch_size rollouts."""
+    rng = random.Random(f"{cfg.seed}-{step}")
+    group = cfg.group_size if cfg.method == "grpo" else 1
+    return [row for _ in range(max(1, cfg.batch_size // group)) for row in [rows[rng.randrange(len(rows))]] * group]

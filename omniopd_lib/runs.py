@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from omniopd_lib.common import OmniOPDError, lock_folder
+from omniopd_lib.common import OmniOPDError, lock_folder, rng_state, set_rng_state
+from omniopd_lib.config import PLAIN_TEMPLATE
+from omniopd_lib.grading import evaluate
+from omniopd_lib.teachers import HFTeacher
 from omniopd_lib.tracking import TEACHER_COUNTERS
 
 
@@ -109,3 +112,22 @@ def main_with_errors(run, argv) -> int:
     except OmniOPDError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def run_eval(run, rows, cfg, tag) -> dict:
+    """Evaluate the student and keep every problem's output in the run folder as eval-<tag>.jsonl.
+    Training's random streams are put back afterwards, so evaluating never changes what training samples."""
+    saved = rng_state()
+    _, records = evaluate(run.student, run.tokenizer, rows, cfg, cfg.eval_samples)
+    set_rng_state(saved)
+    write_records(cfg, tag, records)
+    return evaluation_result(records, cfg)
+
+
+def teacher_accuracy(run, rows, cfg) -> dict:
+    """{"teacher": its greedy pass@1} for a local teacher (--eval-teacher), in its chat format only if it has one."""
+    if not (cfg.eval_teacher and isinstance(run.teacher, HFTeacher)):
+        return {}
+    plain = cfg.prompt_template == "chat" and not run.teacher.tokenizer.chat_template
+    teacher_cfg = dataclasses.replace(cfg, prompt_template=PLAIN_TEMPLATE) if plain else cfg
+    return {"teacher": evaluate(run.teacher.model, run.teacher.tokenizer, rows, teacher_cfg)[0]}

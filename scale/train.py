@@ -41,6 +41,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import omniopd  # noqa: E402
+from omniopd_lib import grading  # noqa: E402
 import toyworld  # noqa: E402
 from omniopd_lib import checkpoint, common, config  # noqa: E402
 from omniopd_lib.config import option  # noqa: E402
@@ -261,7 +262,7 @@ def save_checkpoint(run, cfg, rank, world) -> Path:
     dist.barrier()
     model_state, optimizer_state = get_state_dict(run.student, run.optimizer)
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(partial))
-    torch.save(omniopd.rng_state(), partial / f"rng-rank{rank}.pt")
+    torch.save(common.rng_state(), partial / f"rng-rank{rank}.pt")
     dist.barrier()
     if rank == 0:
         run.tokenizer.save_pretrained(partial)
@@ -291,7 +292,7 @@ def load_checkpoint(run, cfg, rank, world):
         group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
     run.step = saved["step"]
     if saved["world_size"] == world:
-        omniopd.set_rng_state(common.load_plain_state(path / f"rng-rank{rank}.pt"))
+        common.set_rng_state(common.load_plain_state(path / f"rng-rank{rank}.pt"))
     else:
         omniopd.seed_everything(cfg.seed * 1_000_003 + run.step * 1009 + rank)
         if rank == 0:
@@ -315,10 +316,10 @@ def export(run, cfg, rank) -> Path:
 
 def run_eval(run, rows, cfg, tag, rank, world) -> dict:
     """Each rank evaluates its share with gathered weights; rank 0 writes every record and the accuracy."""
-    saved = omniopd.rng_state()  # as in omniopd.run_eval: evaluating never changes what training samples
+    saved = common.rng_state()  # as in omniopd.run_eval: evaluating never changes what training samples
     with gathered(run.student):
-        _, records = omniopd.evaluate(run.student, run.tokenizer, rows[rank::world], cfg, cfg.eval_samples)
-    omniopd.set_rng_state(saved)
+        _, records = grading.evaluate(run.student, run.tokenizer, rows[rank::world], cfg, cfg.eval_samples)
+    common.set_rng_state(saved)
     everyone = [None] * world
     dist.all_gather_object(everyone, records, group=CONTROL)
     records = [r for rank_records in everyone for r in rank_records]

@@ -10,6 +10,7 @@ import torch
 
 from omniopd_lib import codetask
 import omniopd
+from omniopd_lib import grading
 from omniopd_lib import data
 from omniopd_lib import models
 import toyworld
@@ -58,7 +59,7 @@ def test_the_shipped_models_are_what_their_build_reports_say(role, low, high):
     report = json.loads(toyworld.world_model_dir("code", role).joinpath("build_report.json").read_text())
     assert low <= report["test_accuracy"] <= high
     cfg = omniopd.Config(**toyworld.world_options("code")).resolved()
-    accuracy, records = omniopd.evaluate(model, tokenizer, data.load_rows("code", "test", 0, 48, task="code"), cfg)
+    accuracy, records = grading.evaluate(model, tokenizer, data.load_rows("code", "test", 0, 48, task="code"), cfg)
     assert low - 0.1 <= accuracy <= high, accuracy
     assert all(r["reason"] for r in records)
 
@@ -93,7 +94,7 @@ def test_mean_at_n_checks_every_sampled_program():
     cfg = omniopd.Config(**toyworld.world_options("code")).resolved()
     problems = data.load_rows("code", "test", 0, 6, task="code")
     torch.manual_seed(0)
-    greedy, records = omniopd.evaluate(model, tokenizer, problems, cfg, samples=3)
+    greedy, records = grading.evaluate(model, tokenizer, problems, cfg, samples=3)
     assert all(r["sampled_correct"] in (0.0, 1 / 3, 2 / 3, 1.0) for r in records)
     assert greedy >= 5 / 6 and sum(r["sampled_correct"] for r in records) / len(records) > 0.5   # a 97 % teacher
 

@@ -89,10 +89,10 @@ def test_the_random_state_round_trips_through_a_plain_file(tmp_path):
 
     import numpy as np
     omniopd.seed_everything(3)
-    torch.save(omniopd.rng_state(), tmp_path / "rng.pt")
+    torch.save(common.rng_state(), tmp_path / "rng.pt")
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     omniopd.seed_everything(99)
-    omniopd.set_rng_state(common.load_plain_state(tmp_path / "rng.pt"))
+    common.set_rng_state(common.load_plain_state(tmp_path / "rng.pt"))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 

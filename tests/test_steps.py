@@ -253,8 +253,8 @@ def test_shipped_toy_models_are_a_strong_teacher_and_a_weak_student():
     teacher, tokenizer = models.load_model("toy", "teacher", torch.device("cpu"))
     student, student_tokenizer = models.load_model("toy", "student", torch.device("cpu"))
     assert tokenizer.get_vocab() == student_tokenizer.get_vocab()
-    assert omniopd.evaluate(teacher, tokenizer, rows, cfg)[0] >= 0.9
-    assert 0.05 <= omniopd.evaluate(student, student_tokenizer, rows, cfg)[0] <= 0.5
+    assert grading.evaluate(teacher, tokenizer, rows, cfg)[0] >= 0.9
+    assert 0.05 <= grading.evaluate(student, student_tokenizer, rows, cfg)[0] <= 0.5
 
 
 def test_vote_threshold_lets_unlike_rollouts_abstain():

@@ -63,7 +63,7 @@ def test_the_shipped_models_are_what_their_build_reports_say(role, low, high):
                         .joinpath("build_report.json").read_text())
     assert low <= report["test_accuracy"] <= high
     cfg = omniopd.Config(student="stories").resolved()
-    accuracy, _ = omniopd.evaluate(model, tokenizer, stories.make_problems(48, "test", 0), cfg)
+    accuracy, _ = grading.evaluate(model, tokenizer, stories.make_problems(48, "test", 0), cfg)
     assert low - 0.1 <= accuracy <= high, accuracy
 
 

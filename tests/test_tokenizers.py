@@ -79,7 +79,7 @@ def test_evaluation_reads_the_answer_before_the_padding(qwen_like, monkeypatch):
     fixed_rollout(tokenizer, ["q1", "q2"], [ids_of(tokenizer, "7+5=12.\n#### 12") + [tokenizer.eos_token_id],
                                             ids_of(tokenizer, "#### 13") + [tokenizer.pad_token_id]], monkeypatch)
     rows = [{"question": "q1", "answer": "#### 12"}, {"question": "q2", "answer": "#### 12"}]
-    accuracy, records = omniopd.evaluate(model, tokenizer, rows, omniopd.Config(max_new_tokens=8))
+    accuracy, records = grading.evaluate(model, tokenizer, rows, omniopd.Config(max_new_tokens=8))
     assert [r["output"] for r in records] == ["7+5=12.\n#### 12", "#### 13"] and accuracy == 0.5
 
 

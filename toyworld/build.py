@@ -18,6 +18,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from omniopd_lib import codetask
 import omniopd
+from omniopd_lib import grading
 from omniopd_lib.config import CODE_TEMPLATE
 from omniopd_lib import models
 import toyworld
@@ -39,7 +40,7 @@ def new_model(tokenizer, hidden, layers):
 
 def accuracy(model, tokenizer, rows, world):
     cfg = omniopd.Config(**SETTINGS[world]).resolved()
-    return omniopd.evaluate(model, tokenizer, rows, cfg)[0]
+    return grading.evaluate(model, tokenizer, rows, cfg)[0]
 
 
 def train(model, tokenizer, train_rows, valid_rows, max_steps, lr, eval_every, stop_at=None, batch_size=64,
