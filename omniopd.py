@@ -9,7 +9,7 @@ the drafts it resembles (semantic similarity), a Dirichlet-Multinomial prior
 turns the votes into a target distribution p̂ over the drafts, the student is
 trained toward p̂, and every other token is anchored to the base model with a
 KL term. Paper: "OmniOPD: Logit-Free On-Policy Distillation via Speculative
-Verification", arXiv 2606.01476. The method step by step: DESIGN.md; each step
+Verification", arXiv 2606.01476. The method step by step: docs/method.md; each step
 below is one function, in the same order, named after it.
 
 Where this implementation chooses what the paper's abstract leaves open (each is
@@ -25,9 +25,8 @@ an option in `Config`):
      KL(π_θ ‖ π_ref) averaged over every generated token.
 
 Commands:
-  python omniopd.py                                   # offline story world, CPU, about 4 minutes
-  python omniopd.py --student Qwen2.5-0.5B --teacher Qwen2.5-7B-Instruct \\
-      --data openai/gsm8k:main:train --eval-data openai/gsm8k:main:test   # one GPU, the paper's setting
+  python omniopd.py                             # offline story world, CPU, 4 to 12 minutes on 2 cores
+  python omniopd.py --student Qwen2.5-0.5B      # one GPU: Qwen2.5-7B-Instruct teaches, GSM8K train/test
   python omniopd.py --teacher openai:MODEL --teacher-base-url URL   # any API teacher
       [--teacher-prompt FILE] [--lora-rank 16] [--report-to tensorboard]
   torchrun --nproc_per_node=8 scale/train.py ...      # many GPUs (scale/)
@@ -51,28 +50,29 @@ import torch.nn.functional as F
 
 from omniopd_lib.checkpoint import restore, resume_state, save_checkpoint
 from omniopd_lib.common import OmniOPDError, RunState, device_of, seed_everything
-from omniopd_lib.config import PLAIN_TEMPLATE, RunOptions, offline_if_the_world_is, option, parse_args
+from omniopd_lib.config import RunOptions, offline_if_the_world_is, option, parse_args
 from omniopd_lib.data import batch_rows, load_data
-from omniopd_lib.fastpaths import (FullVocabularyKL, a_few_positions_at_a_time, packed_rollout_and_drafts,
-                                   packed_scoring_applies)
-from omniopd_lib.generation import (cut_at_stop, decode_after, encode_prompts, format_prompts, generate, left_pad,
-                                    positions, stop_token_ids)
+from omniopd_lib.fastpaths import (FullVocabularyKL, entropy_of, packed_rollout_and_drafts, packed_scoring_applies,
+                                   token_logprobs, token_logprobs_and_entropy)
+from omniopd_lib.generation import (PLAIN_TEMPLATE, completion_nll, cut_at_stop, decode_after, encode_prompts, generate,
+                                    left_pad, positions, response_texts, stop_token_ids)
 from omniopd_lib.grading import grade
 from omniopd_lib.models import load_reference, load_student, save_merged
 from omniopd_lib.similarity import Similarity
-from omniopd_lib.teachers import CHARACTERS_PER_TOKEN_AT_MOST, HFTeacher, first_tokens, make_teacher, ready_teacher
+from omniopd_lib.teachers import (CHARACTERS_PER_TOKEN_AT_MOST, HFTeacher, draw_name, first_tokens, make_teacher,
+                                  ready_teacher, teacher_view_template)
 from omniopd_lib.runs import (StopRules, main_with_errors, print_summary, run_eval, run_folder, step_figures,
                               teacher_accuracy)
-from omniopd_lib.tracking import MetricsLog, keep_metrics_until
+from omniopd_lib.tracking import MetricsLog, fork_metrics, keep_metrics_until, rollout_metrics
 
 
 # ----------------------------------------------------------------------------
-# Configuration: every default of DESIGN.md is a field; its help text is --help.
+# Configuration: every default of docs/method.md is a field; its help text is --help.
 
 
 @dataclass
 class Config(RunOptions):
-    """The method's own settings, in DESIGN.md's letters. What to train on and how to run (models, data, the
+    """The method's own settings, in docs/method.md's letters. What to train on and how to run (models, data, the
     teacher's endpoint, the checker, LoRA, tracking, checkpoints) is RunOptions, in omniopd_lib/config.py,
     which this extends, as TRL's GKDConfig extends SFTConfig."""
     method: str = option("omniopd", "training method: omniopd, or a baseline: opd (white-box token-level), sft, grpo",
@@ -95,9 +95,9 @@ class Config(RunOptions):
     chunk_len: int = option(16, "L: tokens per candidate chunk")
     # step 4: teacher rollouts
     teacher_samples: int = option(4, "M: teacher continuations per fork")
-    teacher_max_tokens: int = option(0, "most tokens, in the teacher's own tokenizer, one continuation may use (0 = L for a "
-                                        "local teacher with the student's tokenizer, else 2·L); its text is then cut to L "
-                                        "student tokens")
+    teacher_max_tokens: int = option(0, "most tokens, in the teacher's own tokenizer, one continuation may use (0 = L "
+                                        "for a local teacher with the student's tokenizer, else 2·L); its text is "
+                                        "then cut to L student tokens")
     # step 5: semantic verification
     similarity: str = option("embed", "embed: cosine of sentence embeddings; lexical: character n-gram F1",
                              ["embed", "lexical"])
@@ -106,9 +106,10 @@ class Config(RunOptions):
     votes: str = option("soft", "soft: w_mk = softmax_k(S_km / κ); hard: one-hot argmax_k S_km", ["soft", "hard"])
     vote_temperature: float = option(0.1, "κ: temperature of the soft votes")
     dirichlet_alpha: float = option(1.0, "α: strength of the Dirichlet prior (0 = raw vote histogram)")
-    vote_threshold: float = option(0.0, "if > 0, a teacher rollout whose best S_km is below this abstains and a fork with no votes is skipped (0 = off: every rollout votes)")
-    prior: str = option("uniform", "u: uniform over drafts, or student (the student's own renormalised draft probabilities)",
-                        ["uniform", "student"])
+    vote_threshold: float = option(0.0, "if > 0, a teacher rollout whose best S_km is below this abstains and a fork "
+                                        "with no votes is skipped (0 = off: every rollout votes)")
+    prior: str = option("uniform", "u: uniform over drafts, or student (the student's own renormalised draft "
+                                   "probabilities)", ["uniform", "student"])
     # step 7: chunk loss
     length_norm: float = option(1.0, "γ: q_k = softmax(ℓ_k / |c_k|^γ); 1 = per-token mean, 0 = raw sum")
     chunk_loss: str = option("kl", "kl: KL(p̂ ‖ q); pg: policy gradient with advantage p̂_k - 1/K", ["kl", "pg"])
@@ -193,14 +194,6 @@ def sample_rollouts(student, tokenizer, questions, cfg) -> Rollout:
                    torch.stack(recorder.steps, 1) if recorder.steps else None)
 
 
-def response_texts(tokenizer, rollout: Rollout) -> list[str]:
-    """Each y as text, cut where its mask ends: tokens after EOS are never decoded (in Qwen2.5's vocabulary
-    id 0 is "!", so zeroing them would append "!!!" to the answer)."""
-    lengths = rollout.response_mask_B_T.sum(1).tolist()
-    return tokenizer.batch_decode([ids[:n] for ids, n in zip(rollout.response_ids_B_T.tolist(), lengths)],
-                                  skip_special_tokens=True)
-
-
 def response_logits(model, rollout: Rollout) -> torch.Tensor:
     """Logits that score each response token: logits_B_T_V[b, t] = model(x, y_<t), in one forward pass."""
     ids = torch.cat([rollout.prompt_ids_B_P, rollout.response_ids_B_T], dim=1)
@@ -209,28 +202,6 @@ def response_logits(model, rollout: Rollout) -> torch.Tensor:
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
                    logits_to_keep=num_response + 1).logits
     return logits[:, :-1].float()
-
-
-def token_logprobs(logits_B_T_V, tokens_B_T):
-    """log π_θ(y_t | x, y_<t) = z_{y_t} - logsumexp_v z_v: no V-wide tensor of log-probabilities."""
-    return logits_B_T_V.gather(-1, tokens_B_T.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits_B_T_V, -1)
-
-
-def token_logprobs_and_entropy(logits_B_T_V, tokens_B_T):
-    """log π_θ(y_t | x, y_<t), with gradient, and H_t = -Σ_v π_θ(v | x, y_<t) log π_θ(v | x, y_<t) without (a metric and
-    the scheduler's signal), computed a few positions at a time: no second B × T × V tensor."""
-    logprobs_B_T = token_logprobs(logits_B_T_V, tokens_B_T)
-    entropy_B_T = torch.empty(tokens_B_T.shape, device=logits_B_T_V.device)
-    with torch.no_grad():
-        for at in a_few_positions_at_a_time(logits_B_T_V):
-            entropy_B_T[at] = entropy_of(logits_B_T_V[at])
-    return logprobs_B_T, entropy_B_T
-
-
-def entropy_of(logits_N_V):
-    """H = -Σ_v p log p per row."""
-    logp_N_V = F.log_softmax(logits_N_V.float(), dim=-1)
-    return -(logp_N_V.exp() * logp_N_V).sum(-1)
 
 
 # ----------------------------------------------------------------------------
@@ -360,12 +331,6 @@ def teacher_rollouts(teacher, prefix_texts: list[str], num_samples: int, chunk_l
     return [None if texts is None else [first_tokens(t, tokenizer, chunk_len) for t in texts] for texts in answers]
 
 
-def teacher_view_template(cfg) -> str:
-    """How the teacher sees a question: as the student's plain template, or, when the student's prompt is its
-    own chat format (whose role words would survive decoding), as the default plain template."""
-    return PLAIN_TEMPLATE if cfg.prompt_template == "chat" else cfg.prompt_template
-
-
 def teacher_prefix_texts(tokenizer, rollout, forks, questions, cfg) -> list[str]:
     """decode(s_t) for each fork (b, t): the prompt as teacher_view_template shows it, then y_<t as text."""
     texts = []
@@ -377,10 +342,6 @@ def teacher_prefix_texts(tokenizer, rollout, forks, questions, cfg) -> list[str]
         else:
             texts.append(tokenizer.decode(prompt_ids + written, skip_special_tokens=True))
     return texts
-
-
-def draw_name(cfg, step: int) -> str:
-    return f"seed {cfg.seed} step {step}"
 
 
 # ----------------------------------------------------------------------------
@@ -513,19 +474,8 @@ def omniopd_collect(run, rows, cfg) -> StepBatch:
                       torch.stack([targets[f] for f in voted]) if voted else torch.zeros(0, cfg.num_drafts),
                       num_tokens=int(mask_B_T.sum()), num_forks=len(voted),
                       fork_texts=[(candidate_texts[f], teacher_texts[answered[f]], similarities[f]) for f in voted])
-    batch.metrics = {"forks/count": len(forks), "forks/skipped": len(forks) - len(answered),
-                     "forks/no_match": len(answered) - len(voted), **rollout_metrics(rollout, entropy_B_T)}
-    if answered:
-        fork_positions = torch.zeros_like(mask_B_T, dtype=torch.bool)
-        for b, t in forks:
-            fork_positions[b, t] = True
-        batch.metrics.update({
-            "forks/entropy": entropy_B_T[fork_positions].mean().item(),
-            "forks/entropy_elsewhere": entropy_B_T[(mask_B_T.bool() & ~fork_positions)].mean().item(),
-            "sim/mean": torch.cat([S.flatten() for S in similarities]).mean().item()})
-    if voted:
-        batch.metrics.update({"pref/entropy": -(torch.xlogy(batch.target_F_K, batch.target_F_K)).sum(1).mean().item(),
-                              "pref/own_draft": batch.target_F_K[:, 0].mean().item()})
+    batch.metrics = {**fork_metrics(forks, len(answered), entropy_B_T, mask_B_T, similarities, batch.target_F_K),
+                     **rollout_metrics(rollout, entropy_B_T)}
     return batch
 
 
@@ -552,12 +502,6 @@ def anchor_term(run, rollout, logits_B_T_V, cfg, num_tokens=None) -> torch.Tenso
                      cfg.anchor, num_tokens)
 
 
-def rollout_metrics(rollout, entropy_B_T) -> dict:
-    mask_B_T = rollout.response_mask_B_T
-    return {"rollout/length": mask_B_T.sum(1).float().mean().item(),
-            "rollout/entropy": (entropy_B_T.detach() * mask_B_T).sum().item() / max(int(mask_B_T.sum()), 1)}
-
-
 # ----------------------------------------------------------------------------
 # Baselines behind the same functions: each adds only its loss
 
@@ -571,7 +515,8 @@ def rollout_collect(run, rows, cfg) -> StepBatch:
 
 def opd_loss(run, batch, cfg):
     """White-box token-level OPD on student samples; needs the teacher's logits (a local teacher with the
-    student's tokenizer). sampled: A_t = log π_T(y_t|s_t) - log π_θ(y_t|s_t), detached, loss -mean_t A_t log π_θ(y_t|s_t);
+    student's tokenizer). sampled: A_t = log π_T(y_t|s_t) - log π_θ(y_t|s_t), detached, loss
+    -mean_t A_t log π_θ(y_t|s_t);
     full: mean_t KL(π_θ(·|s_t) ‖ π_T(·|s_t)). Both average over the generated tokens."""
     rollout = batch.rollout
     logits_B_T_V = response_logits(run.student, rollout)
@@ -605,23 +550,6 @@ def sft_collect(run, rows, cfg) -> StepBatch:
     # each solution is trained on with the EOS that ends it
     num_tokens = sum(len(run.tokenizer(s, add_special_tokens=False)["input_ids"]) + 1 for _, s in kept)
     return StepBatch(solutions=kept, num_tokens=num_tokens, metrics={"sft/solutions": len(kept)})
-
-
-def completion_nll(model, tokenizer, questions, completions, template, num_tokens=None, system_prompt="") -> torch.Tensor:
-    """Mean next-token NLL of each completion given its prompt, -mean_t log π(y_t | x, y_<t)
-    (SFT; also how the toy teacher and student were trained). The completion ends with EOS.
-    The mean divides by num_tokens when given."""
-    prompts = [tokenizer(text, add_special_tokens=template != "chat")["input_ids"]
-               for text in format_prompts(tokenizer, questions, template, system_prompt)]
-    answers = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in completions]
-    batch = left_pad([p + a for p, a in zip(prompts, answers)], tokenizer.pad_token_id, model.device)
-    width = max(len(a) for a in answers)  # left-padded: each completion is the last len(a) columns
-    logits = model(**batch, position_ids=positions(batch["attention_mask"]), logits_to_keep=width + 1).logits
-    targets = batch["input_ids"][:, -width:].clone()
-    for i, a in enumerate(answers):
-        targets[i, :width - len(a)] = -100
-    nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
-    return nll / (num_tokens or int((targets != -100).sum()))
 
 
 def sft_loss(run, batch, cfg):
@@ -717,7 +645,8 @@ def train(cfg: Config) -> dict:
         run = setup(cfg)
         if cfg.resume:
             keep_metrics_until(out / "metrics.jsonl", run.step)
-        summary = {"before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}"), **teacher_accuracy(run, eval_rows, cfg)}
+        summary = {"before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}"),
+                   **teacher_accuracy(run, eval_rows, cfg)}
         collect, loss_fn = METHODS[cfg.method]
         stops, batch = StopRules(), None
         with contextlib.closing(MetricsLog(cfg)) as log:

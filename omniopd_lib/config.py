@@ -10,14 +10,13 @@ from dataclasses import dataclass, field
 import toyworld
 from omniopd_lib.common import OmniOPDError
 from omniopd_lib.data import held_out_source
+from omniopd_lib.generation import CODE_TEMPLATE, PLAIN_TEMPLATE
 from omniopd_lib.models import family_teacher, is_instruct
 from omniopd_lib.teachers import read_teacher_prompt
 
 
-PLAIN_TEMPLATE = "Question: {question}\nAnswer: "
 
 
-CODE_TEMPLATE = "{question}"
 
 
 def option(default, help, choices=None):

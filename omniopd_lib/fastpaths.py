@@ -176,3 +176,25 @@ def attention_bias(allowed_B_S_S, model):
     dtype = next(model.parameters()).dtype
     return torch.zeros(allowed_B_S_S.shape, dtype=dtype, device=allowed_B_S_S.device).masked_fill(
         ~allowed_B_S_S, torch.finfo(dtype).min)[:, None]
+
+
+def entropy_of(logits_N_V):
+    """H = -Σ_v p log p per row."""
+    logp_N_V = F.log_softmax(logits_N_V.float(), dim=-1)
+    return -(logp_N_V.exp() * logp_N_V).sum(-1)
+
+
+def token_logprobs_and_entropy(logits_B_T_V, tokens_B_T):
+    """log π_θ(y_t | x, y_<t), with gradient, and H_t = -Σ_v π_θ(v | x, y_<t) log π_θ(v | x, y_<t) without (a metric and
+    the scheduler's signal), computed a few positions at a time: no second B × T × V tensor."""
+    logprobs_B_T = token_logprobs(logits_B_T_V, tokens_B_T)
+    entropy_B_T = torch.empty(tokens_B_T.shape, device=logits_B_T_V.device)
+    with torch.no_grad():
+        for at in a_few_positions_at_a_time(logits_B_T_V):
+            entropy_B_T[at] = entropy_of(logits_B_T_V[at])
+    return logprobs_B_T, entropy_B_T
+
+
+def token_logprobs(logits_B_T_V, tokens_B_T):
+    """log π_θ(y_t | x, y_<t) = z_{y_t} - logsumexp_v z_v: no V-wide tensor of log-probabilities."""
+    return logits_B_T_V.gather(-1, tokens_B_T.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits_B_T_V, -1)

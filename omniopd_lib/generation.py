@@ -2,8 +2,13 @@
 it, and generate() with nothing but the temperature (no checkpoint sampling defaults), prefilling each prompt once."""
 
 import torch
+import torch.nn.functional as F
 
 from omniopd_lib.common import OmniOPDError
+
+# how a question becomes a prompt: a base model's plain template, and code, which the student continues as it is
+PLAIN_TEMPLATE = "Question: {question}\nAnswer: "
+CODE_TEMPLATE = "{question}"
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
@@ -111,3 +116,28 @@ def decode_after(tokenizer, prefix_ids: list[int], ids: list[int]) -> str:
     head = tokenizer.decode(prefix_ids, skip_special_tokens=True)
     whole = tokenizer.decode(prefix_ids + ids, skip_special_tokens=True)
     return whole[len(head):] if whole.startswith(head) else tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def response_texts(tokenizer, rollout) -> list[str]:
+    """Each y as text, cut where its mask ends: tokens after EOS are never decoded (in Qwen2.5's vocabulary
+    id 0 is "!", so zeroing them would append "!!!" to the answer)."""
+    lengths = rollout.response_mask_B_T.sum(1).tolist()
+    return tokenizer.batch_decode([ids[:n] for ids, n in zip(rollout.response_ids_B_T.tolist(), lengths)],
+                                  skip_special_tokens=True)
+
+
+def completion_nll(model, tokenizer, questions, completions, template, num_tokens=None, system_prompt="") -> torch.Tensor:
+    """Mean next-token NLL of each completion given its prompt, -mean_t log π(y_t | x, y_<t)
+    (SFT; also how the toy teacher and student were trained). The completion ends with EOS.
+    The mean divides by num_tokens when given."""
+    prompts = [tokenizer(text, add_special_tokens=template != "chat")["input_ids"]
+               for text in format_prompts(tokenizer, questions, template, system_prompt)]
+    answers = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in completions]
+    batch = left_pad([p + a for p, a in zip(prompts, answers)], tokenizer.pad_token_id, model.device)
+    width = max(len(a) for a in answers)  # left-padded: each completion is the last len(a) columns
+    logits = model(**batch, position_ids=positions(batch["attention_mask"]), logits_to_keep=width + 1).logits
+    targets = batch["input_ids"][:, -width:].clone()
+    for i, a in enumerate(answers):
+        targets[i, :width - len(a)] = -100
+    nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+    return nll / (num_tokens or int((targets != -100).sum()))

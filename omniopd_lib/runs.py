@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from omniopd_lib.common import OmniOPDError, lock_folder, rng_state, set_rng_state
-from omniopd_lib.config import PLAIN_TEMPLATE
+from omniopd_lib.generation import PLAIN_TEMPLATE
 from omniopd_lib.grading import evaluate
 from omniopd_lib.teachers import HFTeacher
 from omniopd_lib.tracking import TEACHER_COUNTERS

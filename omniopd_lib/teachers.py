@@ -12,7 +12,7 @@ import httpx
 import torch
 
 from omniopd_lib.common import DeadlineTransport, OmniOPDError, redact
-from omniopd_lib.generation import generate, stop_token_ids
+from omniopd_lib.generation import PLAIN_TEMPLATE, generate, stop_token_ids
 from omniopd_lib.models import load_model
 
 
@@ -211,3 +211,14 @@ def ready_teacher(teacher, cfg, tokenizer):
     if isinstance(teacher, HFTeacher):
         teacher.shares_tokenizer = teacher.tokenizer.get_vocab() == tokenizer.get_vocab()
     return teacher
+
+
+def teacher_view_template(cfg) -> str:
+    """How the teacher sees a question: as the student's plain template, or, when the student's prompt is its
+    own chat format (whose role words would survive decoding), as the default plain template."""
+    return PLAIN_TEMPLATE if cfg.prompt_template == "chat" else cfg.prompt_template
+
+
+def draw_name(cfg, step: int) -> str:
+    """The name of a step's teacher calls: a caching teacher answers a draw only with what it drew for it."""
+    return f"seed {cfg.seed} step {step}"

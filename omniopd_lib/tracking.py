@@ -6,6 +6,8 @@ import os
 import uuid
 from pathlib import Path
 
+import torch
+
 
 TEACHER_COUNTERS = ("calls", "failures", "tokens")
 
@@ -90,3 +92,30 @@ def keep_metrics_until(path: Path, step: int) -> None:
             return False
     if path.exists():
         path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if wanted(line)))
+
+
+def rollout_metrics(rollout, entropy_B_T) -> dict:
+    """rollout/length and rollout/entropy: mean tokens and mean H_t of the generated tokens."""
+    mask_B_T = rollout.response_mask_B_T
+    return {"rollout/length": mask_B_T.sum(1).float().mean().item(),
+            "rollout/entropy": (entropy_B_T.detach() * mask_B_T).sum().item() / max(int(mask_B_T.sum()), 1)}
+
+
+def fork_metrics(forks, answered: int, entropy_B_T, mask_B_T, similarities, target_F_K) -> dict:
+    """An OmniOPD batch's forks/*, sim/mean and pref/* (the metrics table in docs/running.md): forks chosen,
+    skipped (no teacher answer) and unmatched (every teacher rollout abstained), mean H_t at forks and elsewhere,
+    mean S, the entropy of p̂ and the weight it gives the student's own draft."""
+    voted = target_F_K.shape[0]
+    metrics = {"forks/count": len(forks), "forks/skipped": len(forks) - answered, "forks/no_match": answered - voted}
+    if answered:
+        fork_positions = torch.zeros_like(mask_B_T, dtype=torch.bool)
+        for b, t in forks:
+            fork_positions[b, t] = True
+        metrics.update({
+            "forks/entropy": entropy_B_T[fork_positions].mean().item(),
+            "forks/entropy_elsewhere": entropy_B_T[(mask_B_T.bool() & ~fork_positions)].mean().item(),
+            "sim/mean": torch.cat([S.flatten() for S in similarities]).mean().item()})
+    if voted:
+        metrics.update({"pref/entropy": -(torch.xlogy(target_F_K, target_F_K)).sum(1).mean().item(),
+                        "pref/own_draft": target_F_K[:, 0].mean().item()})
+    return metrics

@@ -8,7 +8,7 @@ import torch
 
 import omniopd
 from omniopd_lib import models
-from omniopd_lib import grading
+from omniopd_lib import generation, grading
 
 CPU = torch.device("cpu")
 TEMPLATE = omniopd.Config.prompt_template
@@ -97,7 +97,7 @@ def test_chat_prompts_use_the_students_template_and_the_teacher_sees_plain_text(
         "Question: What is 2+3?\nAnswer: 2+3"]
     characters = __import__("toyworld").build_char_tokenizer()   # no chat template
     with pytest.raises(omniopd.OmniOPDError, match="no chat template"):
-        omniopd.format_prompts(characters, ["x"], "chat")
+        generation.format_prompts(characters, ["x"], "chat")
 
 
 def test_a_chat_formatted_student_trains_end_to_end(qwen_like_path, tmp_path):

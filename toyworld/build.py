@@ -19,7 +19,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from omniopd_lib import codetask
 import omniopd
 from omniopd_lib import grading
-from omniopd_lib.config import CODE_TEMPLATE
+from omniopd_lib.generation import CODE_TEMPLATE
 from omniopd_lib import models
 import toyworld
 from toyworld import code, stories

@@ -1,0 +1,86 @@
+"""The reference's shape (#23): omniopd.py is the method and readable in one sitting; the package beside it
+never imports it (or scale/) back; every function the README's step map names exists in omniopd.py; no import
+cycle; no link in README.md or docs/ leaves the repository except to a public web page."""
+
+import ast
+import re
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "omniopd_lib"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Top-level names of every module a file imports (import a.b -> a; from a.b import c -> a.b and a)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_omniopd_py_is_at_most_700_lines_of_at_most_120_characters():
+    lines = (ROOT / "omniopd.py").read_text().splitlines()
+    assert len(lines) <= 700, len(lines)
+    assert not [i for i, line in enumerate(lines, 1) if len(line) > 120]
+
+
+def test_setup_train_and_main_stay_short():
+    tree = ast.parse((ROOT / "omniopd.py").read_text())
+    sizes = {n.name: n.end_lineno - n.lineno + 1 for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert sizes["setup"] <= 25 and sizes["train"] <= 45 and sizes["main"] <= 10, sizes
+
+
+def test_the_package_never_imports_omniopd_or_scale():
+    for path in PACKAGE.glob("*.py"):
+        modules = imported_modules(path)
+        assert not {m for m in modules if m == "omniopd" or m.startswith(("omniopd.", "scale"))}, path.name
+
+
+def test_the_package_has_no_import_cycle():
+    graph = {}
+    for path in PACKAGE.glob("*.py"):
+        name = path.stem
+        graph[name] = {m.split(".")[1] for m in imported_modules(path)
+                       if m.startswith("omniopd_lib.") and (PACKAGE / f"{m.split('.')[1]}.py").exists()} - {name}
+    seen, on_path = set(), []
+
+    def visit(module):
+        assert module not in on_path, " -> ".join(on_path + [module])
+        if module in seen:
+            return
+        on_path.append(module)
+        for other in graph[module]:
+            visit(other)
+        on_path.pop()
+        seen.add(module)
+    for module in graph:
+        visit(module)
+    assert graph["codetask"] == set()   # its sandbox child runs it as a script, on the standard library alone
+
+
+def test_every_function_in_the_readmes_step_map_is_in_omniopd_py():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## The method, step by step"):readme.index("## Results")]
+    names = set(re.findall(r"`(\w+)`", table))
+    defined = {n.name for n in ast.parse((ROOT / "omniopd.py").read_text()).body
+               if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    assert names and names <= defined, names - defined
+
+
+def test_links_stay_inside_the_repository_or_go_to_public_pages():
+    pages = [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("https://", "http://")):
+                assert not re.match(r"https?://(localhost|127\.|10\.|192\.168\.)", target), (page.name, target)
+                continue
+            path = target.split("#")[0]
+            if path:
+                assert (page.parent / path).resolve().is_relative_to(ROOT), (page.name, target)
+                assert (page.parent / path).exists(), (page.name, target)
+    assert len((ROOT / "README.md").read_bytes()) <= 10 * 1024
