@@ -326,7 +326,7 @@ def teacher_rollouts(teacher, prefix_texts: list[str], num_samples: int, chunk_l
     draw names this call ("seed 0 step 12"): a caching teacher (scale/teachers.py) returns its stored answers
     only to the same draw, so a resumed run pays nothing twice and every new step gets fresh samples.
     rows: each prefix's dataset row, for {question} and {answer} in a --teacher-prompt."""
-    default = chunk_len if getattr(teacher, "shares_tokenizer", False) else 2 * chunk_len
+    default = chunk_len if teacher.shares_tokenizer else 2 * chunk_len
     answers = teacher.continuations(prefix_texts, num_samples, max_tokens or default, draw, rows)
     return [None if texts is None else [first_tokens(t, tokenizer, chunk_len) for t in texts] for texts in answers]
 

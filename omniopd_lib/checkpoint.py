@@ -11,30 +11,42 @@ from omniopd_lib.common import OmniOPDError, load_plain_state, rng_state, set_rn
 from omniopd_lib.tracking import TEACHER_COUNTERS
 
 
+def fresh_partial_folder(root: Path, step: int) -> tuple[Path, Path]:
+    """(partial, final) for step N: <root>/.partial-step-N, emptied of any earlier try, to write into, and the
+    <root>/step-N it becomes (publish_step_folder). omniopd.py and scale/ write every checkpoint this way."""
+    final, partial = root / f"step-{step:06d}", root / f".partial-step-{step:06d}"
+    shutil.rmtree(partial, ignore_errors=True)
+    return partial, final
+
+
+def publish_step_folder(partial: Path, final: Path, keep: int) -> Path:
+    """The written folder becomes step-N in one rename, so a crash leaves the whole checkpoint or none; then the
+    newest `keep` step folders are kept."""
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    for old in sorted(final.parent.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 def save_checkpoint(run, cfg) -> Path:
-    """Student and tokenizer (save_pretrained) plus optimizer, step and RNG; written to a temporary
-    folder and renamed, so a crash never leaves half a checkpoint. Keeps the newest keep_checkpoints.
+    """Student and tokenizer (save_pretrained) plus optimizer, step and RNG, in one atomic step folder.
     A save that fails (a full disk) removes its partial folder and is one line; older checkpoints stay."""
     root = Path(cfg.out) / "checkpoints"
-    final, partial = root / f"step-{run.step:06d}", root / f".partial-step-{run.step:06d}"
+    partial, final = fresh_partial_folder(root, run.step)
     try:
-        shutil.rmtree(partial, ignore_errors=True)
         (run.lora or run.student).save_pretrained(partial)   # under LoRA: the adapter alone
         run.tokenizer.save_pretrained(partial)
         torch.save({"step": run.step, "optimizer": run.optimizer.state_dict(), "rng": rng_state(),
                     "teacher": {k: getattr(run.teacher, k, 0) for k in TEACHER_COUNTERS},
                     "config": dataclasses.asdict(cfg)}, partial / "trainer_state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
+        return publish_step_folder(partial, final, cfg.keep_checkpoints)
     except Exception as error:   # OSError; torch.save and safetensors report a failed write as their own errors
         shutil.rmtree(partial, ignore_errors=True)
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         kept = sorted(root.glob("step-*"))
         raise OmniOPDError(f"cannot save the checkpoint of step {run.step} in {root} ({reason}); "
                            f"last good checkpoint: {kept[-1] if kept else 'none'}") from None
-    for old in sorted(root.glob("step-*"))[:-cfg.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 # what a resumed run may not change: the model and what it is, the method, and the seed every draw is keyed by

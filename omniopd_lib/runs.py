@@ -72,8 +72,7 @@ class StopRules:
 def step_figures(step: int, started: float, teacher) -> dict:
     """What every step logs besides the method's metrics and its stages' times: its number, its time, the
     teacher's meter (a pool's whole meter, else the counters every teacher keeps)."""
-    meter = getattr(teacher, "meter", None)
-    meter = meter() if callable(meter) else {k: getattr(teacher, k, 0) for k in TEACHER_COUNTERS}
+    meter = teacher.meter() if teacher is not None else dict.fromkeys(TEACHER_COUNTERS, 0)   # GRPO has none
     return {"step": step, "time/step": time.time() - started, **{f"teacher/{k}": v for k, v in meter.items()}}
 
 

@@ -54,7 +54,7 @@ def teacher_message(template: str, prefix: str, row: dict | None = None) -> str:
 
 def teacher_template(teacher) -> str:
     """The teacher's --teacher-prompt, or by default: the instruction in chat mode, the raw prefix in completion."""
-    return getattr(teacher, "prompt", "") or (CHAT_CONTINUE_PROMPT if teacher.mode == "chat" else "{prefix}")
+    return teacher.prompt or (CHAT_CONTINUE_PROMPT if teacher.mode == "chat" else "{prefix}")
 
 
 # finish_reason of a reply the teacher ended itself; a missing or unknown one counts as cut
@@ -77,7 +77,29 @@ def teacher_answer(text, stopped: bool):
     return "" if stopped else None
 
 
-class HFTeacher:
+class Teacher:
+    """What every teacher is, declared once. Text in, text out:
+        continuations(prefixes, n, max_tokens, draw="", rows=None) -> per prefix, its answers, or None
+    and what a run reads of it: `mode` ("chat": asked to continue the partial solution; "completion": sent the raw
+    prefix), `prompt` (a --teacher-prompt's text; "" = the built-in one), `shares_tokenizer` (a local teacher with
+    the student's tokenizer: it writes L tokens, and OPD can read its logits), and the counters a run logs and a
+    checkpoint keeps (TEACHER_COUNTERS: calls, failures, tokens)."""
+    mode: str = "completion"
+    prompt: str = ""
+    shares_tokenizer: bool = False
+    calls: int = 0
+    failures: int = 0
+    tokens: int = 0
+
+    def continuations(self, prefixes: list[str], n: int, max_tokens: int, draw="", rows=None) -> list[list[str] | None]:
+        raise NotImplementedError
+
+    def meter(self) -> dict:
+        """What the run logs as teacher/*: the counters (a pool meters more: cached answers, prompt tokens, cost)."""
+        return {"calls": self.calls, "failures": self.failures, "tokens": self.tokens}
+
+
+class HFTeacher(Teacher):
     """A local transformers model as a teacher. OmniOPD uses only its text (continuations);
     token-level OPD may also read its logits through `.model`."""
 
@@ -118,7 +140,7 @@ class HFTeacher:
         return [[a for a in row if a is not None] or None for row in rows]
 
 
-class OpenAITeacher:
+class OpenAITeacher(Teacher):
     """Any OpenAI-compatible endpoint (OpenAI; Anthropic and Gemini compatibility endpoints; vLLM; SGLang).
     One request per continuation, `concurrency` in flight; the openai client retries timeouts, 429
     (honouring Retry-After) and 5xx with backoff. A prefix whose requests all fail comes back as None."""

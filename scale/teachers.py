@@ -147,7 +147,7 @@ def retry_after_seconds(error) -> float | None:
     return None
 
 
-class TeacherPool:
+class TeacherPool(teachers.Teacher):
     """Several OpenAI-compatible teachers behind omniopd's `continuations(prefixes, n, max_tokens)`."""
 
     def __init__(self, teachers, base_url="", api_key_env="OPENAI_API_KEY", mode="auto", temperature=1.0,

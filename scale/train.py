@@ -26,7 +26,6 @@ import datetime
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ import toyworld  # noqa: E402
 from omniopd_lib import checkpoint, common, config  # noqa: E402
 from omniopd_lib.config import option  # noqa: E402
 from omniopd_lib.runs import StopRules, evaluation_result, step_figures, write_records  # noqa: E402
-from omniopd_lib.teachers import read_teacher_prompt  # noqa: E402
+from omniopd_lib.teachers import Teacher, read_teacher_prompt  # noqa: E402
 from scale.teachers import TeacherPool  # noqa: E402
 
 
@@ -136,13 +135,14 @@ def all_reduce(values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
     return tensor.tolist()
 
 
-class GatheredTeacher:
-    """All ranks' requests of a step go to rank 0's TeacherPool as one batch; each rank gets its answers.
-    Same interface as omniopd's teachers. A fatal teacher error on rank 0 stops every rank with its message."""
+class GatheredTeacher(Teacher):
+    """All ranks' requests of a step go to rank 0's TeacherPool as one batch; each rank gets its answers and the
+    pool's meter. A fatal teacher error on rank 0 stops every rank with its message."""
 
     def __init__(self, pool, rank, world):
         self.pool, self.rank, self.world = pool, rank, world
         self.calls = self.failures = self.tokens = 0
+        self.pool_meter = None
 
     def continuations(self, prefixes, n, max_tokens, draw="", rows=None):
         everyone = [None] * self.world
@@ -162,8 +162,11 @@ class GatheredTeacher:
             raise omniopd.OmniOPDError(mine[0])
         texts, meter = mine[0]
         self.calls, self.failures, self.tokens = meter["calls"], meter["failures"], meter["tokens"]
-        self.meter = meter
+        self.pool_meter = meter
         return texts
+
+    def meter(self) -> dict:
+        return self.pool_meter or super().meter()
 
 
 def make_pool_teacher(cfg, rank, world):
@@ -256,9 +259,9 @@ def save_checkpoint(run, cfg, rank, world) -> Path:
     """Weights and optimizer through torch.distributed.checkpoint (each rank writes its shards), each
     rank's RNG, and on rank 0 the step, config and tokenizer; written to a temporary folder and renamed."""
     root = Path(cfg.out) / "checkpoints"
-    final, partial = root / f"step-{run.step:06d}", root / f".partial-step-{run.step:06d}"
+    partial, final = root / f".partial-step-{run.step:06d}", root / f"step-{run.step:06d}"
     if rank == 0:
-        shutil.rmtree(partial, ignore_errors=True)
+        checkpoint.fresh_partial_folder(root, run.step)
     dist.barrier()
     model_state, optimizer_state = get_state_dict(run.student, run.optimizer)
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(partial))
@@ -268,10 +271,7 @@ def save_checkpoint(run, cfg, rank, world) -> Path:
         run.tokenizer.save_pretrained(partial)
         (partial / "trainer.json").write_text(json.dumps({"step": run.step, "world_size": world,
                                                           "config": dataclasses.asdict(cfg)}, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
-        for old in sorted(root.glob("step-*"))[:-cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        checkpoint.publish_step_folder(partial, final, cfg.keep_checkpoints)
     dist.barrier()
     return final
 

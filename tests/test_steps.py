@@ -12,6 +12,7 @@ from omniopd_lib import fastpaths
 from omniopd_lib import grading
 from omniopd_lib import models
 from omniopd_lib import similarity
+from omniopd_lib import teachers
 import toyworld
 
 
@@ -266,10 +267,9 @@ def test_vote_threshold_lets_unlike_rollouts_abstain():
 
 # Steps 1-6 wired together ----------------------------------------------------------
 
-class DraftEcho:
+class DraftEcho(teachers.Teacher):
     """A teacher that answers each fork with the text of that fork's draft k (it reads the drafts the
     step just made), so the similarity and the votes must single out draft k."""
-    calls = failures = tokens = 0
 
     def __init__(self, k):
         self.k, self.texts = k, []

@@ -37,10 +37,10 @@ def test_literal_braces_and_the_default_prompts():
     assert teachers.teacher_message("{{x}} {prefix}", "abc") == "{x} abc"
     assert teachers.teacher_message(PRIVILEGED, "P", {"question": "Q", "answer": None}).startswith("Reference solution: \n")
 
-    class Chat:
+    class Chat(teachers.Teacher):
         mode = "chat"
 
-    class Completion:
+    class Completion(teachers.Teacher):
         mode = "completion"
     assert teachers.teacher_template(Chat()) == teachers.CHAT_CONTINUE_PROMPT
     assert teachers.teacher_template(Completion()) == "{prefix}"
