@@ -255,11 +255,11 @@ def test_a_program_cannot_pass_a_test_that_fails(attack, layer):
 def test_a_program_cannot_read_its_tests(layer, tmp_path):
     """The tests reach the judge through a pipe; the job file holds only the program (and, as root, only root
     may read it). A program that finds the expected value in any file it can read passes; none does."""
-    hunt = ("import os\nfound = None\nfor folder in ('..', '../..', '.', os.environ.get('HOME', '.')):\n"
+    hunt = ("import os\nfound = None\nfor folder in ('..', '.', os.environ.get('HOME', '.')):   # the check's own\n"
             "    for root, _, files in os.walk(folder):\n"
             "        for name in files:\n"
             "            try:\n"
-            "                text = open(os.path.join(root, name), errors='ignore').read()\n"
+            "                text = open(os.path.join(root, name), errors='ignore').read(1_000_000)\n"
             "            except Exception:\n"
             "                continue\n"
             "            if 'SECRET-EXPECTED-' in text:\n"

@@ -18,11 +18,8 @@ import time
 import pytest
 import torch
 
-from omniopd_lib import codetask
 import omniopd
-from omniopd_lib import data
-from omniopd_lib import common
-from omniopd_lib import teachers
+from omniopd_lib import codetask, common, config, data, teachers
 from conftest import ROOT
 
 TOY = ["--student", "toy", "--teacher", "toy", "--data", "toy", "--eval-data", "toy", "--batch-size", "4",
@@ -131,8 +128,8 @@ def test_a_save_that_fails_is_one_line_and_keeps_the_last_good_checkpoint(checkp
 
 
 def test_resume_applies_a_new_learning_rate_and_weight_decay(checkpoint, tmp_path, capsys):
-    cfg = omniopd.parse_args([*TOY, "--steps", "2", "--lr", "0.05", "--weight-decay", "0.5", "--resume",
-                              str(checkpoint), "--out", str(tmp_path / "resumed")])
+    cfg = config.parse_args([*TOY, "--steps", "2", "--lr", "0.05", "--weight-decay", "0.5", "--resume",
+                              str(checkpoint), "--out", str(tmp_path / "resumed")], omniopd.Config, "")
     run = omniopd.setup(cfg)
     assert [(g["lr"], g["weight_decay"]) for g in run.optimizer.param_groups] == [(0.05, 0.5)]
     assert run.optimizer.state   # the saved moments were loaded
