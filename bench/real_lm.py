@@ -67,7 +67,8 @@ def main():
     student = str(smollm2_folder())
     train, test = write_data(Path(args.runs) / "data", 2000, args.eval_size)
     common = {"student": student, "data": train, "eval_data": test, "batch_size": args.batch_size, "lr": args.lr,
-              "max_new_tokens": args.max_new_tokens, "device": args.device}
+              "max_new_tokens": args.max_new_tokens, "device": args.device,
+              "prompt_template": "plain"}   # as measured in bench/results/real_lm.md (an instruct student's default is chat)
     os.environ["OPENAI_API_KEY"] = KEY
     results, started = {}, time.time()
     with LlamaServer(smollm2_gguf(), KEY, threads=max(1, (os.cpu_count() or 2) // 2)) as server:

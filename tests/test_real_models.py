@@ -23,7 +23,8 @@ pytest.importorskip("gguf", reason="pip install -r requirements-real.txt (transf
 from toyworld.real import LlamaServer, smollm2_folder, smollm2_gguf  # noqa: E402
 
 KEY = "sk-llama-cpp-test-5e1f"
-SHORT = ["--data", "toy", "--eval-data", "toy", "--steps", "2", "--batch-size", "2", "--eval-size", "4", "--max-new-tokens", "24", "--chunk-len", "4",
+# the plain template these runs were designed with (an instruct student would otherwise get its chat template)
+SHORT = ["--data", "toy", "--eval-data", "toy", "--prompt-template", "plain", "--steps", "2", "--batch-size", "2", "--eval-size", "4", "--max-new-tokens", "24", "--chunk-len", "4",
          "--num-drafts", "2", "--teacher-samples", "2", "--no-eval-teacher"]
 
 
