@@ -97,7 +97,7 @@ def test_every_method_trains_smollm2_checkpoints_and_resumes(smollm2, smollm2_va
     out = tmp_path / "run"
     teacher = smollm2_variant if method[0] == "opd" else smollm2
     done = cli("--student", smollm2, "--teacher", teacher, "--method", *method, *SHORT, "--save-every", "1",
-               "--out", str(out))
+               "--keep-checkpoints", "1", "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     steps = steps_of(out)
     assert [m["step"] for m in steps] == [1, 2]
