@@ -1,42 +1,30 @@
-"""OmniOPD: logit-free on-policy distillation, the whole method in one file.
+"""OmniOPD: logit-free on-policy distillation (arXiv 2606.01476), the whole method in one file.
 
-On-policy distillation (OPD) trains a small student on its own samples with dense
-feedback from a stronger teacher. Standard OPD reads the teacher's token logits,
-so API models cannot teach. OmniOPD needs only the teacher's text: at the
-student's high-entropy "forks" the student drafts K multi-token chunks, the
-teacher continues the same prefix M times, each teacher continuation votes for
-the drafts it resembles (semantic similarity), a Dirichlet-Multinomial prior
-turns the votes into a target distribution p̂ over the drafts, the student is
-trained toward p̂, and every other token is anchored to the base model with a
-KL term. Paper: "OmniOPD: Logit-Free On-Policy Distillation via Speculative
-Verification", arXiv 2606.01476. The method step by step: docs/method.md; each step
-below is one function, in the same order, named after it.
+On-policy distillation trains a small student on its own samples with dense feedback from a stronger teacher;
+OmniOPD needs only the teacher's text, so API models can teach. Two readings of the paper's abstract, each step one
+function below, in order (docs/method.md; both measured side by side in docs/results.md):
 
-Where this implementation chooses what the paper's abstract leaves open (each is
-an option in `Config`):
-  1. Forks are local maxima of the per-token entropy H_t above `entropy_threshold`,
-     at most `audit_budget` per rollout, highest first, at least `fork_gap` apart.
-  2. Draft 1 is the chunk the student actually wrote; drafts 2..K are fresh samples.
-  3. Similarity is cosine of all-MiniLM-L6-v2 embeddings (`--similarity embed`);
-     `lexical` (character n-gram F1) needs no model.
-  4. Votes are soft, softmax_k(S_km / κ); the prior is uniform over the drafts.
-  5. The student's distribution over drafts is q_k = softmax_k(ℓ_k / |c_k|^γ), γ = 1.
-  6. The fork loss is KL(p̂ ‖ q); the anchor is the exact full-vocabulary
-     KL(π_θ ‖ π_ref) averaged over every generated token.
+--objective drafts (this project's, the default): at the student's high-entropy forks (local maxima of H_t, at
+  most B per rollout) the student drafts K chunks of L tokens (the first is what it wrote), the teacher continues
+  the prefix M times, each continuation votes softmax_k(S_km / κ) for the drafts it resembles (cosine of
+  all-MiniLM-L6-v2 embeddings), p̂ = (votes + α/K) / (M + α), the loss is KL(p̂ ‖ q) with
+  q = softmax_k(ℓ_k / |c_k|), and β · KL(π_θ ‖ π_ref) over every generated token anchors the rest.
+--objective audit (a public implementation's): M non-overlapping C-token chunks of the student's own response at
+  the highest H_t, N teacher continuations from each chunk's prefix, k_sem = Σ_j φ(chunk, r_j) with φ a
+  normalised edit distance, π̂ = (k_sem + α π̄) / (N + α) with π̄ the chunk's geometric-mean probability, and
+  L = (-Σ_c π̂_c Σ_{t∈c} log π_θ(y_t) + β Σ_{t unaudited} KL(π_ref ‖ π_θ)) / B.
 
 Commands:
-  python omniopd.py                             # offline story world, CPU, 4 to 12 minutes on 2 cores
+  python omniopd.py [--objective audit]         # offline story world, CPU, 4 to 12 minutes on 2 cores
   python omniopd.py --student Qwen2.5-0.5B      # one GPU: Qwen2.5-7B-Instruct teaches, GSM8K train/test
   python omniopd.py --teacher openai:MODEL --teacher-base-url URL   # any API teacher
-      [--teacher-prompt FILE] [--lora-rank 16] [--report-to tensorboard]
   torchrun --nproc_per_node=8 scale/train.py ...      # many GPUs (scale/)
+The machinery that is not the method (models, data, sampling, grading, teachers, similarity backends, fast
+paths, checkpoints, the metrics log, the code sandbox) is the package omniopd_lib/, imported here.
 
-The machinery that is not the method (models, dataset rows, sampling, grading, teachers, similarity backends,
-the fast paths, checkpoints, the metrics log, the code sandbox) is the package omniopd_lib/, imported here.
-
-Shape convention: tensor names end in their dimensions, `logprobs_B_T` is
-(rollouts, response positions). B rollouts, T response tokens, V vocabulary,
-F forks in the batch, K drafts per fork, M teacher continuations per fork.
+Shape convention: tensor names end in their dimensions, `logprobs_B_T` is (rollouts, response positions):
+B rollouts, T response tokens, V vocabulary, F forks (or chunks) in the batch, K drafts, M (or N) teacher
+continuations per fork (or chunk).
 """
 
 import contextlib
@@ -48,26 +36,32 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from omniopd_lib.checkpoint import restore, resume_state, save_checkpoint
-from omniopd_lib.common import OmniOPDError, RunState, device_of, seed_everything
-from omniopd_lib.config import RunOptions, offline_if_the_world_is, option, parse_args
+from omniopd_lib.checkpoint import save_checkpoint
+from omniopd_lib.common import OmniOPDError
+from omniopd_lib.config import RunOptions, option
 from omniopd_lib.data import batch_rows, load_data
-from omniopd_lib.fastpaths import (FullVocabularyKL, entropy_of, packed_rollout_and_drafts, packed_scoring_applies,
-                                   token_logprobs, token_logprobs_and_entropy)
-from omniopd_lib.generation import (PLAIN_TEMPLATE, completion_nll, cut_at_stop, decode_after, encode_prompts, generate,
+from omniopd_lib.fastpaths import (EntropyRecorder, FullVocabularyKL, ReferenceFirstKL, packed_rollout_and_drafts,
+                                   packed_scoring_applies, smooth_entropy, token_logprobs, token_logprobs_and_entropy)
+from omniopd_lib.generation import (completion_nll, cut_at_stop, decode_after, encode_prompts, generate,
                                     left_pad, positions, response_texts, stop_token_ids)
 from omniopd_lib.grading import grade
-from omniopd_lib.models import load_reference, load_student, save_merged
-from omniopd_lib.similarity import Similarity
-from omniopd_lib.teachers import (CHARACTERS_PER_TOKEN_AT_MOST, HFTeacher, draw_name, first_tokens, make_teacher,
-                                  ready_teacher, teacher_view_template)
-from omniopd_lib.runs import (StopRules, main_with_errors, print_summary, run_eval, run_folder, step_figures,
+from omniopd_lib.models import save_merged
+from omniopd_lib.teachers import (CHARACTERS_PER_TOKEN_AT_MOST, draw_name, first_tokens, teacher_prefix_texts,
+                                  teacher_view_template)
+from omniopd_lib.runs import (StopRules, main_with_errors, run_eval, run_folder, setup, step_figures,
                               teacher_accuracy)
-from omniopd_lib.tracking import MetricsLog, fork_metrics, keep_metrics_until, rollout_metrics
+from omniopd_lib.tracking import MetricsLog, audit_metrics, fork_metrics, keep_metrics_until, rollout_metrics
 
 
-# ----------------------------------------------------------------------------
-# Configuration: every default of docs/method.md is a field; its help text is --help.
+# ── Configuration: every default of docs/method.md is a field; its help text is --help. ───────────────────────────
+
+METHOD_NAMES = ["omniopd", "opd", "sft", "grpo"]
+# What --objective sets where an option is left unset (None). audit: the public implementation's defaults; on
+# the offline worlds' short responses C = 8 and M = 4, the rest unchanged (docs/method.md says why).
+OBJECTIVE_DEFAULTS = {
+    ("drafts", "any"): dict(audit_budget=4, chunk_len=16, teacher_samples=4, kl_beta=0.05, similarity="embed"),
+    ("audit", "any"): dict(audit_budget=10, chunk_len=50, teacher_samples=10, kl_beta=0.1, similarity="ned"),
+    ("audit", "offline"): dict(audit_budget=4, chunk_len=8, teacher_samples=10, kl_beta=0.1, similarity="ned")}
 
 
 @dataclass
@@ -75,8 +69,9 @@ class Config(RunOptions):
     """The method's own settings, in docs/method.md's letters. What to train on and how to run (models, data, the
     teacher's endpoint, the checker, LoRA, tracking, checkpoints) is RunOptions, in omniopd_lib/config.py,
     which this extends, as TRL's GKDConfig extends SFTConfig."""
-    method: str = option("omniopd", "training method: omniopd, or a baseline: opd (white-box token-level), sft, grpo",
-                         ["omniopd", "opd", "sft", "grpo"])
+    method: str = option("omniopd", "omniopd, or a baseline: opd (white-box token-level), sft, grpo", METHOD_NAMES)
+    objective: str = option("drafts", "omniopd's reading: drafts (K drafts per fork trained toward p̂) or audit (the "
+                                      "student's own chunks weighted by π̂); docs/method.md", ["drafts", "audit"])
     # step 1: on-policy rollout
     steps: int = option(200, "optimizer steps")
     batch_size: int = option(16, "prompts per step")
@@ -85,22 +80,23 @@ class Config(RunOptions):
     # step 2: peak-entropy scheduler
     entropy_window: int = option(1, "w: moving-average window over H_t before finding peaks (1 = none)")
     entropy_threshold: float = option(0.1, "h_min: a fork's entropy must be at least this (nats)")
-    audit_budget: int = option(4, "B: most forks audited per rollout")
+    audit_budget: int | None = option(None, "B (audit: M): most forks or chunks per rollout (default: 4; audit 10, "
+                                            "offline 4)")
     audit_ratio: float = option(0.0, "if > 0, the budget is ceil(ratio * |y|) instead of --audit-budget")
     fork_gap: int = option(0, "g: least distance between two forks in tokens (0 = chunk length L)")
-    fork_selection: str = option("peak", "peak: highest-entropy peaks (OmniOPD); random: random positions (ablation)",
-                                 ["peak", "random"])
+    fork_selection: str = option("peak", "peak: entropy peaks; random: random positions (ablation)", ["peak", "random"])
     # step 3: speculative drafts
     num_drafts: int = option(4, "K: candidate chunks per fork (the first is the student's own)")
-    chunk_len: int = option(16, "L: tokens per candidate chunk")
+    chunk_len: int | None = option(None, "L (audit: C): tokens per chunk (default: 16; audit 50, offline 8)")
     # step 4: teacher rollouts
-    teacher_samples: int = option(4, "M: teacher continuations per fork")
-    teacher_max_tokens: int = option(0, "most tokens, in the teacher's own tokenizer, one continuation may use (0 = L "
-                                        "for a local teacher with the student's tokenizer, else 2·L); its text is "
-                                        "then cut to L student tokens")
+    teacher_samples: int | None = option(None, "M (audit: N): teacher continuations per fork or chunk (default: 4; "
+                                               "audit 10)")
+    teacher_max_tokens: int = option(0, "most tokens, in the teacher's own tokenizer, per continuation, later cut to L "
+                                        "student tokens (0 = L with the student's tokenizer, else 2·L)")
     # step 5: semantic verification
-    similarity: str = option("embed", "embed: cosine of sentence embeddings; lexical: character n-gram F1",
-                             ["embed", "lexical"])
+    similarity: str | None = option(None, "sim (audit: φ): embed (cosine of sentence embeddings), lexical (character "
+                                          "n-gram F1), ned (1 - normalised edit distance), rouge1 (word F1) "
+                                          "(default: embed; audit ned)", ["embed", "lexical", "ned", "rouge1"])
     similarity_model: str = option("all-MiniLM-L6-v2", "sentence-transformers model for --similarity embed")
     # step 6: Dirichlet-Multinomial preference
     votes: str = option("soft", "soft: w_mk = softmax_k(S_km / κ); hard: one-hot argmax_k S_km", ["soft", "hard"])
@@ -108,24 +104,31 @@ class Config(RunOptions):
     dirichlet_alpha: float = option(1.0, "α: strength of the Dirichlet prior (0 = raw vote histogram)")
     vote_threshold: float = option(0.0, "if > 0, a teacher rollout whose best S_km is below this abstains and a fork "
                                         "with no votes is skipped (0 = off: every rollout votes)")
-    prior: str = option("uniform", "u: uniform over drafts, or student (the student's own renormalised draft "
-                                   "probabilities)", ["uniform", "student"])
+    prior: str = option("uniform", "u: uniform over drafts, or student (its renormalised draft probabilities)",
+                        ["uniform", "student"])
     # step 7: chunk loss
     length_norm: float = option(1.0, "γ: q_k = softmax(ℓ_k / |c_k|^γ); 1 = per-token mean, 0 = raw sum")
     chunk_loss: str = option("kl", "kl: KL(p̂ ‖ q); pg: policy gradient with advantage p̂_k - 1/K", ["kl", "pg"])
     # step 8: base-model KL anchor
-    kl_beta: float = option(0.05, "β: weight of the base-model KL anchor")
+    kl_beta: float | None = option(None, "β: weight of the base-model KL anchor (default: 0.05; audit 0.1)")
     anchor: str = option("full", "full: exact full-vocabulary KL; k3: k3 estimator on sampled tokens", ["full", "k3"])
     # step 9: update
     lr: float = option(0.0, "AdamW learning rate (0 = 2e-4 for the offline worlds, 1e-6 otherwise)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     grad_clip: float = option(1.0, "gradient-norm clipping")
     # baselines
-    opd_kl: str = option("sampled", "opd: sampled (per-token log-ratio advantage) or full (full-vocabulary reverse KL)",
+    opd_kl: str = option("sampled", "opd: sampled (per-token log-ratio advantage) or full (reverse KL)",
                          ["sampled", "full"])
     group_size: int = option(4, "grpo: G samples per prompt (batch-size / G prompts per step)")
 
     # computed at runtime
+    def __post_init__(self):
+        """The fields each reading sets its own way, where left unset (None): OBJECTIVE_DEFAULTS."""
+        scale = "offline" if self.world and self.objective == "audit" else "any"
+        for name, value in OBJECTIVE_DEFAULTS[self.objective, scale].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+
     def resolved(self):
         """RunOptions' defaults (an offline world's, or a real model's), then the method's 0-means-auto fields."""
         super().resolved()
@@ -138,14 +141,16 @@ class Config(RunOptions):
 def check_config(cfg) -> None:
     """Settings that cannot work are stopped before anything loads, each with the reason: the method's here,
     the run's in RunOptions.check."""
-    rules = [(cfg.num_drafts >= 2, "--num-drafts (K) must be at least 2: one draft leaves nothing to prefer"),
-             (cfg.chunk_len >= 1, "--chunk-len (L) must be at least 1 token"),
+    rules = [(cfg.method in METHOD_NAMES, f"unknown method '{cfg.method}': omniopd, opd, sft or grpo"),
+             (cfg.num_drafts >= 2 or cfg.objective == "audit",
+              "--num-drafts (K) must be at least 2: one draft leaves nothing to prefer"),
+             (cfg.anchor == "full" or cfg.objective == "drafts",
+              "--objective audit anchors with the exact KL(π_ref ‖ π_θ); --anchor k3 is the drafts reading's"),
+             (cfg.chunk_len >= 1 and cfg.audit_budget >= 1, "--chunk-len (L) must be at least 1, --audit-budget too"),
              (cfg.teacher_samples >= 1, "--teacher-samples (M) must be at least 1"),
              (cfg.dirichlet_alpha >= 0, "--dirichlet-alpha must be 0 or more: it is a prior's strength"),
-             (cfg.vote_temperature > 0, "--vote-temperature (κ) must be positive"),
-             (cfg.vote_threshold >= 0, "--vote-threshold must be 0 (off) or positive"),
-             (cfg.kl_beta >= 0, "--kl-beta must be 0 or more"),
-             (cfg.lr > 0, "--lr must be positive"),
+             (cfg.vote_temperature > 0 and cfg.lr > 0, "--vote-temperature (κ) and --lr must be positive"),
+             (cfg.vote_threshold >= 0 and cfg.kl_beta >= 0, "--vote-threshold and --kl-beta must be 0 or more"),
              (cfg.batch_size >= 1 and cfg.steps >= 0, "--batch-size must be at least 1 and --steps at least 0"),
              (cfg.method != "grpo" or cfg.batch_size % cfg.group_size == 0,
               "--batch-size must be a multiple of --group-size for grpo")]
@@ -155,8 +160,7 @@ def check_config(cfg) -> None:
     cfg.check()
 
 
-# ----------------------------------------------------------------------------
-# Step 1: on-policy rollout with per-token entropy
+# ── Step 1: on-policy rollout with per-token entropy ──────────────────────────────────────────────────────────────
 
 @dataclass
 class Rollout:
@@ -165,19 +169,6 @@ class Rollout:
     response_ids_B_T: torch.Tensor    # sampled y, padded after its end
     response_mask_B_T: torch.Tensor   # 1 on y's tokens up to and including EOS
     entropy_B_T: torch.Tensor | None = None   # H_t of π_θ(·|x, y_<t), recorded while sampling
-
-
-class EntropyRecorder:
-    """A logits processor that keeps H_t = -Σ_v π_θ(v|x, y_<t) log π_θ(v|x, y_<t) of every generation step.
-    generate() applies it before the temperature, so it sees π_θ itself, and the rollout needs no second
-    forward pass to find its forks."""
-
-    def __init__(self):
-        self.steps = []
-
-    def __call__(self, input_ids, scores):
-        self.steps.append(entropy_of(scores))
-        return scores
 
 
 def sample_rollouts(student, tokenizer, questions, cfg) -> Rollout:
@@ -198,14 +189,12 @@ def response_logits(model, rollout: Rollout) -> torch.Tensor:
     """Logits that score each response token: logits_B_T_V[b, t] = model(x, y_<t), in one forward pass."""
     ids = torch.cat([rollout.prompt_ids_B_P, rollout.response_ids_B_T], dim=1)
     mask = torch.cat([rollout.prompt_mask_B_P, rollout.response_mask_B_T], dim=1)
-    num_response = rollout.response_ids_B_T.shape[1]
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
-                   logits_to_keep=num_response + 1).logits
+                   logits_to_keep=rollout.response_ids_B_T.shape[1] + 1).logits
     return logits[:, :-1].float()
 
 
-# ----------------------------------------------------------------------------
-# Step 2: peak-entropy scheduler
+# ── Step 2: peak-entropy scheduler ────────────────────────────────────────────────────────────────────────────────
 
 def select_forks(entropy_B_T, mask_B_T, budget, gap, threshold, window=1, audit_ratio=0.0,
                  selection="peak", generator=None) -> list[tuple[int, int]]:
@@ -231,22 +220,7 @@ def select_forks(entropy_B_T, mask_B_T, budget, gap, threshold, window=1, audit_
     return forks
 
 
-def smooth_entropy(entropy_T, window):
-    """Centred moving average of H_t over `window` tokens, the edges replicated (zeros would pull them down).
-    An even window w averages w + 1 tokens with both ends weighted ½ (the centred 2×w average), so no window
-    moves a peak by half a token."""
-    if window <= 1 or entropy_T.numel() == 0:
-        return entropy_T
-    weights = torch.ones(window + 1 - window % 2, device=entropy_T.device, dtype=entropy_T.dtype)
-    if window % 2 == 0:
-        weights[[0, -1]] = 0.5
-    half = (len(weights) - 1) // 2
-    padded = F.pad(entropy_T.view(1, 1, -1), (half, half), mode="replicate")
-    return F.conv1d(padded, (weights / window).view(1, 1, -1)).view(-1)
-
-
-# ----------------------------------------------------------------------------
-# Step 3: speculative drafts and their log-probabilities
+# ── Step 3: speculative drafts and their log-probabilities ────────────────────────────────────────────────────────
 
 @dataclass
 class Drafts:
@@ -312,50 +286,30 @@ def rollout_and_drafts_forward(model, rollout: Rollout, drafts: Drafts):
     return logits_B_T_V, *chunk_logprobs(model, drafts, pad_id=0)   # padding is masked out
 
 
-# ----------------------------------------------------------------------------
-# Step 4: teacher rollouts (text only)
+# ── Step 4: teacher rollouts (text only) ──────────────────────────────────────────────────────────────────────────
 
 
 def teacher_rollouts(teacher, prefix_texts: list[str], num_samples: int, chunk_len: int, tokenizer,
                      max_tokens=0, draw="", rows=None):
-    """Step 4: r^1..r^M = M teacher continuations of each decoded prefix s_t, each about L tokens of text; None
-    where the teacher failed. The teacher may write max_tokens of its own tokens (default L for a local teacher
-    with the student's tokenizer, else 2·L: another tokenizer groups digits and words differently), and each
-    text is cut to its first L tokens in the student's tokenizer, so drafts and teacher rollouts have the same
-    length in the same units.
-    draw names this call ("seed 0 step 12"): a caching teacher (scale/teachers.py) returns its stored answers
-    only to the same draw, so a resumed run pays nothing twice and every new step gets fresh samples.
+    """Step 4: r^1..r^M = M teacher continuations of each decoded prefix s_t, None where the teacher failed. The
+    teacher writes up to max_tokens of its own tokens (default L with the student's tokenizer, else 2·L), and each
+    text is cut to its first L student tokens, so drafts and teacher rollouts have the same length in the same
+    units. draw ("seed 0 step 12") lets a caching teacher (scale/teachers.py) answer a resumed step from its store;
     rows: each prefix's dataset row, for {question} and {answer} in a --teacher-prompt."""
     default = chunk_len if teacher.shares_tokenizer else 2 * chunk_len
     answers = teacher.continuations(prefix_texts, num_samples, max_tokens or default, draw, rows)
     return [None if texts is None else [first_tokens(t, tokenizer, chunk_len) for t in texts] for texts in answers]
 
 
-def teacher_prefix_texts(tokenizer, rollout, forks, questions, cfg) -> list[str]:
-    """decode(s_t) for each fork (b, t): the prompt as teacher_view_template shows it, then y_<t as text."""
-    texts = []
-    for b, t in forks:
-        prompt_ids = rollout.prompt_ids_B_P[b][rollout.prompt_mask_B_P[b].bool()].tolist()
-        written = rollout.response_ids_B_T[b, :t].tolist()
-        if cfg.prompt_template == "chat":
-            texts.append(PLAIN_TEMPLATE.format(question=questions[b]) + decode_after(tokenizer, prompt_ids, written))
-        else:
-            texts.append(tokenizer.decode(prompt_ids + written, skip_special_tokens=True))
-    return texts
-
-
-# ----------------------------------------------------------------------------
-# Step 5: semantic verification
+# ── Step 5: semantic verification ─────────────────────────────────────────────────────────────────────────────────
 
 def similarity_matrices(similarity, candidates_F_K: list[list[str]], references_F_M: list[list[str]]) -> list:
-    """Step 5: S_km = sim(c^k, r^m), one K × M matrix per fork. embed (the default, the paper's continuous semantic
-    metric): cosine of L2-normalised all-MiniLM-L6-v2 embeddings, every distinct text of the step encoded once in
-    one batch; lexical: character n-gram F1; or any callable (texts, texts) -> matrix (omniopd_lib.similarity)."""
+    """Step 5: S_km = sim(c^k, r^m), one K × M matrix per fork: cosine of all-MiniLM-L6-v2 embeddings (embed, each
+    distinct text encoded once), a text metric (lexical, ned, rouge1) or any callable (omniopd_lib.similarity)."""
     return similarity.matrices(candidates_F_K, references_F_M)
 
 
-# ----------------------------------------------------------------------------
-# Step 6: Dirichlet-Multinomial preference
+# ── Step 6: Dirichlet-Multinomial preference ──────────────────────────────────────────────────────────────────────
 
 def dirichlet_preference(similarity_K_M, alpha=1.0, vote_temperature=0.1, votes="soft", prior_K=None,
                          vote_threshold=0.0):
@@ -380,8 +334,7 @@ def dirichlet_preference(similarity_K_M, alpha=1.0, vote_temperature=0.1, votes=
     return (counts_K + alpha * prior_K) / (num_samples + alpha)
 
 
-# ----------------------------------------------------------------------------
-# Step 7: chunk-level loss at forks
+# ── Step 7: chunk-level loss at forks ─────────────────────────────────────────────────────────────────────────────
 
 def chunk_loss(target_F_K, logprobs_F_K, lengths_F_K, length_norm=1.0, form="kl", num_forks=None):
     """Step 7: q_k = softmax_k(ℓ_k / |c^k|^γ); loss = mean over forks of KL(p̂ ‖ q) = Σ_k p̂_k log(p̂_k / q_k).
@@ -399,53 +352,59 @@ def chunk_loss(target_F_K, logprobs_F_K, lengths_F_K, length_norm=1.0, form="kl"
     return kl_F.sum() / num_forks
 
 
-# ----------------------------------------------------------------------------
-# Step 8: base-model KL anchor
+# ── Step 8: base-model KL anchor ──────────────────────────────────────────────────────────────────────────────────
 
 def anchor_kl(student_logits_B_T_V, reference_logits_B_T_V, mask_B_T, tokens_B_T=None, form="full", num_tokens=None):
     """Step 8: mean over generated tokens of KL(π_θ(·|s_t) ‖ π_ref(·|s_t)), exact over the vocabulary.
-    form="k3": the k3 estimator exp(r) - 1 - r, r = log π_ref(y_t) - log π_θ(y_t), on sampled tokens.
-    The mean divides by num_tokens when given."""
+    form="k3": the k3 estimator exp(r) - 1 - r, r = log π_ref(y_t) - log π_θ(y_t), on sampled tokens;
+    form="reference-first": the audit reading's KL(π_ref ‖ π_θ), exact. The mean divides by num_tokens when given."""
     if form == "k3":
         ratio_B_T = token_logprobs(reference_logits_B_T_V.detach(), tokens_B_T) - token_logprobs(student_logits_B_T_V,
                                                                                                   tokens_B_T)
         # masked before exp: past EOS the log-ratio may be huge, and exp(huge) · 0 is NaN
         ratio_B_T = torch.where(mask_B_T.bool(), ratio_B_T, torch.zeros_like(ratio_B_T))
         kl_B_T = ratio_B_T.exp() - 1 - ratio_B_T
+    elif form == "reference-first":
+        kl_B_T = ReferenceFirstKL.apply(student_logits_B_T_V, reference_logits_B_T_V.detach())
     else:
         kl_B_T = FullVocabularyKL.apply(student_logits_B_T_V, reference_logits_B_T_V.detach())
     mask = mask_B_T.float()
     return (kl_B_T * mask).sum() / (num_tokens or mask.sum().clamp(min=1))
 
 
-# ----------------------------------------------------------------------------
-# Step 9: one OmniOPD step, the update, and the training loop
+# ── Step 9: one OmniOPD step, the update, and the training loop ───────────────────────────────────────────────────
 
 @dataclass
 class StepBatch:
-    """What a step collects without gradient (sampling and the teacher): rollouts and, by method, the
-    forks' targets, the advantages or the teacher's solutions. The loss then needs only forward passes.
-    num_tokens and num_forks are the loss's denominators; a distributed run sets them to the sums over ranks."""
+    """What a step collects without gradient (sampling, the teacher): rollouts and, by method, the forks' targets,
+    the advantages or the teacher's solutions. num_* are the loss's denominators (a distributed run's: all ranks')."""
     rollout: Rollout | None = None
-    drafts: Drafts | None = None                 # omniopd: the forks that got a target p̂
-    target_F_K: torch.Tensor | None = None
+    drafts: Drafts | None = None                 # omniopd: the forks (audit: chunks) that got a target
+    target_F_K: torch.Tensor | None = None       # p̂ (audit: π̂, F × 1)
     advantages_B: torch.Tensor | None = None     # grpo
     solutions: list = field(default_factory=list)  # sft: (question, teacher solution) pairs
     fork_texts: list = field(default_factory=list)  # omniopd, per fork in drafts: (draft texts, teacher texts, S)
     num_tokens: int = 0
     num_forks: int = 0
+    num_rollouts: int = 0
     metrics: dict = field(default_factory=dict)
+
+
+def rollouts_with_entropy(run, rows, cfg) -> tuple[Rollout, torch.Tensor]:
+    """Step 1 for a batch of rows: the rollouts and H_t (recorded while sampling, or from one forward pass)."""
+    with run.clock("rollout"):
+        rollout = sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
+        entropy_B_T = rollout.entropy_B_T
+        if entropy_B_T is None:   # a rollout not sampled here
+            _, entropy_B_T = token_logprobs_and_entropy(response_logits(run.student, rollout), rollout.response_ids_B_T)
+    return rollout, entropy_B_T
 
 
 @torch.no_grad()
 def omniopd_collect(run, rows, cfg) -> StepBatch:
     """Steps 1-6 for one batch, no gradient: rollouts, forks, drafts, teacher rollouts, S and each fork's p̂."""
     student, tokenizer = run.student, run.tokenizer
-    with run.clock("rollout"):
-        rollout = sample_rollouts(student, tokenizer, [r["question"] for r in rows], cfg)      # step 1
-        entropy_B_T = rollout.entropy_B_T
-        if entropy_B_T is None:   # a rollout not sampled here: one forward pass gives H_t
-            _, entropy_B_T = token_logprobs_and_entropy(response_logits(student, rollout), rollout.response_ids_B_T)
+    rollout, entropy_B_T = rollouts_with_entropy(run, rows, cfg)                              # step 1
     mask_B_T = rollout.response_mask_B_T
     with run.clock("drafts"):
         forks = select_forks(entropy_B_T, mask_B_T, cfg.audit_budget, cfg.fork_gap,           # step 2
@@ -492,31 +451,103 @@ def omniopd_loss(run, batch, cfg):
     return loss, {**batch.metrics, "loss/chunk": loss_chunk.item(), "loss/anchor": loss_anchor.item()}
 
 
-def anchor_term(run, rollout, logits_B_T_V, cfg, num_tokens=None) -> torch.Tensor:
-    """Step 8 on a rollout: KL to the frozen reference, or 0 when β = 0 (no reference is loaded then)."""
+def anchor_term(run, rollout, logits_B_T_V, cfg, num_tokens=None, mask_B_T=None, form="") -> torch.Tensor:
+    """Step 8 on a rollout (on mask_B_T's tokens if given): KL to the frozen reference, or 0 when β = 0 (no
+    reference is loaded then)."""
     if cfg.kl_beta <= 0:
         return torch.zeros((), device=logits_B_T_V.device)
     with torch.no_grad():
         reference_logits_B_T_V = response_logits(run.reference, rollout)
-    return anchor_kl(logits_B_T_V, reference_logits_B_T_V, rollout.response_mask_B_T, rollout.response_ids_B_T,
-                     cfg.anchor, num_tokens)
+    return anchor_kl(logits_B_T_V, reference_logits_B_T_V, rollout.response_mask_B_T if mask_B_T is None else mask_B_T,
+                     rollout.response_ids_B_T, form or cfg.anchor, num_tokens)
 
 
-# ----------------------------------------------------------------------------
-# Baselines behind the same functions: each adds only its loss
+# ── The second reading: audit the student's own chunk (docs/method.md, tutorial/11_audit.md) ──────────────────────
+# It shares steps 1, 3 (its own chunk as the only draft), 4 and 5's backends; the anchors, π̂ and the loss are its own.
+
+def audit_anchors(entropy_B_T, response_ids_B_T, mask_B_T, stops, num_chunks, chunk_len) -> list[tuple[int, int]]:
+    """Audit step 2: per rollout, up to M non-overlapping chunks of exactly C tokens, taken greedily by the highest
+    H_t at their first token (a tie to the later t), each inside y before its stop token; returns (b, t) starts."""
+    anchors = []
+    for b in range(entropy_B_T.shape[0]):
+        length = int(mask_B_T[b].sum())
+        length -= int(length > 0 and int(response_ids_B_T[b, length - 1]) in stops)   # the stop token is never audited
+        entropy = entropy_B_T[b].tolist()
+        chosen = []
+        for t in sorted(range(length - chunk_len + 1), key=lambda t: (-entropy[t], -t)):
+            if len(chosen) < num_chunks and all(abs(t - s) >= chunk_len for s in chosen):
+                chosen.append(t)
+        anchors += [(b, t) for t in sorted(chosen)]
+    return anchors
+
+
+def audit_target(k_sem_F, mean_logprob_F, num_samples, alpha):
+    """Audit step 6: π̂ = (k_sem + α π̄) / (N + α) with π̄ = exp(mean_{t∈c} log π_θ(y_t)), detached: the Dirichlet-
+    Multinomial posterior mean with the student's own geometric-mean probability as the prior. Returns (π̂, π̄)."""
+    pi_bar_F = mean_logprob_F.detach().exp()
+    return (k_sem_F + alpha * pi_bar_F) / (num_samples + alpha), pi_bar_F
+
+
+@torch.no_grad()
+def audit_collect(run, rows, cfg) -> StepBatch:
+    """The audit reading's steps 1-6, no gradient: rollouts, M chunks each, N teacher continuations from each chunk's
+    prefix, k_sem = Σ_j φ(own chunk, r_j) and π̂. A chunk without N answers is dropped, never scored as disagreement."""
+    student, tokenizer, num_samples = run.student, run.tokenizer, cfg.teacher_samples
+    rollout, entropy_B_T = rollouts_with_entropy(run, rows, cfg)                              # step 1
+    anchors = audit_anchors(entropy_B_T, rollout.response_ids_B_T, rollout.response_mask_B_T,  # step 2
+                            set(stop_token_ids(student, tokenizer)), cfg.audit_budget, cfg.chunk_len)
+    own = draft_chunks(student, tokenizer, rollout, anchors, 1, cfg.chunk_len, cfg.temperature)  # K = 1: y_{t:t+C}
+    with run.clock("teacher"):
+        prefix_texts = teacher_prefix_texts(tokenizer, rollout, anchors, [r["question"] for r in rows], cfg)
+        answers = teacher_rollouts(run.teacher, prefix_texts, num_samples, cfg.chunk_len, tokenizer,   # step 4
+                                   cfg.teacher_max_tokens, draw_name(cfg, run.step), [rows[b] for b, _ in anchors])
+    kept = [c for c, texts in enumerate(answers) if texts is not None and len(texts) == num_samples]
+    own = own.subset(kept)
+    with run.clock("similarity"):
+        own_texts = [decode_after(tokenizer, prefix, chunk) for prefix, (chunk,) in zip(own.prefix_ids, own.chunk_ids)]
+        phi = similarity_matrices(run.similarity, [[text] for text in own_texts], [answers[c] for c in kept])  # 5
+    phi_F_N = torch.stack(phi).view(len(kept), num_samples).clamp(0, 1) if kept else torch.zeros(0, num_samples)
+    logprobs_B_T = token_logprobs(response_logits(student, rollout), rollout.response_ids_B_T).cpu()
+    mean_logprob_F = torch.tensor([logprobs_B_T[b, t:t + cfg.chunk_len].mean().item() for b, t in own.forks])
+    target_F, pi_bar_F = audit_target(phi_F_N.sum(1), mean_logprob_F, num_samples, cfg.dirichlet_alpha)   # step 6
+    fork_texts = [([text], answers[c], phi_F_N[f:f + 1]) for f, (text, c) in enumerate(zip(own_texts, kept))]
+    batch = StepBatch(rollout, own, target_F[:, None], fork_texts=fork_texts, num_forks=len(kept),
+                      num_rollouts=len(rows))
+    batch.metrics = {**audit_metrics(batch, len(anchors), phi_F_N, pi_bar_F, cfg.chunk_len),
+                     **rollout_metrics(rollout, entropy_B_T)}
+    return batch
+
+
+def audit_loss(run, batch, cfg):
+    """The audit reading's loss on a collected batch, summed over tokens and divided by the batch size B:
+    L = (-Σ_c π̂_c Σ_{t∈c} log π_θ(y_t) + β Σ_{t unaudited} KL(π_ref(·|s_t) ‖ π_θ(·|s_t))) / B. It only ever
+    reinforces: a chunk the teacher agrees with gets more weight on its own likelihood, none is pushed down."""
+    rollout = batch.rollout
+    logits_B_T_V = response_logits(run.student, rollout)
+    logprobs_B_T = token_logprobs(logits_B_T_V, rollout.response_ids_B_T)
+    weights_B_T = torch.zeros_like(logprobs_B_T)   # π̂_c on the tokens of chunk c, 0 elsewhere
+    audited_B_T = torch.zeros_like(logprobs_B_T, dtype=torch.bool)
+    for (b, t), weight in zip(batch.drafts.forks, batch.target_F_K[:, 0].tolist()):
+        weights_B_T[b, t:t + cfg.chunk_len], audited_B_T[b, t:t + cfg.chunk_len] = weight, True
+    loss_chunk = -(weights_B_T * logprobs_B_T).sum() / batch.num_rollouts
+    unaudited_B_T = rollout.response_mask_B_T.bool() & ~audited_B_T
+    loss_anchor = anchor_term(run, rollout, logits_B_T_V, cfg, batch.num_rollouts, unaudited_B_T, "reference-first")
+    return loss_chunk + cfg.kl_beta * loss_anchor, {**batch.metrics, "loss/chunk": loss_chunk.item(),
+                                                    "loss/anchor": loss_anchor.item()}
+
+
+# ── Baselines behind the same functions: each adds only its loss ──────────────────────────────────────────────────
 
 @torch.no_grad()
 def rollout_collect(run, rows, cfg) -> StepBatch:
     """OPD's collection: student rollouts only (the teacher's logits are read in the loss)."""
-    with run.clock("rollout"):
-        rollout = sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
+    rollout, _ = rollouts_with_entropy(run, rows, cfg)
     return StepBatch(rollout, num_tokens=int(rollout.response_mask_B_T.sum()))
 
 
 def opd_loss(run, batch, cfg):
-    """White-box token-level OPD on student samples; needs the teacher's logits (a local teacher with the
-    student's tokenizer). sampled: A_t = log π_T(y_t|s_t) - log π_θ(y_t|s_t), detached, loss
-    -mean_t A_t log π_θ(y_t|s_t);
+    """White-box token-level OPD on student samples; needs the teacher's logits (a local teacher with the student's
+    tokenizer). sampled: loss -mean_t A_t log π_θ(y_t|s_t) with A_t = log π_T(y_t|s_t) - log π_θ(y_t|s_t) detached;
     full: mean_t KL(π_θ(·|s_t) ‖ π_T(·|s_t)). Both average over the generated tokens."""
     rollout = batch.rollout
     logits_B_T_V = response_logits(run.student, rollout)
@@ -576,8 +607,7 @@ def group_advantages(rewards_G: torch.Tensor) -> torch.Tensor:
 def grpo_collect(run, rows, cfg) -> StepBatch:
     """GRPO's collection: G samples per prompt (rows holds each prompt G times), reward r_i from grade (1 when
     the final answer checks or the program passes its tests), group-normalised advantages."""
-    with run.clock("rollout"):
-        rollout = sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
+    rollout, _ = rollouts_with_entropy(run, rows, cfg)
     texts = response_texts(run.tokenizer, rollout)
     rewards_B = torch.tensor([graded["reward"] for graded in grade(rows, texts, cfg)])
     advantages_B = torch.cat([group_advantages(g) for g in rewards_B.split(cfg.group_size)])
@@ -598,9 +628,14 @@ def grpo_loss(run, batch, cfg):
         **rollout_metrics(rollout, entropy_B_T)}
 
 
-# each method: (collect without gradient, loss on what was collected)
-METHODS = {"omniopd": (omniopd_collect, omniopd_loss), "opd": (rollout_collect, opd_loss),
-           "sft": (sft_collect, sft_loss), "grpo": (grpo_collect, grpo_loss)}
+# each method: (collect without gradient, loss on what was collected); omniopd by its --objective
+METHODS = {"omniopd": (omniopd_collect, omniopd_loss), "omniopd-audit": (audit_collect, audit_loss),
+           "opd": (rollout_collect, opd_loss), "sft": (sft_collect, sft_loss), "grpo": (grpo_collect, grpo_loss)}
+
+
+def method_functions(cfg):
+    """(collect, loss) of cfg's method, and for omniopd of its reading."""
+    return METHODS["omniopd-audit" if cfg.method == "omniopd" and cfg.objective == "audit" else cfg.method]
 
 
 def update(run, loss, grad_clip) -> float:
@@ -610,30 +645,6 @@ def update(run, loss, grad_clip) -> float:
     norm = torch.nn.utils.clip_grad_norm_(run.student.parameters(), grad_clip)
     run.optimizer.step()
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # sharded (FSDP) or plain
-
-
-def setup(cfg, teacher=None) -> RunState:
-    """Load the student (from --resume if given), the frozen reference (always the starting weights), the teacher
-    (make_teacher's unless one is given), the similarity and the optimizer; then resume."""
-    if cfg.method not in METHODS:
-        raise OmniOPDError(f"unknown method '{cfg.method}': choose from {', '.join(METHODS)}")
-    device, state = device_of(cfg), resume_state(cfg)
-    seed_everything(cfg.seed)
-    student, tokenizer, lora = load_student(cfg, device)
-    reference = load_reference(cfg, lora, device)
-    if cfg.method != "grpo":   # GRPO learns from rewards alone
-        teacher = ready_teacher(teacher or make_teacher(cfg, device), cfg, tokenizer)
-    if cfg.method == "opd" and not isinstance(teacher, HFTeacher):
-        raise OmniOPDError("--method opd needs the teacher's logits: give a local model, not openai:")
-    if cfg.method == "opd" and not teacher.shares_tokenizer:
-        raise OmniOPDError("--method opd needs a teacher with the student's tokenizer; this teacher's differs")
-    similarity = Similarity(cfg.similarity, cfg.similarity_model, device) if cfg.method == "omniopd" else None
-    trainable = [p for p in student.parameters() if p.requires_grad]   # with LoRA, the adapter's alone
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    run = RunState(student, tokenizer, reference, teacher, similarity, optimizer, lora=lora)
-    if state is not None:
-        restore(run, state, cfg)
-    return run
 
 
 def train(cfg: Config) -> dict:
@@ -647,7 +658,7 @@ def train(cfg: Config) -> dict:
             keep_metrics_until(out / "metrics.jsonl", run.step)
         summary = {"before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}"),
                    **teacher_accuracy(run, eval_rows, cfg)}
-        collect, loss_fn = METHODS[cfg.method]
+        collect, loss_fn = method_functions(cfg)
         stops, batch = StopRules(), None
         with contextlib.closing(MetricsLog(cfg)) as log:
             log.write({"step": run.step, **summary["before"]}, to_file=False)   # the learning curve's first point
@@ -680,16 +691,9 @@ def train(cfg: Config) -> dict:
     return summary
 
 
-def run_and_report(argv) -> int:
-    cfg = parse_args(argv, Config, __doc__.split("\n\n")[0])
-    offline_if_the_world_is(cfg)
-    started = time.time()
-    print_summary(cfg, train(cfg), time.time() - started)
-    return 0
-
-
 def main(argv=None) -> int:
-    return main_with_errors(run_and_report, argv)
+    """The command line: parse it into a Config, train, print the summary (a problem the user can fix: one line)."""
+    return main_with_errors(argv, Config, train, __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ comparison, rerun with one command.
     python bench/compare.py --world stories   # 5 seeds after a sweep -> bench/results/stories.md (2 CPU cores: hours)
     python bench/compare.py --world toy       # the arithmetic world -> bench/results/toy.md
     python bench/compare.py --quick           # 1 seed, a few steps, no sweep: checks that every row runs (minutes)
+    python bench/compare.py --world code --rows OmniOPD "OmniOPD, audit reading"   # some rows; the rest as stored
 
 1. The sweep. Every method (SFT, both OPDs, GRPO, OmniOPD) trains once at each learning rate of the same
    grid (`--lrs`; default ¼×, ½×, 1×, 2× and 4× the world's default) on a sweep seed that is not a reporting seed,
@@ -12,6 +13,10 @@ comparison, rerun with one command.
    ablations) change one part of OmniOPD and keep its rate.
 2. The table. Every row trains the shipped student for the same steps and rollouts per step, at its own
    chosen rate, for each reporting seed, and is scored by greedy pass@1 on the held-out test problems.
+
+`--rows` runs only the rows named (and the untrained student) and reads every other row, with its chosen rate,
+from the <world>.json already in `--results`; a named row whose rate is stored keeps it, one without is swept.
+The table marks which rows each run measured, with its seeds, test-set size and commit.
 
 Runs go to `--runs`; each writes result.json, and a run whose result.json exists is not run again, so an
 interrupted comparison continues where it stopped. `--jobs 2` runs two trainings at a time, each on one
@@ -46,6 +51,7 @@ ROWS = [
     ("OPD, full-vocabulary", {"method": "opd", "opd_kl": "full"}, "OPD, full-vocabulary"),
     ("GRPO", {"method": "grpo"}, "GRPO"),
     ("OmniOPD", {}, "OmniOPD"),
+    ("OmniOPD, audit reading", {"objective": "audit"}, "OmniOPD, audit reading"),
     ("OmniOPD (API teacher)", {"teacher": "openai:WORLD", "teacher_mode": "chat"}, "OmniOPD"),
     ("ablation: random forks", {"fork_selection": "random"}, "OmniOPD"),
     ("ablation: α = 0", {"dirichlet_alpha": 0.0}, "OmniOPD"),
@@ -65,21 +71,28 @@ def run_name(name, seed, lr):
 
 
 def run_one(job):
-    """Train one (row, seed, learning rate) through omniopd.train(), or read the result it already wrote."""
+    """Train one (row, seed, learning rate) on the world, or read the result it already wrote."""
     name, overrides, seed, lr, eval_data, args = job
-    out = Path(args.runs) / args.world / run_name(name, seed, lr)
+    options = {"student": args.world, "teacher": args.world, "data": args.world, "eval_data": eval_data,
+               "lr": lr, "eval_size": args.eval_size, **overrides}
+    if options["teacher"] == "openai:WORLD":
+        options.update(teacher=f"openai:{args.world}", teacher_base_url=loopback_server(args.world))
+    return run_row(name, options, seed, Path(args.runs) / args.world, args.steps, args.points)
+
+
+def run_row(name, options, seed, runs: Path, steps, points) -> dict:
+    """Train one row (omniopd.Config options) for `steps` with `seed` through omniopd.train(), evaluating `points`
+    times along the way; its result.json in runs/<row-seed-lr>/, or the one a finished run already wrote there.
+    bench/real_lm.py shares it."""
+    out = runs / run_name(name, seed, options["lr"])
     done = out / "result.json"
     if done.exists():
         return json.loads(done.read_text())
-    options = {"student": args.world, "teacher": args.world, "data": args.world, "eval_data": eval_data,
-               "steps": args.steps, "seed": seed, "lr": lr, "eval_size": args.eval_size, "out": str(out),
-               "eval_every": max(1, args.steps // args.points), "eval_teacher": False, **overrides}
-    if options["teacher"] == "openai:WORLD":
-        options.update(teacher=f"openai:{args.world}", teacher_base_url=loopback_server(args.world))
     if out.exists():   # a run cut off before its result: start it again from nothing
         import shutil
         shutil.rmtree(out)
-    cfg = omniopd.Config(**options).resolved()
+    cfg = omniopd.Config(**{"eval_teacher": False, **options, "steps": steps, "seed": seed, "out": str(out),
+                            "eval_every": max(1, steps // points)}).resolved()
     started = time.time()
     summary = omniopd.train(cfg)
     seconds = time.time() - started
@@ -87,8 +100,8 @@ def run_one(job):
     curve = [(0, summary["before"]["eval/accuracy"])] + [(m["step"], m["eval/accuracy"]) for m in metrics
                                                         if "eval/accuracy" in m and m["step"] > 0]
     last = [m for m in metrics if "teacher/calls" in m]
-    result = {"row": name, "seed": seed, "lr": lr, "accuracy": summary["after"]["eval/accuracy"], "curve": curve,
-              "seconds": seconds, "teacher_calls": last[-1]["teacher/calls"] if last else 0,
+    result = {"row": name, "seed": seed, "lr": options["lr"], "accuracy": summary["after"]["eval/accuracy"],
+              "curve": curve, "seconds": seconds, "teacher_calls": last[-1]["teacher/calls"] if last else 0,
               "teacher_tokens": last[-1]["teacher/tokens"] if last else 0}
     done.write_text(json.dumps(result))
     return result
@@ -136,42 +149,79 @@ def validation_file(args) -> str:
     return str(path)
 
 
-def sweep(args, started) -> tuple[dict, list]:
-    """Each swept method's learning rate: the best validation accuracy over the same grid."""
+def sweep(args, started, stored) -> tuple[dict, list]:
+    """Each swept method's learning rate: the best validation accuracy over the same grid. With --rows, a rate
+    already stored is kept and only the named rows without one are swept."""
     if len(args.lrs) == 1:
         return {name: args.lrs[0] for name in SWEPT}, []
+    chosen = dict(stored.get("chosen_lr", {}))
+    to_sweep = [name for name in SWEPT if name in args.selected and name not in chosen]
+    kept = [r for r in stored.get("sweep", []) if r["row"] not in to_sweep]
+    if not to_sweep:
+        return chosen, kept
     eval_data = validation_file(args)
     jobs = [(name, overrides, args.sweep_seed, lr, eval_data, args)
-            for name, overrides, lr_of in ROWS if name in SWEPT for lr in args.lrs]
-    jobs.append((ROWS[0][0], ROWS[0][1], args.sweep_seed, args.lrs[0], eval_data, args))   # the untrained student
+            for name, overrides, lr_of in ROWS if name in to_sweep for lr in args.lrs]
+    if not any(r["row"] == ROWS[0][0] for r in kept):
+        jobs.append((ROWS[0][0], ROWS[0][1], args.sweep_seed, args.lrs[0], eval_data, args))   # the untrained student
     results = run_all(jobs, args, started)
-    chosen = {}
-    for name in SWEPT:
+    for name in to_sweep:
         scores = {r["lr"]: r["accuracy"] for r in results if r["row"] == name}
         chosen[name] = max(args.lrs, key=lambda lr: (scores[lr], -abs(args.lrs.index(lr) - len(args.lrs) // 2)))
-    return chosen, results
+    return chosen, kept + results
 
 
 def mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def write_report(results, chosen, sweep_results, args, folder: Path):
+def this_measurement(args) -> dict:
+    """What one invocation measured with: its seeds, test-set size, date and commit."""
+    import subprocess
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return {"seeds": args.seeds, "eval_size": args.eval_size, "date": time.strftime("%Y-%m-%d"),
+            "commit": commit.stdout.strip() or "unknown"}
+
+
+def stored_measurement(stored: dict, row: str, args) -> dict:
+    """Where a stored row comes from: as recorded, or for a file written before rows were recorded, its own
+    seeds and test-set size and the commit that last changed it."""
+    if row in stored.get("measured", {}):
+        return stored["measured"][row]
+    import subprocess
+    path = Path(args.results) / f"{args.name}.json"
+    last = subprocess.run(["git", "log", "-1", "--format=%h %cs", "--", path.name], cwd=path.parent,
+                          capture_output=True, text=True).stdout.split() or ["unknown", "unknown"]
+    return {"seeds": stored["args"]["seeds"], "eval_size": stored["args"]["eval_size"], "date": last[1],
+            "commit": last[0]}
+
+
+def write_report(results, chosen, sweep_results, args, folder: Path, measured: dict):
+    """<name>.json, <name>.md and <name>.png; measured: row -> the measurement it comes from."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{args.name}.json").write_text(json.dumps(
-        {"args": {k: v for k, v in vars(args).items()}, "chosen_lr": chosen, "sweep": sweep_results,
-         "results": results}, indent=1))
+        {"args": {k: v for k, v in vars(args).items() if k != "selected"}, "chosen_lr": chosen,
+         "sweep": sweep_results, "results": results, "measured": measured}, indent=1))
     base = statistics.mean(r["accuracy"] for r in results["student (untrained)"])
-    n = len(args.seeds)
+    # each distinct measurement gets a mark, the first (usually this run's) none
+    kinds = list(dict.fromkeys(json.dumps(m, sort_keys=True) for name, m in measured.items() if results[name]))
+    marks = {kind: "" if i == 0 else "†" * i for i, kind in enumerate(kinds)}
+    first = json.loads(kinds[0])
+    n = len(first["seeds"])
     lines = [f"# {args.world} world: every method, the same budget ({args.steps} steps × "
-             f"{omniopd.Config.batch_size} rollouts, {n} seed{'s' * (n > 1)}: {', '.join(map(str, args.seeds))})", "",
-             f"Made by `python bench/compare.py {' '.join(sys.argv[1:])}`. Greedy pass@1 "
-             f"on {args.eval_size} held-out test problems. ± is the standard deviation over seeds; s.e. is that "
-             f"over √{n}. One evaluation's own binomial standard error is at most "
-             f"{0.5 / args.eval_size ** 0.5:.1%}. Wall time is per run on 2 CPU cores, "
-             + (f"{args.jobs} runs at a time (one thread each)." if args.jobs > 1 else "one run at a time."), "",
-             "| method | learning rate | accuracy (mean ± std) | s.e. | vs untrained | wall time (s) | teacher calls "
-             "| teacher tokens |", "|---|---|---|---|---|---|---|---|"]
+             f"{omniopd.Config.batch_size} rollouts, {n} seed{'s' * (n > 1)}: {', '.join(map(str, first['seeds']))})",
+             "", f"Made by `python bench/compare.py {' '.join(sys.argv[1:])}`. Greedy pass@1 "
+             f"on {first['eval_size']} held-out test problems. ± is the standard deviation over seeds; s.e. is that "
+             f"over √(seeds). One evaluation's own binomial standard error is at most "
+             f"{0.5 / first['eval_size'] ** 0.5:.1%}. Wall time is per run on 2 CPU cores, "
+             + (f"{args.jobs} runs at a time (one thread each)." if args.jobs > 1 else "one run at a time.")
+             + f" Unmarked rows: commit {first['commit']}, {first['date']}."]
+    for kind in kinds[1:]:
+        other = json.loads(kind)
+        lines[-1] += (f" {marks[kind]}: measured earlier (commit {other['commit']}, {other['date']}) with seeds "
+                      f"{', '.join(map(str, other['seeds']))} on {other['eval_size']} test problems.")
+    lines += ["", "| method | learning rate | seeds | accuracy (mean ± std) | s.e. | vs untrained | wall time (s) | "
+              "teacher calls | teacher tokens |", "|---|---|---|---|---|---|---|---|---|"]
     for name, _, lr_of in ROWS:
         runs = results[name]
         if not runs:   # --no-ablations
@@ -181,8 +231,10 @@ def write_report(results, chosen, sweep_results, args, folder: Path):
         calls = statistics.mean(r["teacher_calls"] for r in runs)
         tokens = statistics.mean(r["teacher_tokens"] for r in runs)
         rate = f"{chosen[lr_of]:g}" if lr_of else "—"
-        lines.append(f"| {name} | {rate} | {accuracy:.1%} ± {spread:.1%} | {spread / n ** 0.5:.1%} | "
-                     f"{accuracy - base:+.1%} | {seconds:.0f} | {calls:,.0f} | {tokens:,.0f} |")
+        mark = marks[json.dumps(measured[name], sort_keys=True)]
+        lines.append(f"| {name}{mark} | {rate} | {len(runs)} | {accuracy:.1%} ± {spread:.1%} | "
+                     f"{spread / len(runs) ** 0.5:.1%} | {accuracy - base:+.1%} | {seconds:.0f} | {calls:,.0f} | "
+                     f"{tokens:,.0f} |")
     if sweep_results:
         untrained = next(r["accuracy"] for r in sweep_results if r["row"] == ROWS[0][0])
         lines += ["", (f"Learning-rate sweep (seed {args.sweep_seed}, {args.valid_size} validation problems from the "
@@ -192,6 +244,8 @@ def write_report(results, chosen, sweep_results, args, folder: Path):
                   "|---|" + "---|" * len(args.lrs)]
         for name in SWEPT:
             scores = {r["lr"]: r["accuracy"] for r in sweep_results if r["row"] == name}
+            if not scores:
+                continue
             cells = [f"**{scores[lr]:.1%}**" if lr == chosen[name] else f"{scores[lr]:.1%}" for lr in args.lrs]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     (folder / f"{args.name}.md").write_text("\n".join(lines) + f"\n\n![accuracy against step]({args.name}.png)\n")
@@ -239,6 +293,8 @@ def main():
     parser.add_argument("--runs", default=str(ROOT / "bench" / "runs"), help="where run folders go")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--name", default="", help="file name of the results (default: the world's name)")
+    parser.add_argument("--rows", nargs="+", default=[], choices=[name for name, _, _ in ROWS], metavar="ROW",
+                        help="run only these rows; the others are read from the stored <name>.json")
     args = parser.parse_args()
     world = WORLDS[args.world]
     args.steps = args.steps or world["steps"]
@@ -249,15 +305,24 @@ def main():
     if args.quick:
         args.seeds, args.steps, args.eval_size, args.points, args.lrs = [0], 4, 32, 2, [default_lr]
         args.name += "-quick"
+    args.selected = {ROWS[0][0], *args.rows} if args.rows else {name for name, _, _ in ROWS}
+    stored = {}
+    if args.rows:
+        path = Path(args.results) / f"{args.name}.json"
+        if not path.exists():
+            parser.error(f"--rows reads the other rows from {path}, which does not exist")
+        stored = json.loads(path.read_text())
     started = time.time()
-    chosen, sweep_results = sweep(args, started)
+    chosen, sweep_results = sweep(args, started, stored)
     jobs = [(name, overrides, seed, chosen[lr_of] if lr_of else default_lr, args.world, args)
             for name, overrides, lr_of in ROWS for seed in args.seeds
-            if not (args.no_ablations and name.startswith("ablation"))]
-    results = {name: [] for name, _, _ in ROWS}
+            if name in args.selected and not (args.no_ablations and name.startswith("ablation"))]
+    results = {name: ([] if name in args.selected else stored["results"].get(name, [])) for name, _, _ in ROWS}
     for result in run_all(jobs, args, started):
         results[result["row"]].append(result)
-    write_report(results, chosen, sweep_results, args, Path(args.results))
+    measured = {name: this_measurement(args) if name in args.selected else stored_measurement(stored, name, args)
+                for name, _, _ in ROWS}
+    write_report(results, chosen, sweep_results, args, Path(args.results), measured)
 
 
 if __name__ == "__main__":

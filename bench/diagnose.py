@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import omniopd  # noqa: E402
+from omniopd_lib.similarity import Similarity  # noqa: E402
 import toyworld  # noqa: E402
 from omniopd_lib import data  # noqa: E402
 from omniopd_lib import grading  # noqa: E402
@@ -275,7 +276,7 @@ def train_control(world, name, steps, eval_rows, method=None, similarity=None, s
     """Train one control for `steps` steps as omniopd.train would; returns accuracies and logged metrics."""
     run, rows, cfg = world_run(world, seed=seed, method=method or "omniopd", **options)
     if similarity is not None:
-        run.similarity = omniopd.Similarity(similarity)
+        run.similarity = Similarity(similarity)
     collect, loss_fn = omniopd.METHODS[cfg.method]
     if name.startswith("reference solutions"):
         collect, loss_fn = reference_collect, omniopd.sft_loss

@@ -33,6 +33,9 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import omniopd  # noqa: E402
+from omniopd_lib.common import RunState  # noqa: E402
+from omniopd_lib.similarity import Similarity  # noqa: E402
+from omniopd_lib.teachers import HFTeacher  # noqa: E402
 from omniopd_lib import models  # noqa: E402
 from omniopd_lib import teachers  # noqa: E402
 import toyworld  # noqa: E402
@@ -63,7 +66,7 @@ def qwen_like(hidden, layers, heads, kv_heads, intermediate, dtype, tie, device)
     return model
 
 
-class LocalTeacher(omniopd.HFTeacher):
+class LocalTeacher(HFTeacher):
     """HFTeacher around an in-memory model (the bench builds models instead of loading them)."""
 
     def __init__(self, model, tokenizer):
@@ -106,7 +109,7 @@ def one_run(args) -> dict:
         omniopd.rollout_and_drafts_forward = definition_scorer
     cfg = omniopd.Config(student="qwen-like", batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                          similarity="lexical", entropy_threshold=0.0).resolved()
-    run = omniopd.RunState(student, tokenizer, reference, teacher, omniopd.Similarity("lexical"),
+    run = RunState(student, tokenizer, reference, teacher, Similarity("lexical"),
                            torch.optim.AdamW(student.parameters(), lr=cfg.lr))
     rows = [{"question": f"What is {i} plus {i + 3}?", "answer": str(2 * i + 3)} for i in range(args.batch_size)]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

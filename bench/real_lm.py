@@ -26,7 +26,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.compare import run_row  # noqa: E402
+from bench.compare import run_name, run_row  # noqa: E402
 from toyworld.real import LlamaServer, smollm2_folder, smollm2_gguf  # noqa: E402
 
 KEY = "sk-bench-real-lm"
@@ -36,6 +36,7 @@ ROWS = [
     ("OPD, sampled-token (teacher = student)", {"method": "opd", "teacher": "STUDENT"}),
     ("GRPO", {"method": "grpo"}),
     ("OmniOPD (API teacher)", {"teacher": "openai:smollm2"}),
+    ("OmniOPD, audit reading (API teacher)", {"teacher": "openai:smollm2", "objective": "audit"}),
 ]
 
 
@@ -66,7 +67,8 @@ def main():
     args = parser.parse_args()
     student = str(smollm2_folder())
     train, test = write_data(Path(args.runs) / "data", 2000, args.eval_size)
-    common = {"student": student, "data": train, "eval_data": test, "batch_size": args.batch_size, "lr": args.lr,
+    common = {"student": student, "data": train, "eval_data": test, "eval_size": args.eval_size,
+              "batch_size": args.batch_size, "lr": args.lr,
               "max_new_tokens": args.max_new_tokens, "device": args.device,
               "prompt_template": "plain"}   # as measured in bench/results/real_lm.md (an instruct student's default is chat)
     os.environ["OPENAI_API_KEY"] = KEY
@@ -77,7 +79,9 @@ def main():
             if options.get("teacher") == "STUDENT":
                 options["teacher"] = student
             options.setdefault("teacher", student)
-            results[name] = run_row(name, options, args.seed, args, server.url)
+            if options["teacher"].startswith("openai:"):
+                options["teacher_base_url"] = server.url
+            results[name] = run_row(name, options, args.seed, Path(args.runs), args.steps, args.points)
             print(f"{name:<40} {results[name]['accuracy']:.1%} ({results[name]['seconds']:.0f} s, "
                   f"{time.time() - started:.0f} s in all)", flush=True)
     write_report(results, args)
@@ -88,7 +92,7 @@ def write_report(results, args):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "real_lm.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     base = results["student (untrained)"]["accuracy"]
-    first_eval = Path(args.runs) / "student_(untrained)-seed0" / "eval-step-000000.jsonl"
+    first_eval = Path(args.runs) / run_name("student (untrained)", args.seed, args.lr) / "eval-step-000000.jsonl"
     evaluated = len(first_eval.read_text().splitlines()) if first_eval.exists() else args.eval_size
     lines = [f"# SmolLM2-135M-Instruct as student: every method, {args.steps} steps × {args.batch_size} rollouts, "
              f"lr {args.lr:g}, seed {args.seed}", "",

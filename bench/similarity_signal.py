@@ -24,6 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from omniopd_lib import codetask  # noqa: E402
 import omniopd  # noqa: E402
+from omniopd_lib.similarity import Similarity  # noqa: E402
+from omniopd_lib.teachers import HFTeacher  # noqa: E402
 from omniopd_lib import data  # noqa: E402
 from omniopd_lib import models  # noqa: E402
 import toyworld  # noqa: E402
@@ -67,7 +69,7 @@ def main():
     cfg = omniopd.Config(**toyworld.world_options(args.world)).resolved()
     device = torch.device("cpu")
     student, tokenizer = models.load_model(args.world, "student", device)
-    teacher = omniopd.HFTeacher(args.world, device)
+    teacher = HFTeacher(args.world, device)
     rows = data.load_rows(args.world, "train", args.seed + 500, args.prompts, task=cfg.task)
     rollout = omniopd.sample_rollouts(student, tokenizer, [r["question"] for r in rows], cfg)
     with torch.no_grad():
@@ -95,7 +97,7 @@ def main():
     print("\n".join(lines))
     settings = [("embed", "soft", 0.1), ("embed", "soft", 0.02), ("embed", "hard", 0.1),
                 ("lexical", "soft", 0.1), ("lexical", "soft", 0.02), ("lexical", "hard", 0.1)]
-    encoders = {"embed": omniopd.Similarity("embed"), "lexical": omniopd.Similarity("lexical")}
+    encoders = {"embed": Similarity("embed"), "lexical": Similarity("lexical")}
     for kind, votes, kappa in settings:
         matrices = encoders[kind].matrices([candidates[f] for f in mixed], [references[f] for f in mixed])
         s_right, s_wrong, won, pairs, mass, share = [], [], 0, 0, 0.0, 0.0

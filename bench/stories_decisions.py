@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
-import omniopd  # noqa: E402
+from omniopd_lib.generation import PLAIN_TEMPLATE  # noqa: E402
 from omniopd_lib import models  # noqa: E402
 from toyworld import stories  # noqa: E402
 
@@ -40,7 +40,7 @@ def decisions(model, tokenizer, rows):
     """(verb rank, P(right), entropy) at every operation decision of the rows' reference solutions."""
     found = []
     for row in rows:
-        prompt_ids = tokenizer(omniopd.PLAIN_TEMPLATE.format(question=row["question"]))["input_ids"]
+        prompt_ids = tokenizer(PLAIN_TEMPLATE.format(question=row["question"]))["input_ids"]
         answer_ids = tokenizer(row["answer"])["input_ids"]
         with torch.no_grad():
             logprobs = torch.log_softmax(model(torch.tensor([prompt_ids + answer_ids])).logits[0].float(), -1)

@@ -5,6 +5,7 @@ import dataclasses
 import datetime
 import os
 import string
+import typing
 from dataclasses import dataclass, field
 
 import toyworld
@@ -24,17 +25,25 @@ def option(default, help, choices=None):
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
+class DefaultsInHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each option's default, except where it is None: the config sets those itself, as the help says."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv, config_class, description: str):
     """Build the command line from a config dataclass (omniopd.Config, or scale/'s subclass): --field-name, with
     the field's help; returns the config with its runtime fields resolved."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=DefaultsInHelp)
     for f in dataclasses.fields(config_class):
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool or f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
         else:
-            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            # int | None: a field whose default (None) the config resolves itself
+            kinds = [k for k in typing.get_args(f.type) if k is not type(None)] or [f.type]
+            kind = {"int": int, "float": float, "str": str}[kinds[0] if isinstance(kinds[0], str) else kinds[0].__name__]
             parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"], choices=f.metadata["choices"])
     return config_class(**vars(parser.parse_args(argv))).resolved()
 

@@ -1,7 +1,7 @@
 """Fast paths, each tested equal to the definition it replaces in omniopd.py (tests/test_packed_scoring.py,
 tests/test_correctness.py): the rollout and every draft scored in one packed forward pass, log-probabilities of
-picked tokens and the full-vocabulary KL with a single V-wide gradient, vocabulary-wide work a few positions at
-a time."""
+picked tokens and the full-vocabulary KLs with a single V-wide gradient, vocabulary-wide work a few positions at
+a time; and the entropy signal the schedulers read (recorded while sampling, optionally smoothed)."""
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +76,31 @@ class FullVocabularyKL(torch.autograd.Function):
             logp, logq = F.log_softmax(logits_B_T_V[at].float(), -1), F.log_softmax(reference_B_T_V[at].float(), -1)
             gap = torch.where(logp > -float("inf"), logp - logq - kl_B_T[at][:, None], torch.zeros_like(logp))
             grad_B_T_V[at] = (grad_kl_B_T[at][:, None] * logp.exp() * gap).to(grad_B_T_V.dtype)
+        return grad_B_T_V, None
+
+
+class ReferenceFirstKL(torch.autograd.Function):
+    """KL(π_ref ‖ π_θ) = Σ_v q_v (log q_v - log p_v) per position, p = softmax(z), q = softmax(r): the audit
+    reading's anchor (the forward direction), a few positions at a time as FullVocabularyKL, with
+    ∂KL/∂z_v = p_v - q_v."""
+
+    @staticmethod
+    def forward(ctx, logits_B_T_V, reference_B_T_V):
+        kl_B_T = torch.empty(logits_B_T_V.shape[:2], device=logits_B_T_V.device)
+        for at in a_few_positions_at_a_time(logits_B_T_V):
+            logp, logq = F.log_softmax(logits_B_T_V[at].float(), -1), F.log_softmax(reference_B_T_V[at].float(), -1)
+            # a token the reference rules out adds nothing, even where the student rules it out too
+            kl_B_T[at] = xlogratio(logq, logp).sum(-1)
+        ctx.save_for_backward(logits_B_T_V, reference_B_T_V)
+        return kl_B_T
+
+    @staticmethod
+    def backward(ctx, grad_kl_B_T):
+        logits_B_T_V, reference_B_T_V = ctx.saved_tensors
+        grad_B_T_V = torch.empty(logits_B_T_V.shape, dtype=logits_B_T_V.dtype, device=logits_B_T_V.device)
+        for at in a_few_positions_at_a_time(logits_B_T_V):
+            p, q = F.softmax(logits_B_T_V[at].float(), -1), F.softmax(reference_B_T_V[at].float(), -1)
+            grad_B_T_V[at] = (grad_kl_B_T[at][:, None] * (p - q)).to(grad_B_T_V.dtype)
         return grad_B_T_V, None
 
 
@@ -176,6 +201,33 @@ def attention_bias(allowed_B_S_S, model):
     dtype = next(model.parameters()).dtype
     return torch.zeros(allowed_B_S_S.shape, dtype=dtype, device=allowed_B_S_S.device).masked_fill(
         ~allowed_B_S_S, torch.finfo(dtype).min)[:, None]
+
+
+class EntropyRecorder:
+    """A logits processor that keeps H_t = -Σ_v π_θ(v|x, y_<t) log π_θ(v|x, y_<t) of every generation step.
+    generate() applies it before the temperature, so it sees π_θ itself, and the rollout needs no second
+    forward pass to find its forks."""
+
+    def __init__(self):
+        self.steps = []
+
+    def __call__(self, input_ids, scores):
+        self.steps.append(entropy_of(scores))
+        return scores
+
+
+def smooth_entropy(entropy_T, window):
+    """Centred moving average of H_t over `window` tokens, the edges replicated (zeros would pull them down).
+    An even window w averages w + 1 tokens with both ends weighted ½ (the centred 2×w average), so no window
+    moves a peak by half a token."""
+    if window <= 1 or entropy_T.numel() == 0:
+        return entropy_T
+    weights = torch.ones(window + 1 - window % 2, device=entropy_T.device, dtype=entropy_T.dtype)
+    if window % 2 == 0:
+        weights[[0, -1]] = 0.5
+    half = (len(weights) - 1) // 2
+    padded = F.pad(entropy_T.view(1, 1, -1), (half, half), mode="replicate")
+    return F.conv1d(padded, (weights / window).view(1, 1, -1)).view(-1)
 
 
 def entropy_of(logits_N_V):

@@ -1,4 +1,4 @@
-"""A run's plumbing, shared by omniopd.py's loop and scale/'s: the run folder (held by one run at a time), the
+"""A run's plumbing, shared by omniopd.py's loop and scale/'s: what a run loads (setup), the run folder (held by one run at a time), the
 rules that stop a run early, what each step adds to its metrics besides the method's own, evaluation records,
 and the summary printed at the end."""
 
@@ -10,11 +10,41 @@ import sys
 import time
 from pathlib import Path
 
-from omniopd_lib.common import OmniOPDError, lock_folder, rng_state, set_rng_state
+import torch
+
+from omniopd_lib.checkpoint import restore, resume_state
+from omniopd_lib.common import (OmniOPDError, RunState, device_of, lock_folder, rng_state, seed_everything,
+                                set_rng_state)
+from omniopd_lib.config import offline_if_the_world_is, parse_args
 from omniopd_lib.generation import PLAIN_TEMPLATE
 from omniopd_lib.grading import evaluate
-from omniopd_lib.teachers import HFTeacher
+from omniopd_lib.models import load_reference, load_student
+from omniopd_lib.similarity import Similarity
+from omniopd_lib.teachers import HFTeacher, make_teacher, ready_teacher
 from omniopd_lib.tracking import TEACHER_COUNTERS
+
+
+def setup(cfg, teacher=None) -> RunState:
+    """Load the student (from --resume if given), the frozen reference (always the starting weights), the teacher
+    (make_teacher's unless one is given; GRPO has none), the similarity (omniopd only) and the AdamW optimizer
+    over the trainable parameters; then resume."""
+    device, state = device_of(cfg), resume_state(cfg)
+    seed_everything(cfg.seed)
+    student, tokenizer, lora = load_student(cfg, device)
+    reference = load_reference(cfg, lora, device)
+    if cfg.method != "grpo":   # GRPO learns from rewards alone
+        teacher = ready_teacher(teacher or make_teacher(cfg, device), cfg, tokenizer)
+    if cfg.method == "opd" and not isinstance(teacher, HFTeacher):
+        raise OmniOPDError("--method opd needs the teacher's logits: give a local model, not openai:")
+    if cfg.method == "opd" and not teacher.shares_tokenizer:
+        raise OmniOPDError("--method opd needs a teacher with the student's tokenizer; this teacher's differs")
+    similarity = Similarity(cfg.similarity, cfg.similarity_model, device) if cfg.method == "omniopd" else None
+    trainable = [p for p in student.parameters() if p.requires_grad]   # with LoRA, the adapter's alone
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run = RunState(student, tokenizer, reference, teacher, similarity, optimizer, lora=lora)
+    if state is not None:
+        restore(run, state, cfg)
+    return run
 
 
 @contextlib.contextmanager
@@ -104,10 +134,14 @@ def print_summary(cfg, summary: dict, seconds: float) -> None:
     print(f"run folder {cfg.out}, checkpoint {summary['checkpoint']}, {seconds:.0f} s")
 
 
-def main_with_errors(run, argv) -> int:
-    """run(argv) -> 0, or 2 with one line on stderr for a problem the user can fix."""
+def main_with_errors(argv, config_class, train, description: str) -> int:
+    """A command line: argv parsed into config_class, train(cfg), the summary printed -> 0; or 2 with one line on
+    stderr for a problem the user can fix."""
     try:
-        return run(argv)
+        cfg, started = parse_args(argv, config_class, description), time.time()
+        offline_if_the_world_is(cfg)
+        print_summary(cfg, train(cfg), time.time() - started)
+        return 0
     except OmniOPDError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

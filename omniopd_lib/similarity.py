@@ -1,5 +1,8 @@
 """Similarity backends for step 5: sentence embeddings (all-MiniLM-L6-v2 offline from its PyPI package),
-character n-gram F1, or any callable."""
+character n-gram F1, the audit reading's normalised edit distance and ROUGE-1 word F1, or any callable."""
+
+import re
+from collections import Counter
 
 import torch
 
@@ -8,7 +11,8 @@ from omniopd_lib.common import OmniOPDError
 
 class Similarity:
     """Step 5: S_km = sim(c^k, r^m). embed: cosine of L2-normalised sentence embeddings;
-    lexical: character n-gram F1; or any callable (texts, texts) -> K × M matrix."""
+    lexical: character n-gram F1; ned: 1 - normalised character edit distance; rouge1: word unigram F1;
+    or any callable (texts, texts) -> K × M matrix."""
 
     def __init__(self, kind="embed", model_name="all-MiniLM-L6-v2", device="cpu"):
         self.kind, self.encoder = kind, None
@@ -16,16 +20,17 @@ class Similarity:
             self.kind = "callable"
         elif kind == "embed":
             self.encoder = load_encoder(model_name, device)
-        elif kind != "lexical":
-            raise OmniOPDError(f"unknown similarity '{kind}': use embed or lexical")
+        elif kind not in TEXT_METRICS:
+            raise OmniOPDError(f"unknown similarity '{kind}': use embed, {', '.join(TEXT_METRICS)}")
         self.custom = kind if callable(kind) else None
 
     def matrices(self, candidates_F_K: list[list[str]], references_F_M: list[list[str]]) -> list[torch.Tensor]:
         """One K × M similarity matrix per fork; all texts of the step go through the encoder as one batch."""
         if self.kind == "callable":
             return [torch.as_tensor(self.custom(c, r), dtype=torch.float32) for c, r in zip(candidates_F_K, references_F_M)]
-        if self.kind == "lexical":
-            return [torch.tensor([[ngram_f1(c, r) for r in refs] for c in cands])
+        if self.kind in TEXT_METRICS:
+            metric = TEXT_METRICS[self.kind]
+            return [torch.tensor([[metric(c, r) for r in refs] for c in cands], dtype=torch.float32).view(len(cands), -1)
                     for cands, refs in zip(candidates_F_K, references_F_M)]
         texts = [t for cands, refs in zip(candidates_F_K, references_F_M) for t in cands + refs]
         if not texts:
@@ -76,3 +81,32 @@ def ngram_f1(a: str, b: str, max_n: int = 4) -> float:
         precision, recall = common / len(grams_a), common / len(grams_b)
         scores.append(0.0 if common == 0 else 2 * precision * recall / (precision + recall))
     return sum(scores) / len(scores) if scores else 0.0
+
+
+def ned(a: str, b: str, cap: int = 4000) -> float:
+    """The audit reading's φ: 1 - Levenshtein(a, b) / max(|a|, |b|) over characters, each text cut to its first
+    `cap` characters; 1 when both are empty, 0 when one is. The distance is rapidfuzz's (unit-cost insertions,
+    deletions and substitutions, in C++: a Python table of 200 × 200 characters per pair would take longer than
+    the teacher)."""
+    from rapidfuzz.distance import Levenshtein
+    a, b = a[:cap], b[:cap]
+    if not a or not b:
+        return float(a == b)
+    return 1.0 - Levenshtein.distance(a, b) / max(len(a), len(b))
+
+
+def rouge1(a: str, b: str) -> float:
+    """ROUGE-1 F1: unigram overlap of lower-cased words (runs of letters and digits), counted with multiplicity;
+    1 when both have no words, 0 when one has none."""
+    words_a, words_b = Counter(re.findall(r"[a-z0-9]+", a.lower())), Counter(re.findall(r"[a-z0-9]+", b.lower()))
+    if not words_a or not words_b:
+        return float(not words_a and not words_b)
+    common = sum((words_a & words_b).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / sum(words_a.values()), common / sum(words_b.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+# the similarities computed from the two texts alone (no model)
+TEXT_METRICS = {"lexical": ngram_f1, "ned": ned, "rouge1": rouge1}

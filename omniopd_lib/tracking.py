@@ -50,17 +50,18 @@ class MetricsLog:
         rows = fork_table(batch, limit)
         if not rows or not (self.tensorboard or self.wandb):
             return
+        weight = "π̂ (own chunk), φ (teacher)" if batch.target_F_K.shape[1] == 1 else "p̂"   # the audit reading: K = 1
         if self.tensorboard:
             cell = lambda text: str(text).replace("|", "\\|").replace("\n", "⏎")  # noqa: E731  (one table row each)
-            lines = ["| fork | who | text | p̂ |", "|---|---|---|---|"]
+            lines = [f"| fork | who | text | {weight} |", "|---|---|---|---|"]
             lines += [f"| {f} | {who} | {cell(text)} | {'' if target is None else f'{target:.3f}'} |"
                       for f, who, text, target in rows]
             self.tensorboard.add_text("fork_table", "\n".join(lines), step)
             self.tensorboard.flush()
         if self.wandb:
             import wandb
-            self.wandb.log({"fork_table": wandb.Table(columns=["fork", "who", "text", "p̂"], data=[list(r) for r in rows])},
-                           step=step)
+            table = wandb.Table(columns=["fork", "who", "text", weight], data=[list(r) for r in rows])
+            self.wandb.log({"fork_table": table}, step=step)
 
     def close(self) -> None:
         self.file.close()
@@ -71,14 +72,17 @@ class MetricsLog:
 
 
 def fork_table(batch, limit: int) -> list[tuple]:
-    """(fork, who, text, p̂) rows: "draft k" rows carry p̂_k, "teacher m" rows the continuation (p̂ None)."""
+    """(fork, who, text, weight) rows: "draft k" rows carry p̂_k and "teacher m" rows the continuation (weight None);
+    under the audit reading, the "own chunk" row carries π̂ and each "teacher m" row its φ(own chunk, r_m)."""
     rows = []
     if batch is None or batch.target_F_K is None:
         return rows
-    for f, (drafts, teacher_texts, _) in enumerate(batch.fork_texts[:limit], start=1):
-        rows += [(f, f"draft {k}", text, round(float(p), 4)) for k, (text, p) in
+    audit = batch.target_F_K.shape[1] == 1
+    for f, (drafts, teacher_texts, similarity_K_M) in enumerate(batch.fork_texts[:limit], start=1):
+        rows += [(f, "own chunk" if audit else f"draft {k}", text, round(float(p), 4)) for k, (text, p) in
                  enumerate(zip(drafts, batch.target_F_K[f - 1].tolist()), start=1)]
-        rows += [(f, f"teacher {m}", text, None) for m, text in enumerate(teacher_texts, start=1)]
+        rows += [(f, f"teacher {m}", text, round(float(similarity_K_M[0, m - 1]), 4) if audit else None)
+                 for m, text in enumerate(teacher_texts, start=1)]
     return rows
 
 
@@ -118,4 +122,21 @@ def fork_metrics(forks, answered: int, entropy_B_T, mask_B_T, similarities, targ
     if voted:
         metrics.update({"pref/entropy": -(torch.xlogy(target_F_K, target_F_K)).sum(1).mean().item(),
                         "pref/own_draft": target_F_K[:, 0].mean().item()})
+    return metrics
+
+
+def audit_metrics(batch, anchors: int, phi_F_N, pi_bar_F, chunk_len: int) -> dict:
+    """The audit reading's audit/*: chunks scored and dropped (fewer than N teacher answers), the share of the
+    generated tokens audited, mean k_sem, π̄ and π̂, and audit/records: every scored chunk with its text, its N
+    continuations, each φ, k_sem, π̄ and π̂, enough to recompute the target by hand."""
+    target_F, generated = batch.target_F_K[:, 0], max(int(batch.rollout.response_mask_B_T.sum()), 1)
+    metrics = {"audit/chunks": len(target_F), "audit/dropped": anchors - len(target_F),
+               "audit/fraction": len(target_F) * chunk_len / generated}
+    if len(target_F):
+        metrics.update({"audit/k_sem": phi_F_N.sum(1).mean().item(), "audit/pi_bar": pi_bar_F.mean().item(),
+                        "audit/pi_hat": target_F.mean().item()})
+    metrics["audit/records"] = [
+        {"rollout": b, "start": t, "chunk": texts[0], "continuations": continuations, "phi": phi_F_N[f].tolist(),
+         "k_sem": phi_F_N[f].sum().item(), "pi_bar": pi_bar_F[f].item(), "pi_hat": target_F[f].item()}
+        for f, ((b, t), (texts, continuations, _)) in enumerate(zip(batch.drafts.forks, batch.fork_texts))]
     return metrics

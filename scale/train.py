@@ -40,6 +40,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import omniopd  # noqa: E402
+from omniopd_lib.common import seed_everything  # noqa: E402
 from omniopd_lib import grading  # noqa: E402
 import toyworld  # noqa: E402
 from omniopd_lib import checkpoint, common, config  # noqa: E402
@@ -216,8 +217,9 @@ def distributed_step(run, batch, cfg) -> tuple[float, dict]:
     """The method's loss on this rank's share, with the denominators summed over ranks, then one update
     equal to the one-process update. Returns the global loss and the rank's metrics; a non-finite global loss
     is skipped on every rank."""
-    batch.num_tokens, batch.num_forks = (int(x) for x in all_reduce([batch.num_tokens, batch.num_forks]))
-    _, loss_fn = omniopd.METHODS[cfg.method]
+    batch.num_tokens, batch.num_forks, batch.num_rollouts = (
+        int(x) for x in all_reduce([batch.num_tokens, batch.num_forks, batch.num_rollouts]))
+    _, loss_fn = omniopd.method_functions(cfg)
     before = run.forwards
     with run.clock("loss"):
         loss, metrics = loss_fn(run, batch, cfg)
@@ -246,8 +248,12 @@ def combine_metrics(metrics: dict) -> dict:
     combined = {}
     for key in sorted({k for m in everyone for k in m}):
         values = [m[key] for m in everyone if key in m]
-        adds_up = key.startswith(("loss/", "forks/count", "forks/skipped", "forks/no_match")) and key != "loss/total"
-        combined[key] = sum(values) if adds_up else sum(values) / len(values)
+        adds_up = key.startswith(("loss/", "forks/count", "forks/skipped", "forks/no_match", "audit/chunks",
+                                  "audit/dropped")) and key != "loss/total"
+        if isinstance(values[0], list):   # records (audit/records): every rank's, in rank order
+            combined[key] = [record for value in values for record in value]
+        else:
+            combined[key] = sum(values) if adds_up else sum(values) / len(values)
     combined["loss/total"] = metrics["loss/total"]  # already the global loss
     return combined
 
@@ -294,7 +300,7 @@ def load_checkpoint(run, cfg, rank, world):
     if saved["world_size"] == world:
         common.set_rng_state(common.load_plain_state(path / f"rng-rank{rank}.pt"))
     else:
-        omniopd.seed_everything(cfg.seed * 1_000_003 + run.step * 1009 + rank)
+        seed_everything(cfg.seed * 1_000_003 + run.step * 1009 + rank)
         if rank == 0:
             print(f"note: checkpoint saved on {saved['world_size']} ranks, resumed on {world}: weights, optimizer "
                   f"and step are exact; sampling continues from fresh seeds", file=sys.stderr)
@@ -362,7 +368,7 @@ def train_in(cfg: ScaleConfig, out: Path, rank: int, world: int) -> dict:
     run = setup(cfg, rank, world)
     if cfg.resume and rank == 0:
         omniopd.keep_metrics_until(out / "metrics.jsonl", run.step)
-    collect, _ = omniopd.METHODS[cfg.method]
+    collect, _ = omniopd.method_functions(cfg)
     stops = StopRules()   # as omniopd.train: non-finite losses, and a teacher that stops answering
     summary = {"before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}", rank, world)}
     log = omniopd.MetricsLog(cfg) if rank == 0 else None    # metrics.jsonl and --report-to, on rank 0

@@ -10,6 +10,7 @@ import torch
 
 from omniopd_lib import codetask
 import omniopd
+from omniopd_lib.generation import PLAIN_TEMPLATE
 from omniopd_lib import models
 from omniopd_lib import fastpaths
 from omniopd_lib import grading
@@ -210,11 +211,11 @@ def test_the_headline_commands_resolved_config_names_a_real_setting():
     cfg = omniopd.Config(student="Qwen2.5-0.5B").resolved()
     assert (cfg.teacher, cfg.data, cfg.eval_data) == ("Qwen/Qwen2.5-7B-Instruct", "openai/gsm8k:main:train",
                                                       "openai/gsm8k:main:test")
-    assert (cfg.max_new_tokens, cfg.lr, cfg.prompt_template, cfg.task) == (512, 1e-6, omniopd.PLAIN_TEMPLATE, "math")
+    assert (cfg.max_new_tokens, cfg.lr, cfg.prompt_template, cfg.task) == (512, 1e-6, PLAIN_TEMPLATE, "math")
     instruct = omniopd.Config(student="Qwen/Qwen2.5-0.5B-Instruct").resolved()
     assert instruct.prompt_template == "chat" and instruct.teacher == "Qwen/Qwen2.5-7B-Instruct"
     assert omniopd.Config(student="Qwen2.5-0.5B-Instruct", prompt_template="plain").resolved().prompt_template == \
-        omniopd.PLAIN_TEMPLATE
+        PLAIN_TEMPLATE
     assert omniopd.Config(student="google/gemma-3-1b-it").resolved().teacher == "google/gemma-3-12b-it"
     world = omniopd.Config().resolved()   # the offline default is unchanged
     assert (world.student, world.teacher, world.data, world.eval_data) == ("stories",) * 4

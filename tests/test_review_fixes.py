@@ -15,6 +15,9 @@ import torch
 import torch.distributed as dist
 
 import omniopd
+from omniopd_lib.common import RunState
+from omniopd_lib.similarity import Similarity
+from omniopd_lib.teachers import HFTeacher
 from omniopd_lib import data
 from omniopd_lib import models
 from omniopd_lib import teachers
@@ -100,7 +103,7 @@ def test_grpo_rewards_a_right_answer_that_generate_padded(qwen_like_path, monkey
     rollout = omniopd.Rollout(prompts.input_ids, prompts.attention_mask, torch.tensor(rows), torch.tensor(masks))
     assert omniopd.response_texts(tokenizer, rollout) == ["7+5=12.\n#### 12", "7+5=13.\n#### 13"]
     monkeypatch.setattr(omniopd, "sample_rollouts", lambda *args: rollout)   # the rollout above, not a sample
-    run = omniopd.RunState(model, tokenizer, None, None, None, None)
+    run = RunState(model, tokenizer, None, None, None, None)
     batch = omniopd.grpo_collect(run, [{"question": "q", "answer": "#### 12"}] * 2, omniopd.Config(group_size=2))
     assert batch.metrics["grpo/reward"] == 0.5
     assert batch.advantages_B[0] > 0 > batch.advantages_B[1]
@@ -190,13 +193,13 @@ def test_every_teacher_backend_keeps_an_empty_continuation_that_stopped(serve, m
     rows = toyworld.make_problems(2, "test", 0)
     finished = [TEMPLATE.format(question=r["question"]) + r["answer"] for r in rows]
     _, url = serve("toy")
-    local = omniopd.HFTeacher("toy", CPU, mode="completion", temperature=0.0)
+    local = HFTeacher("toy", CPU, mode="completion", temperature=0.0)
     api = teachers.OpenAITeacher("toy", url, KEY_ENV, mode, temperature=0.0)
     pool = TeacherPool(["openai:toy"], url, KEY_ENV, mode, temperature=0.0, retries=0)
     for teacher in (local, api, pool):
         assert teacher.continuations(finished, n=2, max_tokens=8) == [["", ""], ["", ""]], type(teacher).__name__
         assert teacher.failures == 0
-    assert omniopd.Similarity("lexical").matrices([["", "7+5=12."]], [[""]])[0].tolist() == [[1.0], [0.0]]
+    assert Similarity("lexical").matrices([["", "7+5=12."]], [[""]])[0].tolist() == [[1.0], [0.0]]
 
 
 def test_an_empty_reply_cut_at_the_token_limit_is_a_failed_request(serve):
@@ -214,7 +217,7 @@ def test_an_empty_reply_cut_at_the_token_limit_is_a_failed_request(serve):
 
 def test_an_encoder_that_cannot_load_stops_the_run_with_one_line(tmp_path, capsys):
     with pytest.raises(omniopd.OmniOPDError, match="cannot load .*--similarity lexical"):
-        omniopd.Similarity("embed", str(tmp_path / "no-such-encoder"))
+        Similarity("embed", str(tmp_path / "no-such-encoder"))
     code = omniopd.main([*toyworld.world_args("toy"), "--similarity-model", str(tmp_path / "no-such-encoder"), "--steps", "1", "--batch-size", "2",
                          "--eval-size", "2", "--out", str(tmp_path / "run")])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
@@ -273,7 +276,7 @@ def test_students_and_completion_teachers_see_the_bos_their_tokenizer_adds(bos_m
         logp = torch.log_softmax(model(input_ids=torch.tensor([prompt + completion])).logits[0], -1)
         nll = -sum(logp[len(prompt) - 1 + j, c] for j, c in enumerate(completion)) / len(completion)
         assert omniopd.completion_nll(model, tokenizer, [question], [answer], TEMPLATE).item() == pytest.approx(nll.item(), abs=1e-5)
-    teacher = omniopd.HFTeacher(bos_model_path, CPU, mode="completion", temperature=0.0)
+    teacher = HFTeacher(bos_model_path, CPU, mode="completion", temperature=0.0)
     prefix = "Question: Ann has 3 pens.\nAnswer: 3"
     ids = torch.tensor([tokenizer(prefix)["input_ids"]])
     expected = omniopd.generate(model, tokenizer, ids, torch.ones_like(ids), 6, 0.0)

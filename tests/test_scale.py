@@ -33,23 +33,30 @@ def metrics(folder):
     return [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_ranks_equal_one_process_on_a_fixed_batch(tmp_path):
-    """Loss and updated weights of one distributed step at world size 2 equal omniopd's one-process step."""
-    cfg = omniopd.Config(batch_size=8, seed=3, similarity="lexical", **toyworld.world_options("toy")).resolved()
+@pytest.mark.parametrize("objective", ["drafts", "audit"])
+def test_two_ranks_equal_one_process_on_a_fixed_batch(tmp_path, objective):
+    """Loss and updated weights of one distributed step at world size 2 equal omniopd's one-process step, for
+    both readings (the audit reading divides by the batch size, summed over ranks)."""
+    cfg = omniopd.Config(batch_size=8, seed=3, similarity="lexical", objective=objective,
+                         **toyworld.world_options("toy")).resolved()
     run = omniopd.setup(cfg)
-    batch = omniopd.omniopd_collect(run, omniopd.batch_rows(data.load_rows("toy", "train", 3), 0, cfg), cfg)
+    collect, loss_fn = omniopd.method_functions(cfg)
+    batch = collect(run, omniopd.batch_rows(data.load_rows("toy", "train", 3), 0, cfg), cfg)
     assert batch.num_forks >= 2
     torch.save(batch, tmp_path / "batch.pt")
-    loss, _ = omniopd.omniopd_loss(run, batch, cfg)
+    loss, _ = loss_fn(run, batch, cfg)
     norm = omniopd.update(run, loss, cfg.grad_clip)
     torchrun(2, ROOT / "tests/scale_workers/parity.py", tmp_path / "batch.pt", tmp_path / "out.pt",
-             *toyworld.world_args("toy"), "--batch-size", "8", "--seed", "3", "--similarity", "lexical")
+             *toyworld.world_args("toy"), "--batch-size", "8", "--seed", "3", "--similarity", "lexical",
+             "--objective", objective)
     distributed = torch.load(tmp_path / "out.pt", weights_only=False)
     assert distributed["loss"] == pytest.approx(loss.item(), abs=1e-6)
     assert distributed["grad_norm"] == pytest.approx(norm, rel=1e-5)
     worst = max((distributed["weights"][name] - p.detach()).abs().max().item()
                 for name, p in run.student.named_parameters())
-    assert worst < 1e-6   # stated tolerance: fp32 sums in a different order
+    # stated tolerance: fp32 sums in a different order, which Adam's first step (g / (|g| + ε)) magnifies where a
+    # gradient is near ε; every weight within 1 % of one step (lr) of the one-process update
+    assert worst < 0.01 * cfg.lr, worst
 
 
 def test_world_size_one_behaves_exactly_like_omniopd(tmp_path):

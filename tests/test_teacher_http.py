@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import omniopd
+from omniopd_lib.teachers import HFTeacher
 from omniopd_lib import teachers
 from toyworld.serve import start_in_thread
 
@@ -29,7 +30,7 @@ def test_openai_teacher_matches_the_local_model(server, tiny_model_path, monkeyp
     teacher = openai_teacher(server, monkeypatch, mode, temperature=0.0)
     served_before = server.requests_served
     answers = teacher.continuations(PREFIXES, n=2, max_tokens=6)
-    local = omniopd.HFTeacher(tiny_model_path, torch.device("cpu"), mode="completion", temperature=0.0)
+    local = HFTeacher(tiny_model_path, torch.device("cpu"), mode="completion", temperature=0.0)
     expected = local.continuations(PREFIXES, n=1, max_tokens=6)
     # one rule on both sides (teachers.teacher_answer): an empty reply that never stopped is a failure, None
     assert answers == [None if e is None else e * 2 for e in expected]

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import omniopd
+from omniopd_lib.generation import PLAIN_TEMPLATE
+from omniopd_lib.teachers import HFTeacher
 from omniopd_lib import data
 from omniopd_lib import teachers
 import toyworld
@@ -69,7 +71,7 @@ def test_each_fork_sends_its_own_rows_question_and_answer(serve, tmp_path, monke
     for message in messages:
         answer, question, prefix = pattern.fullmatch(message).groups()
         assert answers[question] == answer
-        assert prefix.startswith(omniopd.PLAIN_TEMPLATE.format(question=question))
+        assert prefix.startswith(PLAIN_TEMPLATE.format(question=question))
 
 
 def test_the_teacher_pool_renders_the_prompt_and_caches_by_it(serve, tmp_path, monkeypatch):
@@ -92,9 +94,9 @@ def test_the_teacher_pool_renders_the_prompt_and_caches_by_it(serve, tmp_path, m
 def test_a_local_teacher_continues_the_rendered_text(tiny_model_path):
     """HFTeacher in completion mode with a template: greedy continuations equal those of the rendered text
     sent with the default (raw prefix) prompt."""
-    teacher = omniopd.HFTeacher(tiny_model_path, torch.device("cpu"), "completion", temperature=0.0)
+    teacher = HFTeacher(tiny_model_path, torch.device("cpu"), "completion", temperature=0.0)
     row = toyworld.make_problems(1, "train", 3)[0]
-    prefix = omniopd.PLAIN_TEMPLATE.format(question=row["question"])
+    prefix = PLAIN_TEMPLATE.format(question=row["question"])
     plain = teacher.continuations([teachers.teacher_message("Hint: {answer}\n{prefix}", prefix, row)], 1, 8)
     teacher.prompt = "Hint: {answer}\n{prefix}"
     assert teacher.continuations([prefix], 1, 8, rows=[row]) == plain

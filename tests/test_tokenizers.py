@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import omniopd
+from omniopd_lib.teachers import teacher_prefix_texts
 from omniopd_lib import models
 from omniopd_lib import generation, grading
 
@@ -68,7 +69,7 @@ def test_the_teachers_prefix_joins_its_continuation_without_lost_or_doubled_spac
     rollout = omniopd.Rollout(prompts.input_ids, prompts.attention_mask, padded, torch.ones_like(padded))
     full = TEMPLATE.format(question=question) + tokenizer.decode(response)
     for t in range(1, len(response)):
-        prefix = omniopd.teacher_prefix_texts(tokenizer, rollout, [(0, t)], [question], omniopd.Config())[0]
+        prefix = teacher_prefix_texts(tokenizer, rollout, [(0, t)], [question], omniopd.Config())[0]
         prompt_ids = prompts.input_ids[0].tolist()
         rest = omniopd.decode_after(tokenizer, prompt_ids + response[:t], response[t:])
         assert prefix + rest == full, t
@@ -93,7 +94,7 @@ def test_chat_prompts_use_the_students_template_and_the_teacher_sees_plain_text(
     padded = torch.tensor([response])
     rollout = omniopd.Rollout(encoded.input_ids, encoded.attention_mask, padded, torch.ones_like(padded))
     cfg = omniopd.Config(prompt_template="chat")
-    assert omniopd.teacher_prefix_texts(tokenizer, rollout, [(0, 3)], ["What is 2+3?"], cfg) == [
+    assert teacher_prefix_texts(tokenizer, rollout, [(0, 3)], ["What is 2+3?"], cfg) == [
         "Question: What is 2+3?\nAnswer: 2+3"]
     characters = __import__("toyworld").build_char_tokenizer()   # no chat template
     with pytest.raises(omniopd.OmniOPDError, match="no chat template"):

@@ -18,6 +18,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from omniopd_lib import codetask
 import omniopd
+from omniopd_lib.generation import PLAIN_TEMPLATE
 from omniopd_lib import grading
 from omniopd_lib.generation import CODE_TEMPLATE
 from omniopd_lib import models
@@ -52,7 +53,7 @@ def train(model, tokenizer, train_rows, valid_rows, max_steps, lr, eval_every, s
     started, score = time.time(), 0.0
     for step in range(1, max_steps + 1):
         rows = random.Random(step).sample(train_rows, batch_size)
-        template = SETTINGS[world].get("prompt_template", omniopd.PLAIN_TEMPLATE)
+        template = SETTINGS[world].get("prompt_template", PLAIN_TEMPLATE)
         loss = omniopd.completion_nll(model, tokenizer, [r["question"] for r in rows],
                                       [r["answer"] for r in rows], template)
         loss.backward()
@@ -82,7 +83,7 @@ def world_data(world):
                 code.TEACHER_DIR, code.STUDENT_DIR)
     # stories: both models learn from the Zipf-skewed corpus; validation and test are the task (uniform verbs)
     train_rows = stories.make_problems(20000, "train", seed=1000, distribution="zipf")
-    texts = [omniopd.PLAIN_TEMPLATE.format(question=r["question"]) + r["answer"] for r in train_rows]
+    texts = [PLAIN_TEMPLATE.format(question=r["question"]) + r["answer"] for r in train_rows]
     return (stories.build_word_tokenizer(texts), train_rows, stories.make_problems(200, "train", seed=2000),
             stories.make_problems(200, "test", seed=0), stories.TEACHER_DIR, stories.STUDENT_DIR)
 

@@ -27,9 +27,10 @@
 # %%
 from helpers import show
 import omniopd
+from omniopd_lib.fastpaths import EntropyRecorder
 
 show(omniopd.sample_rollouts)
-show(omniopd.EntropyRecorder)
+show(EntropyRecorder)
 show(omniopd.token_logprobs_and_entropy)
 
 # %% [markdown]

@@ -32,11 +32,12 @@
 # %%
 from helpers import show
 import omniopd
+from omniopd_lib.teachers import HFTeacher
 from omniopd_lib import teachers
 
 print(teachers.CHAT_CONTINUE_PROMPT)
 show(omniopd.teacher_rollouts)
-show(omniopd.HFTeacher.continuations)
+show(HFTeacher.continuations)
 show(teachers.OpenAITeacher.one_continuation)
 
 # %% [markdown]
@@ -50,7 +51,7 @@ import torch
 from toyworld.serve import start_in_thread
 
 prefix = "Question: Gus has 4 toys. He finds 3 more, then loses 7. How many toys now?\nAnswer: 4+3=7. 7-7="
-local = omniopd.HFTeacher("toy", torch.device("cpu"), mode="completion", temperature=0.0)
+local = HFTeacher("toy", torch.device("cpu"), mode="completion", temperature=0.0)
 print("local, greedy:      ", local.continuations([prefix], n=1, max_tokens=16))
 
 server = start_in_thread("toy")                     # a real OpenAI-compatible server on 127.0.0.1

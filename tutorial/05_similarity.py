@@ -18,10 +18,10 @@
 
 # %%
 from helpers import show
-import omniopd
+from omniopd_lib.similarity import Similarity
 from omniopd_lib import similarity
 
-show(omniopd.Similarity.matrices)
+show(Similarity.matrices)
 show(similarity.ngram_f1)
 
 # %% [markdown]
@@ -45,8 +45,8 @@ from helpers import save_figure
 
 teacher = ["7. 7-7=0.\n#### 0"]
 drafts = ["7. 7-7=0.\n#### 0", "7. 7-7=1.\n#### 1", "6. 6-7=1.\n#### 1", "Seven toys, none left."]
-embed = omniopd.Similarity("embed").matrices([drafts], [teacher])[0]
-lexical = omniopd.Similarity("lexical").matrices([drafts], [teacher])[0]
+embed = Similarity("embed").matrices([drafts], [teacher])[0]
+lexical = Similarity("lexical").matrices([drafts], [teacher])[0]
 for draft, e, l in zip(drafts, embed[:, 0].tolist(), lexical[:, 0].tolist()):
     print(f"{draft!r:28} embed {e:.3f}   lexical {l:.3f}")
 assert abs(embed[0, 0].item() - 1) < 1e-4 and lexical[0, 0].item() == 1.0

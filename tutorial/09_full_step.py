@@ -16,6 +16,9 @@
 # %%
 from helpers import show
 import omniopd
+from omniopd_lib.common import RunState
+from omniopd_lib.similarity import Similarity
+from omniopd_lib.teachers import HFTeacher
 from omniopd_lib import models
 
 show(omniopd.omniopd_collect)
@@ -32,8 +35,8 @@ device = torch.device("cpu")
 cfg = omniopd.Config(batch_size=4, **toyworld.world_options("toy")).resolved()
 student, tokenizer = models.load_model("toy", "student", device)
 reference, _ = models.load_model("toy", "student", device)
-teacher = omniopd.HFTeacher("toy", device)
-similarity = omniopd.Similarity("embed")
+teacher = HFTeacher("toy", device)
+similarity = Similarity("embed")
 rows = toyworld.make_problems(cfg.batch_size, "train", seed=11)
 
 torch.manual_seed(0)
@@ -77,7 +80,7 @@ print(f"\nL_chunk = {loss_chunk.item():.4f}, L_anchor = {loss_anchor.item():.4f}
 # The same step through `omniopd.omniopd_collect` and `omniopd.omniopd_loss`, then one update:
 
 # %%
-run = omniopd.RunState(student, tokenizer, reference, teacher, similarity,
+run = RunState(student, tokenizer, reference, teacher, similarity,
                        torch.optim.AdamW(student.parameters(), lr=cfg.lr))
 torch.manual_seed(0)
 batch = omniopd.omniopd_collect(run, rows, cfg)

@@ -22,7 +22,7 @@ def share_of(batch, rank, world):
     drafts = batch.drafts.subset(forks)
     drafts.forks = [(rows.index(b), t) for b, t in drafts.forks]
     return omniopd.StepBatch(rollout, drafts, batch.target_F_K[forks], num_tokens=int(rollout.response_mask_B_T.sum()),
-                             num_forks=len(forks))
+                             num_forks=len(forks), num_rollouts=len(rows))
 
 
 def main(batch_path, out_path, *options):
