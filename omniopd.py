@@ -49,7 +49,7 @@ from omniopd_lib.models import save_merged
 from omniopd_lib.teachers import (CHARACTERS_PER_TOKEN_AT_MOST, draw_name, first_tokens, teacher_prefix_texts,
                                   teacher_view_template)
 from omniopd_lib.runs import (StopRules, main_with_errors, run_eval, run_folder, setup, step_figures,
-                              teacher_accuracy)
+                              teacher_accuracy, teacher_bill)
 from omniopd_lib.tracking import MetricsLog, audit_metrics, fork_metrics, keep_metrics_until, rollout_metrics
 
 
@@ -682,7 +682,7 @@ def train(cfg: Config) -> dict:
                     save_checkpoint(run, cfg)
                 log.write(metrics)
                 stops.check(run.step, metrics, out, lambda: save_checkpoint(run, cfg))
-            summary["checkpoint"] = str(save_checkpoint(run, cfg))
+            summary.update(checkpoint=str(save_checkpoint(run, cfg)), bill=teacher_bill(run.teacher))
             summary["after"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")
             log.write({"step": run.step, **summary["after"]})
             log.forks(batch, run.step)

@@ -91,8 +91,9 @@ def run_row(name, options, seed, runs: Path, steps, points) -> dict:
     if out.exists():   # a run cut off before its result: start it again from nothing
         import shutil
         shutil.rmtree(out)
-    cfg = omniopd.Config(**{"eval_teacher": False, **options, "steps": steps, "seed": seed, "out": str(out),
-                            "eval_every": max(1, steps // points)}).resolved()
+    options = {"eval_teacher": False, "steps": steps, **options}   # a row may set its own steps (0: untrained)
+    cfg = omniopd.Config(**{**options, "seed": seed, "out": str(out),
+                            "eval_every": max(1, options["steps"] // points)}).resolved()
     started = time.time()
     summary = omniopd.train(cfg)
     seconds = time.time() - started

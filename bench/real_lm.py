@@ -36,7 +36,10 @@ ROWS = [
     ("OPD, sampled-token (teacher = student)", {"method": "opd", "teacher": "STUDENT"}),
     ("GRPO", {"method": "grpo"}),
     ("OmniOPD (API teacher)", {"teacher": "openai:smollm2"}),
-    ("OmniOPD, audit reading (API teacher)", {"teacher": "openai:smollm2", "objective": "audit"}),
+    # responses here are at most --max-new-tokens (48) long, where the public 50-token chunks never fit: the
+    # offline worlds' scaling (C = 8, M = 4; N, α, β and φ the public defaults)
+    ("OmniOPD, audit reading (API teacher)", {"teacher": "openai:smollm2", "objective": "audit", "chunk_len": 8,
+                                              "audit_budget": 4}),
 ]
 
 
@@ -64,7 +67,16 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", default=str(ROOT / "bench" / "runs" / "real_lm"))
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--rows", nargs="+", default=[], choices=[name for name, _ in ROWS], metavar="ROW",
+                        help="run only these rows (and the untrained student); the others are read from the "
+                             "stored real_lm.json, which must have been made with the same settings")
     args = parser.parse_args()
+    stored = {}
+    if args.rows:
+        stored = json.loads((Path(args.results) / "real_lm.json").read_text())
+        same = ("steps", "batch_size", "lr", "max_new_tokens", "eval_size", "seed")
+        if any(stored["args"].get(key) != getattr(args, key) for key in same):
+            parser.error(f"the stored real_lm.json was made with other settings: {stored['args']}")
     student = str(smollm2_folder())
     train, test = write_data(Path(args.runs) / "data", 2000, args.eval_size)
     common = {"student": student, "data": train, "eval_data": test, "eval_size": args.eval_size,
@@ -73,8 +85,15 @@ def main():
               "prompt_template": "plain"}   # as measured in bench/results/real_lm.md (an instruct student's default is chat)
     os.environ["OPENAI_API_KEY"] = KEY
     results, started = {}, time.time()
+    selected = {ROWS[0][0], *args.rows} if args.rows else {name for name, _ in ROWS}
+    measured = stored.get("measured", {})
     with LlamaServer(smollm2_gguf(), KEY, threads=max(1, (os.cpu_count() or 2) // 2)) as server:
         for name, overrides in ROWS:
+            if name not in selected:
+                results[name] = stored["results"][name]
+                measured.setdefault(name, "earlier (590d5bf, 2026-11-25)")
+                continue
+            measured[name] = f"this run ({time.strftime('%Y-%m-%d')})"
             options = {**common, **overrides}
             if options.get("teacher") == "STUDENT":
                 options["teacher"] = student
@@ -84,13 +103,14 @@ def main():
             results[name] = run_row(name, options, args.seed, Path(args.runs), args.steps, args.points)
             print(f"{name:<40} {results[name]['accuracy']:.1%} ({results[name]['seconds']:.0f} s, "
                   f"{time.time() - started:.0f} s in all)", flush=True)
-    write_report(results, args)
+    write_report(results, args, measured)
 
 
-def write_report(results, args):
+def write_report(results, args, measured):
     folder = Path(args.results)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "real_lm.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    (folder / "real_lm.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "rows"},
+                                                     "results": results, "measured": measured}, indent=1))
     base = results["student (untrained)"]["accuracy"]
     first_eval = Path(args.runs) / run_name("student (untrained)", args.seed, args.lr) / "eval-step-000000.jsonl"
     evaluated = len(first_eval.read_text().splitlines()) if first_eval.exists() else args.eval_size
@@ -100,13 +120,13 @@ def write_report(results, args):
              f"digits), greedy pass@1 on {evaluated} held-out problems ({args.eval_size} generated, those also in the "
              "training data left out; one standard error is about 3 points). The API teacher is the same GGUF behind "
              "llama.cpp's server; see the script's docstring for what that means for each row.", "",
-             "| method | accuracy | vs untrained | curve (step: accuracy) | wall time (s) | teacher calls |",
-             "|---|---|---|---|---|---|"]
+             "| method | accuracy | vs untrained | curve (step: accuracy) | wall time (s) | teacher calls | measured |",
+             "|---|---|---|---|---|---|---|"]
     for name, _ in ROWS:
         r = results[name]
         curve = ", ".join(f"{step}: {accuracy:.0%}" for step, accuracy in r["curve"])
         lines.append(f"| {name} | {r['accuracy']:.1%} | {r['accuracy'] - base:+.1%} | {curve} | {r['seconds']:.0f} | "
-                     f"{r['teacher_calls']:,} |")
+                     f"{r['teacher_calls']:,} | {measured.get(name, '')} |")
     (folder / "real_lm.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -13,7 +13,7 @@ from omniopd_lib.common import OmniOPDError
 from omniopd_lib.data import held_out_source
 from omniopd_lib.generation import CODE_TEMPLATE, PLAIN_TEMPLATE
 from omniopd_lib.models import family_teacher, is_instruct
-from omniopd_lib.teachers import read_teacher_prompt
+from omniopd_lib.teachers import parse_price, read_teacher_prompt
 
 
 
@@ -108,6 +108,8 @@ class RunOptions:
     teacher_timeout: float = option(60.0, "seconds before one teacher request times out")
     teacher_retries: int = option(4, "retries per teacher request on timeouts, 429 and 5xx, with exponential backoff")
     teacher_concurrency: int = option(8, "teacher requests in flight at once")
+    teacher_price: str = option("", "dollars per million prompt and completion tokens (and optionally cached prompt "
+                                    "tokens), e.g. '2.5,10' or '2.5,10,1.25', for the cost meter (teacher/dollars)")
     teacher_prompt: str = option("", "file whose text is sent to the teacher instead of the built-in instruction, with "
                                      "{prefix} (required), {question} and {answer} (the row's reference solution, for a "
                                      "teacher with privileged information) filled in; {{ and }} for literal braces")
@@ -186,6 +188,7 @@ class RunOptions:
             check_prompt_template(self.prompt_template)
         if self.teacher_prompt:
             read_teacher_prompt(self.teacher_prompt)
+        parse_price(self.teacher_price)
 
 
 def offline_if_the_world_is(cfg) -> None:

@@ -106,6 +106,11 @@ def step_figures(step: int, started: float, teacher) -> dict:
     return {"step": step, "time/step": time.time() - started, **{f"teacher/{k}": v for k, v in meter.items()}}
 
 
+def teacher_bill(teacher) -> dict:
+    """The teacher's whole meter at the end of a run (requests, prompt, cached and completion tokens, dollars)."""
+    return teacher.meter() if teacher is not None else {}
+
+
 def evaluation_result(records: list[dict], cfg) -> dict:
     """eval/accuracy (greedy pass@1) and, with --eval-samples n, eval/mean@n, from evaluate()'s records."""
     result = {"eval/accuracy": sum(r["correct"] for r in records) / max(len(records), 1)}
@@ -131,6 +136,11 @@ def print_summary(cfg, summary: dict, seconds: float) -> None:
               + (f"   ({cfg.method}, {cfg.steps} steps)" if when == "after" else ""))
     if "teacher" in summary:
         print(f"  teacher         {summary['teacher']:.1%}")
+    bill = summary.get("bill") or {}
+    if bill.get("requests"):
+        print(f"teacher's bill: {bill['requests']:,} requests, {bill['prompt_tokens']:,} prompt tokens "
+              f"({bill['cached_tokens']:,} cached), {bill['tokens']:,} completion tokens"
+              + (f", ${bill['dollars']:.4f}" if "dollars" in bill else ""))
     print(f"run folder {cfg.out}, checkpoint {summary['checkpoint']}, {seconds:.0f} s")
 
 

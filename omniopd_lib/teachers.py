@@ -6,6 +6,7 @@ import concurrent.futures
 import os
 import string
 import sys
+import threading
 from pathlib import Path
 
 import httpx
@@ -83,20 +84,48 @@ class Teacher:
     and what a run reads of it: `mode` ("chat": asked to continue the partial solution; "completion": sent the raw
     prefix), `prompt` (a --teacher-prompt's text; "" = the built-in one), `shares_tokenizer` (a local teacher with
     the student's tokenizer: it writes L tokens, and OPD can read its logits), and the counters a run logs and a
-    checkpoint keeps (TEACHER_COUNTERS: calls, failures, tokens)."""
+    checkpoint keeps (TEACHER_COUNTERS: continuations asked for and failed, completion tokens, and for an API
+    teacher its bill: HTTP requests, prompt tokens, the prompt tokens the server says it served from its cache)."""
     mode: str = "completion"
     prompt: str = ""
     shares_tokenizer: bool = False
     calls: int = 0
     failures: int = 0
     tokens: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    price: tuple = ()   # --teacher-price: dollars per million prompt, completion (and cached prompt) tokens
 
     def continuations(self, prefixes: list[str], n: int, max_tokens: int, draw="", rows=None) -> list[list[str] | None]:
         raise NotImplementedError
 
     def meter(self) -> dict:
-        """What the run logs as teacher/*: the counters (a pool meters more: cached answers, prompt tokens, cost)."""
+        """What the run logs as teacher/*: the counters (an API teacher adds its bill, a pool its cache)."""
         return {"calls": self.calls, "failures": self.failures, "tokens": self.tokens}
+
+
+def dollars(price: tuple, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> float:
+    """The bill at `price` = (prompt, completion[, cached prompt]) dollars per million tokens: cached prompt tokens
+    at their own price where one is given (providers discount them), else as any prompt token."""
+    prompt_price, completion_price = price[0], price[1]
+    cached_price = price[2] if len(price) > 2 else prompt_price
+    return ((prompt_tokens - cached_tokens) * prompt_price + cached_tokens * cached_price
+            + completion_tokens * completion_price) / 1e6
+
+
+def parse_price(text: str) -> tuple:
+    """--teacher-price 'IN,OUT[,CACHED]' -> floats, dollars per million tokens; "" -> () (no cost meter)."""
+    if not text:
+        return ()
+    try:
+        price = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        price = ()
+    if len(price) not in (2, 3) or min(price) < 0:
+        raise OmniOPDError(f"--teacher-price {text!r}: give dollars per million prompt and completion tokens, "
+                           "and optionally cached prompt tokens, e.g. 2.5,10 or 2.5,10,1.25")
+    return price
 
 
 class HFTeacher(Teacher):
@@ -141,12 +170,16 @@ class HFTeacher(Teacher):
 
 
 class OpenAITeacher(Teacher):
-    """Any OpenAI-compatible endpoint (OpenAI; Anthropic and Gemini compatibility endpoints; vLLM; SGLang).
-    One request per continuation, `concurrency` in flight; the openai client retries timeouts, 429
-    (honouring Retry-After) and 5xx with backoff. A prefix whose requests all fail comes back as None."""
+    """Any OpenAI-compatible endpoint (OpenAI; Anthropic and Gemini compatibility endpoints; vLLM; SGLang; llama.cpp).
+    The n continuations of a prefix are one request (`n`), so the prefix is sent and billed once; a server that
+    refuses `n` or returns fewer choices gets single requests from then on (said once). A rollout's prefixes are
+    nested, so they go out one after another in ascending order, each after the last, where a server's prefix
+    cache can reuse the shared part; different rollouts go out concurrently, `concurrency` at a time. The openai
+    client retries timeouts, 429 (honouring Retry-After) and 5xx with backoff. A prefix whose requests all fail
+    comes back as None. The meter counts requests and the server's own usage figures."""
 
     def __init__(self, model, base_url="", api_key_env="OPENAI_API_KEY", mode="auto", temperature=1.0,
-                 timeout=60.0, retries=4, concurrency=8, reasoning_effort=""):
+                 timeout=60.0, retries=4, concurrency=8, reasoning_effort="", price=()):
         import openai
         api_key = os.environ.get(api_key_env)
         if not api_key:
@@ -155,45 +188,116 @@ class OpenAITeacher(Teacher):
         self.client = openai.OpenAI(api_key=api_key, base_url=base_url or None, timeout=timeout, max_retries=retries,
                                     http_client=httpx.Client(transport=DeadlineTransport(timeout), timeout=timeout))
         self.model, self.temperature, self.concurrency = model, temperature, concurrency
-        self.reasoning_effort = reasoning_effort
+        self.reasoning_effort, self.price = reasoning_effort, price
         self.mode = "chat" if mode == "auto" else mode
-        self.calls = self.failures = self.tokens = 0
+        self.calls = self.failures = self.tokens = self.requests = self.prompt_tokens = self.cached_tokens = 0
+        self.n_per_request, self.lock = True, threading.Lock()
 
-    def one_continuation(self, message: str, max_tokens: int):
-        """One request (message: teacher_message's text); returns its text under teacher_answer's rule, or None
-        (and logs one line) when it fails."""
+    def one_request(self, message: str, max_tokens: int, n: int = 1) -> list:
+        """One request for n continuations of message (teacher_message's text): each answer under teacher_answer's
+        rule, as many as the server returned, or [None] * n (and one logged line) when it failed."""
         import openai
+        sampling = {"n": n} if n > 1 else {}
         try:
             if self.mode == "chat":
                 reply = self.client.chat.completions.create(
                     model=self.model, temperature=self.temperature, **token_budget(max_tokens, self.reasoning_effort),
-                    messages=[{"role": "user", "content": message}])
-                text = reply.choices[0].message.content
+                    messages=[{"role": "user", "content": message}], **sampling)
+                texts = [choice.message.content for choice in reply.choices]
             else:
                 reply = self.client.completions.create(
-                    model=self.model, prompt=message, max_tokens=max_tokens, temperature=self.temperature)
-                text = reply.choices[0].text
-            stopped = reply.choices[0].finish_reason in STOPPED_ON_PURPOSE
-            self.tokens += getattr(reply.usage, "completion_tokens", 0) or 0
+                    model=self.model, prompt=message, max_tokens=max_tokens, temperature=self.temperature, **sampling)
+                texts = [choice.text for choice in reply.choices]
+            self.count(reply.usage)
+            return [teacher_answer(text, choice.finish_reason in STOPPED_ON_PURPOSE)
+                    for text, choice in zip(texts, reply.choices)]
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as error:
             what = "does not know the model" if error.status_code == 404 else "rejected the API key"
             raise OmniOPDError(f"teacher {self.model}: the server {what} (HTTP {error.status_code})") from None
+        except openai.BadRequestError as error:
+            with self.lock:
+                self.requests += 1
+            if n > 1:   # most likely `n` itself: the caller asks again one at a time
+                self.stop_asking_for_n(f"it refused a request for {n} (HTTP 400)")
+                return []
+            self.log_failure(error)
+            return [None]
         except (openai.OpenAIError, AttributeError, IndexError, TypeError, ValueError) as error:
-            reason = redact(error, [self.client.api_key])[:120]   # a server may echo the key back: blank, then cut
-            print(f"teacher request failed: {type(error).__name__}: {reason}", file=sys.stderr)
-            return None
-        return teacher_answer(text, stopped)
+            with self.lock:
+                self.requests += 1
+            self.log_failure(error)
+            return [None] * n
+
+    def meter(self) -> dict:
+        """The counters and the bill: requests, prompt tokens and those served from the server's cache, and with
+        --teacher-price the dollars spent so far."""
+        bill = {"requests": self.requests, "prompt_tokens": self.prompt_tokens, "cached_tokens": self.cached_tokens}
+        if self.price:
+            bill["dollars"] = dollars(self.price, self.prompt_tokens, self.cached_tokens, self.tokens)
+        return {**super().meter(), **bill}
+
+    def count(self, usage) -> None:
+        """One answered request on the meter, with the server's own usage figures (cached prompt tokens where it
+        reports them, as OpenAI's prompt_tokens_details.cached_tokens)."""
+        details = getattr(usage, "prompt_tokens_details", None)
+        with self.lock:
+            self.requests += 1
+            self.prompt_tokens += getattr(usage, "prompt_tokens", 0) or 0
+            self.cached_tokens += getattr(details, "cached_tokens", 0) or 0
+            self.tokens += getattr(usage, "completion_tokens", 0) or 0
+
+    def log_failure(self, error) -> None:
+        reason = redact(error, [self.client.api_key])[:120]   # a server may echo the key back: blank, then cut
+        print(f"teacher request failed: {type(error).__name__}: {reason}", file=sys.stderr)
+
+    def stop_asking_for_n(self, why: str) -> None:
+        with self.lock:
+            if self.n_per_request:
+                print(f"teacher {self.model}: the server does not honour n ({why}); one request per continuation "
+                      "from now on", file=sys.stderr)
+            self.n_per_request = False
+
+    def samples(self, message: str, max_tokens: int, n: int, singles) -> list:
+        """n continuations of one message: one request for all n while the server honours `n`; what it did not
+        return, one request each, concurrently on the `singles` pool."""
+        answers = []
+        if n > 1 and self.n_per_request:
+            answers = self.one_request(message, max_tokens, n)
+            if 0 < len(answers) < n:
+                self.stop_asking_for_n(f"it returned {len(answers)} of {n} choices")
+        rest = [singles.submit(self.one_request, message, max_tokens) for _ in range(n - len(answers))]
+        return answers + [future.result()[0] for future in rest]
 
     def continuations(self, prefixes: list[str], n: int, max_tokens: int, draw="", rows=None) -> list[list[str] | None]:
         """n continuations of each prefix (rows: each prefix's dataset row, for the prompt's {question} and
-        {answer}); all requests of the call go out together. No cache, so `draw` is unused."""
-        messages = [teacher_message(teacher_template(self), p, row) for p, row in zip(prefixes, rows or [None] * len(prefixes))]
-        with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
-            futures = [[pool.submit(self.one_continuation, m, max_tokens) for _ in range(n)] for m in messages]
-            answers = [[f.result() for f in row] for row in futures]
+        {answer}). Consecutive nested prefixes (one rollout's forks in ascending order, as omniopd.py passes them)
+        form a chain sent in order; chains run concurrently. No cache, so `draw` is unused."""
+        rows = rows or [None] * len(prefixes)
+        messages = [teacher_message(teacher_template(self), p, row) for p, row in zip(prefixes, rows)]
+        answers = [None] * len(prefixes)
+
+        def send(chain):
+            for i in chain:
+                answers[i] = self.samples(messages[i], max_tokens, n, singles)
+        with concurrent.futures.ThreadPoolExecutor(self.concurrency) as chains, \
+                concurrent.futures.ThreadPoolExecutor(self.concurrency) as singles:
+            list(chains.map(send, nested_chains(prefixes, rows)))
         self.calls += len(prefixes) * n
         self.failures += sum(a is None for row in answers for a in row)
         return [[a for a in row if a is not None] or None for row in answers]
+
+
+def nested_chains(prefixes: list[str], rows: list) -> list[list[int]]:
+    """Runs of consecutive prefixes of the same row where each extends the one before (a rollout's forks in
+    ascending order), as lists of indices; every other prefix is a chain of its own."""
+    chains = []
+    for i, prefix in enumerate(prefixes):
+        last = chains[-1][-1] if chains else None
+        if last is not None and rows[last] is rows[i] and prefix.startswith(prefixes[last]):
+            chains[-1].append(i)
+        else:
+            chains.append([i])
+    return chains
 
 
 def token_budget(max_tokens: int, reasoning_effort: str) -> dict:
@@ -209,7 +313,8 @@ def make_teacher(cfg, device):
     if cfg.teacher.startswith("openai:"):
         return OpenAITeacher(cfg.teacher.removeprefix("openai:"), cfg.teacher_base_url, cfg.teacher_api_key_env,
                              cfg.teacher_mode, cfg.teacher_temperature, cfg.teacher_timeout,
-                             cfg.teacher_retries, cfg.teacher_concurrency, cfg.teacher_reasoning_effort)
+                             cfg.teacher_retries, cfg.teacher_concurrency, cfg.teacher_reasoning_effort,
+                             parse_price(cfg.teacher_price))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     return HFTeacher(cfg.teacher, device, cfg.teacher_mode, cfg.teacher_temperature, dtype)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 
-TEACHER_COUNTERS = ("calls", "failures", "tokens")
+# what every teacher counts (omniopd_lib.teachers.Teacher), logged as teacher/* and kept in checkpoints
+TEACHER_COUNTERS = ("calls", "failures", "tokens", "requests", "prompt_tokens", "cached_tokens")
 
 
 class MetricsLog:

@@ -178,8 +178,7 @@ class TeacherPool(teachers.Teacher):
 
     @property
     def dollars(self) -> float:
-        price_in, price_out = self.price_per_million
-        return (self.prompt_tokens * price_in + self.tokens * price_out) / 1e6
+        return teachers.dollars(self.price_per_million, self.prompt_tokens, 0, self.tokens)
 
     def meter(self) -> dict:
         return {"calls": self.calls, "cached": self.cached, "failures": self.failures, "retried": self.retried,

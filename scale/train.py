@@ -46,7 +46,7 @@ import toyworld  # noqa: E402
 from omniopd_lib import checkpoint, common, config  # noqa: E402
 from omniopd_lib.config import option  # noqa: E402
 from omniopd_lib.runs import StopRules, evaluation_result, step_figures, write_records  # noqa: E402
-from omniopd_lib.teachers import Teacher, read_teacher_prompt  # noqa: E402
+from omniopd_lib.teachers import Teacher, parse_price, read_teacher_prompt  # noqa: E402
 from scale.teachers import TeacherPool  # noqa: E402
 
 
@@ -56,7 +56,6 @@ class ScaleConfig(omniopd.Config):
     teacher_rpm: int = option(0, "teacher requests per minute over all ranks (0 = no limit)")
     teacher_tpm: int = option(0, "teacher tokens per minute over all ranks, prompt + completion (0 = no limit)")
     teacher_cache: str = option("", "SQLite file of teacher answers (empty = <out>/teacher_cache.sqlite, 'off' = none)")
-    teacher_price: str = option("", "dollars per million prompt and completion tokens, e.g. '2.5,10', for the cost meter")
     wait_minutes: float = option(120.0, "how long a rank waits for the others in the exchanges of counts, metrics and "
                                         "teacher answers (gloo) before it gives up: longer than the slowest teacher step")
 
@@ -179,7 +178,7 @@ def make_pool_teacher(cfg, rank, world):
         return None
     pool = None
     if rank == 0:
-        prices = tuple(float(x) for x in cfg.teacher_price.split(",")) if cfg.teacher_price else (0.0, 0.0)
+        prices = parse_price(cfg.teacher_price) or (0.0, 0.0)
         cache = None if cfg.teacher_cache == "off" else (cfg.teacher_cache or str(Path(cfg.out) / "teacher_cache.sqlite"))
         pool = TeacherPool(teachers, cfg.teacher_base_url, cfg.teacher_api_key_env, cfg.teacher_mode,
                            cfg.teacher_temperature, cfg.teacher_timeout, cfg.teacher_retries, cfg.teacher_concurrency,

@@ -63,7 +63,7 @@ class ModelServer(ThreadingHTTPServer):
     request_queue_size = 256  # a burst of concurrent clients must not be refused at connect
 
     def __init__(self, address, model_name, device="cpu", max_batch=256, faults=None, latency=0.0,
-                 api_key=None, served_models=None):
+                 api_key=None, served_models=None, n_policy="honour"):
         super().__init__(address, Handler)
         # like a real provider: a wrong key gets 401 (its message quoting the key), an unknown model 404
         self.api_key, self.served_models = api_key, served_models
@@ -74,6 +74,12 @@ class ModelServer(ThreadingHTTPServer):
         self.requests_received = self.requests_served = self.in_flight = self.max_in_flight = 0
         self.faults_injected = collections.Counter()
         self.bodies = collections.deque(maxlen=1000)   # the latest request bodies, for tests to read
+        # n > 1 in one request: "honour" it (OpenAI, vLLM), "refuse" it with a 400, or "ignore" it (one choice)
+        self.n_policy = n_policy
+        # the usage figures of every answered request, summed: what a provider would bill
+        self.usage = collections.Counter()
+        # a prefix cache as providers report it: the longest token prefix shared with an earlier prompt is "cached"
+        self.prompts_seen = collections.deque(maxlen=512)
         self.model = self.tokenizer = None
         if model_name != "echo":
             self.model, self.tokenizer = models.load_model(model_name, "teacher", torch.device(device))
@@ -137,6 +143,20 @@ class ModelServer(ThreadingHTTPServer):
         with self.lock:
             self.requests_served += len(group)
         return results
+
+    def cached_tokens(self, prompt: str, templated: bool) -> int:
+        """How many of the prompt's first tokens an earlier prompt shared (and a prefix cache would have kept)."""
+        tokens = (prompt.split() if self.model is None
+                  else self.tokenizer(prompt, add_special_tokens=not templated)["input_ids"])
+        with self.lock:
+            best = 0
+            for earlier in self.prompts_seen:
+                shared = 0
+                while shared < min(len(earlier), len(tokens)) and earlier[shared] == tokens[shared]:
+                    shared += 1
+                best = max(best, shared)
+            self.prompts_seen.append(tokens)
+        return best
 
     def chat_prompt(self, messages: list) -> str:
         content = messages[-1]["content"]
@@ -225,6 +245,11 @@ class Handler(BaseHTTPRequestHandler):
                 prompt = prompt[0]
             limit = body.get("max_tokens") or body.get("max_completion_tokens") or 16   # the latter: reasoning models
             settings = (int(limit), float(body.get("temperature", 1.0)), int(body.get("n", 1)))
+            if settings[2] > 1 and self.server.n_policy == "refuse":
+                return self.reply(400, {"error": {"message": "n > 1 is not supported", "type": "invalid_request_error",
+                                                  "param": "n"}})
+            if self.server.n_policy == "ignore":
+                settings = settings[:2] + (1,)
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as error:
             return self.reply(400, {"error": {"message": f"bad request: {error}", "type": "invalid_request_error"}})
         if self.server.served_models and body.get("model") not in self.server.served_models:
@@ -244,6 +269,7 @@ class Handler(BaseHTTPRequestHandler):
         if think == "think_unfinished":
             texts, stopped = ["<think>The user wants the next"] * len(texts), [False] * len(texts)
         finish = ["stop" if s else "length" for s in stopped]
+        cached = self.server.cached_tokens(prompt, templated)
         if chat:
             choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f}
                        for i, (t, f) in enumerate(zip(texts, finish))]
@@ -254,7 +280,10 @@ class Handler(BaseHTTPRequestHandler):
             "id": f"cmpl-{time.time_ns()}", "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()), "model": body.get("model", self.server.model_name), "choices": choices,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": sum(used),
-                      "total_tokens": prompt_tokens + sum(used)}})
+                      "total_tokens": prompt_tokens + sum(used), "prompt_tokens_details": {"cached_tokens": cached}}})
+        with self.server.lock:
+            self.server.usage.update(requests=1, prompt_tokens=prompt_tokens, completion_tokens=sum(used),
+                                     cached_tokens=cached)
 
 
 def start_in_thread(model_name="toy", host="127.0.0.1", port=0, **options) -> ModelServer:
