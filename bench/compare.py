@@ -30,6 +30,7 @@ import argparse
 import concurrent.futures
 import json
 import multiprocessing
+import shlex
 import os
 import statistics
 import sys
@@ -211,7 +212,7 @@ def write_report(results, chosen, sweep_results, args, folder: Path, measured: d
     n = len(first["seeds"])
     lines = [f"# {args.world} world: every method, the same budget ({args.steps} steps × "
              f"{omniopd.Config.batch_size} rollouts, {n} seed{'s' * (n > 1)}: {', '.join(map(str, first['seeds']))})",
-             "", f"Made by `python bench/compare.py {' '.join(sys.argv[1:])}`. Greedy pass@1 "
+             "", f"Made by `python bench/compare.py {shlex.join(sys.argv[1:])}`. Greedy pass@1 "
              f"on {first['eval_size']} held-out test problems. ± is the standard deviation over seeds; s.e. is that "
              f"over √(seeds). One evaluation's own binomial standard error is at most "
              f"{0.5 / first['eval_size'] ** 0.5:.1%}. Wall time is per run on 2 CPU cores, "

@@ -18,6 +18,7 @@ weights. Every method gets the same steps, rollouts per step and learning rate.
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -103,7 +104,15 @@ def main():
             results[name] = run_row(name, options, args.seed, Path(args.runs), args.steps, args.points)
             print(f"{name:<40} {results[name]['accuracy']:.1%} ({results[name]['seconds']:.0f} s, "
                   f"{time.time() - started:.0f} s in all)", flush=True)
+    if args.rows:   # the rows read from the file are compared with the untrained student measured with them
+        earlier = stored["results"].get(EARLIER_UNTRAINED) or stored["results"][ROWS[0][0]]
+        results[EARLIER_UNTRAINED] = earlier
+        measured[EARLIER_UNTRAINED] = measured.get(EARLIER_UNTRAINED) or stored.get("measured", {}).get(
+            ROWS[0][0], "earlier (590d5bf, 2026-11-25)")
     write_report(results, args, measured)
+
+
+EARLIER_UNTRAINED = "student (untrained), as measured with the earlier rows"
 
 
 def write_report(results, args, measured):
@@ -111,19 +120,24 @@ def write_report(results, args, measured):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "real_lm.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "rows"},
                                                      "results": results, "measured": measured}, indent=1))
-    base = results["student (untrained)"]["accuracy"]
+    # each row against the untrained student of its own measurement
+    untrained = {measured.get(name, ""): results[name]["accuracy"] for name in (EARLIER_UNTRAINED, ROWS[0][0])
+                 if name in results}
     first_eval = Path(args.runs) / run_name("student (untrained)", args.seed, args.lr) / "eval-step-000000.jsonl"
     evaluated = len(first_eval.read_text().splitlines()) if first_eval.exists() else args.eval_size
     lines = [f"# SmolLM2-135M-Instruct as student: every method, {args.steps} steps × {args.batch_size} rollouts, "
              f"lr {args.lr:g}, seed {args.seed}", "",
-             f"Made by `python bench/real_lm.py` (device {args.device}). reasoning-gym chain_sum (2-3 terms, 1-2 "
+             f"Made by `python bench/real_lm.py {shlex.join(sys.argv[1:])}` (device {args.device}). reasoning-gym "
+             "chain_sum (2-3 terms, 1-2 "
              f"digits), greedy pass@1 on {evaluated} held-out problems ({args.eval_size} generated, those also in the "
              "training data left out; one standard error is about 3 points). The API teacher is the same GGUF behind "
-             "llama.cpp's server; see the script's docstring for what that means for each row.", "",
+             "llama.cpp's server; see the script's docstring for what that means for each row. Each row's gain is "
+             "against the untrained student measured with it (the same code and grading).", "",
              "| method | accuracy | vs untrained | curve (step: accuracy) | wall time (s) | teacher calls | measured |",
              "|---|---|---|---|---|---|---|"]
-    for name, _ in ROWS:
+    for name in [n for n, _ in ROWS] + [n for n in results if n not in dict(ROWS)]:
         r = results[name]
+        base = untrained.get(measured.get(name, ""), results[ROWS[0][0]]["accuracy"])
         curve = ", ".join(f"{step}: {accuracy:.0%}" for step, accuracy in r["curve"])
         lines.append(f"| {name} | {r['accuracy']:.1%} | {r['accuracy'] - base:+.1%} | {curve} | {r['seconds']:.0f} | "
                      f"{r['teacher_calls']:,} | {measured.get(name, '')} |")
