@@ -60,11 +60,7 @@ class FullVocabularyKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits_B_T_V, reference_B_T_V):
-        kl_B_T = torch.empty(logits_B_T_V.shape[:2], device=logits_B_T_V.device)
-        for at in a_few_positions_at_a_time(logits_B_T_V):
-            logp, logq = F.log_softmax(logits_B_T_V[at].float(), -1), F.log_softmax(reference_B_T_V[at].float(), -1)
-            # KL(π_θ ‖ π_ref) = Σ_v π_θ(v) (log π_θ(v) - log π_ref(v)), with 0 · log(0 / q) = 0
-            kl_B_T[at] = xlogratio(logp, logq).sum(-1)
+        kl_B_T = kl_per_position(logits_B_T_V, reference_B_T_V, reference_first=False)
         ctx.save_for_backward(logits_B_T_V, reference_B_T_V, kl_B_T)
         return kl_B_T
 
@@ -86,13 +82,8 @@ class ReferenceFirstKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits_B_T_V, reference_B_T_V):
-        kl_B_T = torch.empty(logits_B_T_V.shape[:2], device=logits_B_T_V.device)
-        for at in a_few_positions_at_a_time(logits_B_T_V):
-            logp, logq = F.log_softmax(logits_B_T_V[at].float(), -1), F.log_softmax(reference_B_T_V[at].float(), -1)
-            # a token the reference rules out adds nothing, even where the student rules it out too
-            kl_B_T[at] = xlogratio(logq, logp).sum(-1)
         ctx.save_for_backward(logits_B_T_V, reference_B_T_V)
-        return kl_B_T
+        return kl_per_position(logits_B_T_V, reference_B_T_V, reference_first=True)
 
     @staticmethod
     def backward(ctx, grad_kl_B_T):
@@ -102,6 +93,17 @@ class ReferenceFirstKL(torch.autograd.Function):
             p, q = F.softmax(logits_B_T_V[at].float(), -1), F.softmax(reference_B_T_V[at].float(), -1)
             grad_B_T_V[at] = (grad_kl_B_T[at][:, None] * (p - q)).to(grad_B_T_V.dtype)
         return grad_B_T_V, None
+
+
+def kl_per_position(logits_B_T_V, reference_B_T_V, reference_first: bool):
+    """KL(π_θ ‖ π_ref) = Σ_v p_v (log p_v - log q_v) per position, or with reference_first KL(π_ref ‖ π_θ) =
+    Σ_v q_v (log q_v - log p_v), a few positions at a time, with 0 · log(0 / x) = 0 (a token the first
+    distribution rules out adds nothing, even where the other rules it out too)."""
+    kl_B_T = torch.empty(logits_B_T_V.shape[:2], device=logits_B_T_V.device)
+    for at in a_few_positions_at_a_time(logits_B_T_V):
+        logp, logq = F.log_softmax(logits_B_T_V[at].float(), -1), F.log_softmax(reference_B_T_V[at].float(), -1)
+        kl_B_T[at] = (xlogratio(logq, logp) if reference_first else xlogratio(logp, logq)).sum(-1)
+    return kl_B_T
 
 
 def xlogratio(logp, logq):
