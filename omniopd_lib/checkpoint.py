@@ -50,7 +50,7 @@ def save_checkpoint(run, cfg) -> Path:
 
 
 # what a resumed run may not change: the model and what it is, the method, and the seed every draw is keyed by
-FIXED_ON_RESUME = ("student", "method", "seed", "lora_rank", "lora_alpha", "lora_target_modules")
+FIXED_ON_RESUME = ("student", "method", "objective", "seed", "lora_rank", "lora_alpha", "lora_target_modules")
 
 
 # the run's own paths and bookkeeping, not settings

@@ -2,6 +2,7 @@
 plain dynamic-programming edit distance, or by autograd through the written formula), and a run through the CLI."""
 
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -289,3 +290,10 @@ def test_the_objective_sets_its_own_defaults_and_keeps_what_the_user_gave():
 def test_k3_is_refused_for_the_audit_reading():
     with pytest.raises(omniopd.OmniOPDError, match="k3"):
         omniopd.check_config(omniopd.Config(objective="audit", anchor="k3").resolved())
+
+
+def test_a_run_cannot_change_its_reading_on_resume():
+    from omniopd_lib import checkpoint
+    saved = dataclasses.asdict(omniopd.Config().resolved())
+    with pytest.raises(omniopd.OmniOPDError, match="--objective"):
+        checkpoint.check_resumable(saved, omniopd.Config(objective="audit", resume="runs/x/step-000002").resolved())
