@@ -120,9 +120,6 @@ def write_report(results, args, measured):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "real_lm.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "rows"},
                                                      "results": results, "measured": measured}, indent=1))
-    # each row against the untrained student of its own measurement
-    untrained = {measured.get(name, ""): results[name]["accuracy"] for name in (EARLIER_UNTRAINED, ROWS[0][0])
-                 if name in results}
     first_eval = Path(args.runs) / run_name("student (untrained)", args.seed, args.lr) / "eval-step-000000.jsonl"
     evaluated = len(first_eval.read_text().splitlines()) if first_eval.exists() else args.eval_size
     lines = [f"# SmolLM2-135M-Instruct as student: every method, {args.steps} steps × {args.batch_size} rollouts, "
@@ -132,12 +129,12 @@ def write_report(results, args, measured):
              f"digits), greedy pass@1 on {evaluated} held-out problems ({args.eval_size} generated, those also in the "
              "training data left out; one standard error is about 3 points). The API teacher is the same GGUF behind "
              "llama.cpp's server; see the script's docstring for what that means for each row. Each row's gain is "
-             "against the untrained student measured with it (the same code and grading).", "",
+             "against its own step-0 evaluation (the same model, problems, code and grading).", "",
              "| method | accuracy | vs untrained | curve (step: accuracy) | wall time (s) | teacher calls | measured |",
              "|---|---|---|---|---|---|---|"]
     for name in [n for n, _ in ROWS] + [n for n in results if n not in dict(ROWS)]:
         r = results[name]
-        base = untrained.get(measured.get(name, ""), results[ROWS[0][0]]["accuracy"])
+        base = r["curve"][0][1]
         curve = ", ".join(f"{step}: {accuracy:.0%}" for step, accuracy in r["curve"])
         lines.append(f"| {name} | {r['accuracy']:.1%} | {r['accuracy'] - base:+.1%} | {curve} | {r['seconds']:.0f} | "
                      f"{r['teacher_calls']:,} | {measured.get(name, '')} |")
