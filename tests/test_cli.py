@@ -75,7 +75,8 @@ def test_openai_teacher_through_the_cli(tiny_model_path, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = [m for m in read_metrics(out) if "loss/total" in m][0]
     assert metrics["teacher/calls"] == metrics["forks/count"] * 2
-    assert server.requests_served == metrics["teacher/calls"]
+    # one request per fork carries its M = 2 continuations, and the run's meter counts what the server served
+    assert server.requests_served == metrics["forks/count"] == metrics["teacher/requests"]
     assert "sk-loopback-test-key" not in (out / "config.json").read_text() + result.stdout + result.stderr
 
 
