@@ -38,7 +38,7 @@ from omniopd_lib import teachers
 print(teachers.CHAT_CONTINUE_PROMPT)
 show(omniopd.teacher_rollouts)
 show(HFTeacher.continuations)
-show(teachers.OpenAITeacher.one_continuation)
+show(teachers.OpenAITeacher.one_request)
 
 # %% [markdown]
 # ## Worked example: a local teacher, then the same teacher over HTTP
