@@ -209,8 +209,9 @@ class OpenAITeacher(Teacher):
                     model=self.model, prompt=message, max_tokens=max_tokens, temperature=self.temperature, **sampling)
                 texts = [choice.text for choice in reply.choices]
             self.count(reply.usage)
+            # a server that sends more choices than asked for gets no extra votes
             return [teacher_answer(text, choice.finish_reason in STOPPED_ON_PURPOSE)
-                    for text, choice in zip(texts, reply.choices)]
+                    for text, choice in zip(texts, reply.choices)][:n]
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as error:
             what = "does not know the model" if error.status_code == 404 else "rejected the API key"
             raise OmniOPDError(f"teacher {self.model}: the server {what} (HTTP {error.status_code})") from None
@@ -239,12 +240,15 @@ class OpenAITeacher(Teacher):
     def count(self, usage) -> None:
         """One answered request on the meter, with the server's own usage figures (cached prompt tokens where it
         reports them, as OpenAI's prompt_tokens_details.cached_tokens)."""
+        def tokens(owner, name):   # a missing, negative or non-integer figure counts as 0
+            value = getattr(owner, name, 0)
+            return value if isinstance(value, int) and value > 0 else 0
         details = getattr(usage, "prompt_tokens_details", None)
         with self.lock:
             self.requests += 1
-            self.prompt_tokens += getattr(usage, "prompt_tokens", 0) or 0
-            self.cached_tokens += getattr(details, "cached_tokens", 0) or 0
-            self.tokens += getattr(usage, "completion_tokens", 0) or 0
+            self.prompt_tokens += tokens(usage, "prompt_tokens")
+            self.cached_tokens += tokens(details, "cached_tokens")
+            self.tokens += tokens(usage, "completion_tokens")
 
     def log_failure(self, error) -> None:
         reason = redact(error, [self.client.api_key])[:120]   # a server may echo the key back: blank, then cut

@@ -123,3 +123,11 @@ def test_a_run_logs_the_bill_every_step_and_prints_it(serve, tmp_path, capsys, m
                        server.usage["completion_tokens"])
     assert step["teacher/dollars"] == pytest.approx(expected)
     assert f"teacher's bill: {server.usage['requests']:,} requests" in capsys.readouterr().out
+
+
+def test_a_server_sending_more_choices_than_asked_gets_no_extra_votes(serve):
+    _, url = serve("echo", n_policy="double")
+    teacher = teacher_for(url)
+    prefixes, rows = rollout_prefixes()
+    assert [len(a) for a in teacher.continuations(prefixes, 4, 8, rows=rows)] == [4] * 6
+    assert teacher.n_per_request   # more is not less: n is still honoured

@@ -74,7 +74,8 @@ class ModelServer(ThreadingHTTPServer):
         self.requests_received = self.requests_served = self.in_flight = self.max_in_flight = 0
         self.faults_injected = collections.Counter()
         self.bodies = collections.deque(maxlen=1000)   # the latest request bodies, for tests to read
-        # n > 1 in one request: "honour" it (OpenAI, vLLM), "refuse" it with a 400, or "ignore" it (one choice)
+        # n > 1 in one request: "honour" it (OpenAI, vLLM), "refuse" it with a 400, "ignore" it (one choice), or
+        # "double" it (a hostile server sending twice the choices asked for)
         self.n_policy = n_policy
         # the usage figures of every answered request, summed: what a provider would bill
         self.usage = collections.Counter()
@@ -250,6 +251,8 @@ class Handler(BaseHTTPRequestHandler):
                                                   "param": "n"}})
             if self.server.n_policy == "ignore":
                 settings = settings[:2] + (1,)
+            if self.server.n_policy == "double":   # a hostile server: twice the choices asked for
+                settings = settings[:2] + (2 * settings[2],)
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as error:
             return self.reply(400, {"error": {"message": f"bad request: {error}", "type": "invalid_request_error"}})
         if self.server.served_models and body.get("model") not in self.server.served_models:
