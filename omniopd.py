@@ -46,8 +46,8 @@ from omniopd_lib.generation import (completion_nll, cut_at_stop, decode_after, e
                                     left_pad, positions, response_texts, stop_token_ids)
 from omniopd_lib.grading import grade
 from omniopd_lib.models import save_merged
-from omniopd_lib.teachers import (CHARACTERS_PER_TOKEN_AT_MOST, draw_name, first_tokens, teacher_prefix_texts,
-                                  teacher_view_template)
+from omniopd_lib.teachers import (CHARACTERS_PER_TOKEN_AT_MOST, InFlight, draw_name, first_tokens,
+                                  teacher_prefix_texts, teacher_view_template)
 from omniopd_lib.runs import (StopRules, main_with_errors, run_eval, run_folder, setup, step_figures,
                               teacher_accuracy, teacher_bill)
 from omniopd_lib.tracking import MetricsLog, audit_metrics, fork_metrics, keep_metrics_until, rollout_metrics
@@ -290,15 +290,15 @@ def rollout_and_drafts_forward(model, rollout: Rollout, drafts: Drafts):
 
 
 def teacher_rollouts(teacher, prefix_texts: list[str], num_samples: int, chunk_len: int, tokenizer,
-                     max_tokens=0, draw="", rows=None):
-    """Step 4: r^1..r^M = M teacher continuations of each decoded prefix s_t, None where the teacher failed. The
-    teacher writes up to max_tokens of its own tokens (default L with the student's tokenizer, else 2·L), and each
-    text is cut to its first L student tokens, so drafts and teacher rollouts have the same length in the same
-    units. draw ("seed 0 step 12") lets a caching teacher (scale/teachers.py) answer a resumed step from its store;
-    rows: each prefix's dataset row, for {question} and {answer} in a --teacher-prompt."""
+                     max_tokens=0, draw="", rows=None) -> InFlight:
+    """Step 4: r^1..r^M = M teacher continuations of each decoded prefix s_t, None where the teacher failed; an API
+    teacher's requests go out now and .wait() collects them. The teacher writes up to max_tokens of its own tokens
+    (default L with the student's tokenizer, else 2·L), and each text is cut to its first L student tokens, so drafts
+    and teacher rollouts have the same length in the same units. draw ("seed 0 step 12") lets a caching teacher
+    answer a resumed step from its store; rows: each prefix's dataset row, for {question} and {answer}."""
     default = chunk_len if teacher.shares_tokenizer else 2 * chunk_len
-    answers = teacher.continuations(prefix_texts, num_samples, max_tokens or default, draw, rows)
-    return [None if texts is None else [first_tokens(t, tokenizer, chunk_len) for t in texts] for texts in answers]
+    return InFlight(teacher, (prefix_texts, num_samples, max_tokens or default, draw, rows), lambda answers: [
+        None if texts is None else [first_tokens(t, tokenizer, chunk_len) for t in texts] for texts in answers])
 
 
 # ── Step 5: semantic verification ─────────────────────────────────────────────────────────────────────────────────
@@ -406,16 +406,14 @@ def omniopd_collect(run, rows, cfg) -> StepBatch:
     student, tokenizer = run.student, run.tokenizer
     rollout, entropy_B_T = rollouts_with_entropy(run, rows, cfg)                              # step 1
     mask_B_T = rollout.response_mask_B_T
-    with run.clock("drafts"):
-        forks = select_forks(entropy_B_T, mask_B_T, cfg.audit_budget, cfg.fork_gap,           # step 2
-                             cfg.entropy_threshold, cfg.entropy_window, cfg.audit_ratio, cfg.fork_selection)
-        drafts = draft_chunks(student, tokenizer, rollout, forks, cfg.num_drafts,             # step 3
-                              cfg.chunk_len, cfg.temperature)
-    with run.clock("teacher"):
-        prefix_texts = teacher_prefix_texts(tokenizer, rollout, forks, [r["question"] for r in rows], cfg)
-        teacher_texts = teacher_rollouts(run.teacher, prefix_texts, cfg.teacher_samples, cfg.chunk_len,  # step 4
-                                         tokenizer, cfg.teacher_max_tokens, draw_name(cfg, run.step),
-                                         [rows[b] for b, _ in forks])
+    forks = select_forks(entropy_B_T, mask_B_T, cfg.audit_budget, cfg.fork_gap, cfg.entropy_threshold,  # step 2
+                         cfg.entropy_window, cfg.audit_ratio, cfg.fork_selection)
+    prefix_texts = teacher_prefix_texts(tokenizer, rollout, forks, [r["question"] for r in rows], cfg)
+    in_flight = teacher_rollouts(run.teacher, prefix_texts, cfg.teacher_samples, cfg.chunk_len, tokenizer,  # step 4
+                                 cfg.teacher_max_tokens, draw_name(cfg, run.step), [rows[b] for b, _ in forks])
+    with run.clock("drafts"):   # while an API teacher's requests are in flight
+        drafts = draft_chunks(student, tokenizer, rollout, forks, cfg.num_drafts, cfg.chunk_len, cfg.temperature)  # 3
+    teacher_texts = in_flight.wait(run.clock)
     answered = [f for f, texts in enumerate(teacher_texts) if texts]
     with run.clock("similarity"):
         candidate_texts = [[decode_after(tokenizer, drafts.prefix_ids[f], c) for c in drafts.chunk_ids[f]]
@@ -496,18 +494,18 @@ def audit_collect(run, rows, cfg) -> StepBatch:
     rollout, entropy_B_T = rollouts_with_entropy(run, rows, cfg)                              # step 1
     anchors = audit_anchors(entropy_B_T, rollout.response_ids_B_T, rollout.response_mask_B_T,  # step 2
                             set(stop_token_ids(student, tokenizer)), cfg.audit_budget, cfg.chunk_len)
+    prefix_texts = teacher_prefix_texts(tokenizer, rollout, anchors, [r["question"] for r in rows], cfg)
+    in_flight = teacher_rollouts(run.teacher, prefix_texts, num_samples, cfg.chunk_len, tokenizer,   # step 4
+                                 cfg.teacher_max_tokens, draw_name(cfg, run.step), [rows[b] for b, _ in anchors])
     own = draft_chunks(student, tokenizer, rollout, anchors, 1, cfg.chunk_len, cfg.temperature)  # K = 1: y_{t:t+C}
-    with run.clock("teacher"):
-        prefix_texts = teacher_prefix_texts(tokenizer, rollout, anchors, [r["question"] for r in rows], cfg)
-        answers = teacher_rollouts(run.teacher, prefix_texts, num_samples, cfg.chunk_len, tokenizer,   # step 4
-                                   cfg.teacher_max_tokens, draw_name(cfg, run.step), [rows[b] for b, _ in anchors])
+    logprobs_B_T = token_logprobs(response_logits(student, rollout), rollout.response_ids_B_T).cpu()
+    answers = in_flight.wait(run.clock)
     kept = [c for c, texts in enumerate(answers) if texts is not None and len(texts) == num_samples]
     own = own.subset(kept)
     with run.clock("similarity"):
         own_texts = [decode_after(tokenizer, prefix, chunk) for prefix, (chunk,) in zip(own.prefix_ids, own.chunk_ids)]
         phi = similarity_matrices(run.similarity, [[text] for text in own_texts], [answers[c] for c in kept])  # 5
     phi_F_N = torch.stack(phi).view(len(kept), num_samples).clamp(0, 1) if kept else torch.zeros(0, num_samples)
-    logprobs_B_T = token_logprobs(response_logits(student, rollout), rollout.response_ids_B_T).cpu()
     mean_logprob_F = torch.tensor([logprobs_B_T[b, t:t + cfg.chunk_len].mean().item() for b, t in own.forks])
     target_F, pi_bar_F = audit_target(phi_F_N.sum(1), mean_logprob_F, num_samples, cfg.dirichlet_alpha)   # step 6
     fork_texts = [([text], answers[c], phi_F_N[f:f + 1]) for f, (text, c) in enumerate(zip(own_texts, kept))]

@@ -81,7 +81,7 @@ def main():
     prefixes = [tokenizer.decode(p, skip_special_tokens=True) for p in drafts.prefix_ids]
     candidates = [[omniopd.decode_after(tokenizer, prefix, c) for c in chunks]
                   for prefix, chunks in zip(drafts.prefix_ids, drafts.chunk_ids)]
-    references = omniopd.teacher_rollouts(teacher, prefixes, cfg.teacher_samples, cfg.chunk_len, tokenizer)
+    references = omniopd.teacher_rollouts(teacher, prefixes, cfg.teacher_samples, cfg.chunk_len, tokenizer).wait()
     if args.world == "code":
         right = drafts_completed_correctly(teacher, rows, forks, prefixes, candidates, cfg)
         teacher_right = sum(int(r.sum()) for r in drafts_completed_correctly(teacher, rows, forks, prefixes, references, cfg))

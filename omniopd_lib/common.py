@@ -131,6 +131,10 @@ class StageClock:
             synchronize()
             self.seconds[f"time/{stage}"] += time.perf_counter() - started
 
+    def add(self, stage: str, seconds: float) -> None:
+        """Seconds measured elsewhere (a background thread's wall time), charged to a stage."""
+        self.seconds[f"time/{stage}"] += seconds
+
     def take(self) -> dict:
         """This step's figures (with the peak GPU memory on CUDA), and a fresh start for the next step."""
         taken = dict(self.seconds)

@@ -3,10 +3,12 @@
 reply (teacher_answer) and one prompt (teacher_message)."""
 
 import concurrent.futures
+import contextlib
 import os
 import string
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -82,13 +84,15 @@ class Teacher:
     """What every teacher is, declared once. Text in, text out:
         continuations(prefixes, n, max_tokens, draw="", rows=None) -> per prefix, its answers, or None
     and what a run reads of it: `mode` ("chat": asked to continue the partial solution; "completion": sent the raw
-    prefix), `prompt` (a --teacher-prompt's text; "" = the built-in one), `shares_tokenizer` (a local teacher with
-    the student's tokenizer: it writes L tokens, and OPD can read its logits), and the counters a run logs and a
-    checkpoint keeps (TEACHER_COUNTERS: continuations asked for and failed, completion tokens, and for an API
-    teacher its bill: HTTP requests, prompt tokens, the prompt tokens the server says it served from its cache)."""
+    prefix), `overlaps` (an API teacher: InFlight sends its requests on a thread), `prompt` (a --teacher-prompt's
+    text; "" = the built-in one), `shares_tokenizer` (a local teacher with the student's tokenizer: it writes L
+    tokens, and OPD can read its logits), and the counters a run logs and a checkpoint keeps (TEACHER_COUNTERS:
+    continuations asked for and failed, completion tokens, and for an API teacher its bill: HTTP requests, prompt
+    tokens, the prompt tokens the server says it served from its cache)."""
     mode: str = "completion"
     prompt: str = ""
     shares_tokenizer: bool = False
+    overlaps: bool = False   # its requests may run on a thread while the student drafts (InFlight)
     calls: int = 0
     failures: int = 0
     tokens: int = 0
@@ -126,6 +130,36 @@ def parse_price(text: str) -> tuple:
         raise OmniOPDError(f"--teacher-price {text!r}: give dollars per million prompt and completion tokens, "
                            "and optionally cached prompt tokens, e.g. 2.5,10 or 2.5,10,1.25")
     return price
+
+
+TEACHER_THREAD = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="teacher")
+
+
+class InFlight:
+    """Step 4 under way. An API teacher's requests (teacher.overlaps) go out on the teacher's thread the moment this
+    is built, so the student drafts and scores its chunks while they are in flight; a local teacher shares the
+    device and torch's random state, so it runs only when waited for, where a run without overlap would run it.
+    wait(clock) returns finish(the answers), computed on the caller's thread (the student's tokenizer is not
+    shared across threads), and charges time/teacher (the teacher's own time) and time/teacher_wait (what the
+    student waited for it after the overlap; all of it for a local teacher)."""
+
+    def __init__(self, teacher, request: tuple, finish=lambda answers: answers):
+        self.teacher, self.request, self.finish, self.seconds = teacher, request, finish, 0.0
+        self.future = TEACHER_THREAD.submit(self.answers) if teacher.overlaps else None
+
+    def answers(self):
+        started = time.perf_counter()
+        try:
+            return self.teacher.continuations(*self.request)
+        finally:
+            self.seconds = time.perf_counter() - started
+
+    def wait(self, clock=None):
+        with clock("teacher_wait") if clock else contextlib.nullcontext():
+            answers = self.finish(self.future.result() if self.future else self.answers())
+        if clock:
+            clock.add("teacher", self.seconds)
+        return answers
 
 
 class HFTeacher(Teacher):
@@ -177,6 +211,7 @@ class OpenAITeacher(Teacher):
     cache can reuse the shared part; different rollouts go out concurrently, `concurrency` at a time. The openai
     client retries timeouts, 429 (honouring Retry-After) and 5xx with backoff. A prefix whose requests all fail
     comes back as None. The meter counts requests and the server's own usage figures."""
+    overlaps = True
 
     def __init__(self, model, base_url="", api_key_env="OPENAI_API_KEY", mode="auto", temperature=1.0,
                  timeout=60.0, retries=4, concurrency=8, reasoning_effort="", price=()):

@@ -4,9 +4,12 @@
                        concurrency=16, cache_path="runs/x/teacher_cache.sqlite")
     pool.continuations(prefixes, n=4, max_tokens=16, draw="seed 0 step 12")   # what omniopd.teacher_rollouts calls
 
-Everything a step asks for (every fork × M samples × every teacher) goes out at once on
-one asyncio event loop, at most `concurrency` requests in flight, within a rate limit in
-requests and tokens per minute. A request that fails (timeout, 429, 5xx, malformed JSON,
+Everything a step asks for goes out on one asyncio event loop, at most `concurrency` requests
+in flight, within a rate limit in requests and tokens per minute. A fork's M samples from one
+teacher are one request (`n`), so its prefix is sent and billed once; an endpoint that refuses
+`n` or returns fewer choices gets one request per sample from then on (said once). A rollout's
+forks, whose prefixes are nested, go to each teacher in ascending order, one after another, so
+a server's prefix cache can reuse the shared part; rollouts and teachers go concurrently. A request that fails (timeout, 429, 5xx, malformed JSON,
 an empty text cut at the token limit) is retried with jittered exponential backoff, waiting
 at least as long as the server's Retry-After; one that still fails is skipped and counted,
 never raised. A rejected API key or an unknown model stops the run with one line instead.
@@ -17,8 +20,8 @@ resumed run gets back every answer it paid for, while a new step or seed gets fr
 even for a prefix seen before (the votes of step 6 assume independent samples). Identical
 requests within one call are sent once.
 Several teachers pool their answers: a fork gets M from each, and the Dirichlet-Multinomial
-step counts all their votes. The pool meters prompt and completion tokens (and dollars,
-given prices per million tokens).
+step counts all their votes. The pool meters requests, prompt tokens (and those the server
+served from its cache), completion tokens, and dollars given prices per million tokens.
 """
 
 import asyncio
@@ -66,7 +69,8 @@ class AnswerCache:
     def __init__(self, path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path)
+        # the pool answers on omniopd's teacher thread (InFlight), one call at a time
+        self.db = sqlite3.connect(self.path, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, text TEXT, "
                         "prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)")
@@ -149,6 +153,7 @@ def retry_after_seconds(error) -> float | None:
 
 class TeacherPool(teachers.Teacher):
     """Several OpenAI-compatible teachers behind omniopd's `continuations(prefixes, n, max_tokens)`."""
+    overlaps = True
 
     def __init__(self, teachers, base_url="", api_key_env="OPENAI_API_KEY", mode="auto", temperature=1.0,
                  timeout=60.0, retries=4, concurrency=16, requests_per_minute=0, tokens_per_minute=0,
@@ -173,52 +178,62 @@ class TeacherPool(teachers.Teacher):
         self.limiter_settings = (requests_per_minute, tokens_per_minute)
         # the meter: requests sent over HTTP, answers taken from the cache, requests skipped after all retries
         self.calls = self.cached = self.failures = self.retried = 0
-        self.tokens = self.prompt_tokens = 0
+        self.tokens = self.prompt_tokens = self.cached_tokens = 0
+        self.singles_only = set()   # endpoints that refused or ignored `n`: one request per sample
         self.in_flight = self.max_in_flight = 0
 
     @property
     def dollars(self) -> float:
-        return teachers.dollars(self.price_per_million, self.prompt_tokens, 0, self.tokens)
+        return teachers.dollars(self.price_per_million, self.prompt_tokens, self.cached_tokens, self.tokens)
 
     def meter(self) -> dict:
         return {"calls": self.calls, "cached": self.cached, "failures": self.failures, "retried": self.retried,
-                "tokens": self.tokens, "prompt_tokens": self.prompt_tokens, "dollars": self.dollars}
+                "tokens": self.tokens, "prompt_tokens": self.prompt_tokens, "cached_tokens": self.cached_tokens,
+                "dollars": self.dollars}
 
     def continuations(self, prefixes: list[str], n: int, max_tokens: int, draw="", rows=None) -> list[list[str] | None]:
         """n continuations of each prefix from every teacher (n × teachers answers per prefix, pooled);
         None for a prefix that got no usable answer at all. draw names the call (omniopd.teacher_rollouts);
-        rows: each prefix's dataset row, for {question} and {answer} in a --teacher-prompt."""
+        rows: each prefix's dataset row, for {question} and {answer} in a --teacher-prompt. A rollout's nested
+        prefixes (consecutive, ascending, as omniopd passes them) go to each teacher one after another, where its
+        prefix cache can reuse the shared part; everything else at once."""
         if not prefixes:
             return []
+        rows = rows or [None] * len(prefixes)
         template = teachers.teacher_template(self)
-        messages = [teachers.teacher_message(template, p, row) for p, row in zip(prefixes, rows or [None] * len(prefixes))]
-        answers = self.loop.run_until_complete(self.ask_all(messages, n, max_tokens, draw))
-        per_prefix = len(self.endpoints) * n
-        rows = [answers[i * per_prefix:(i + 1) * per_prefix] for i in range(len(prefixes))]
-        return [[a for a in row if a is not None] or None for row in rows]
+        messages = [teachers.teacher_message(template, p, row) for p, row in zip(prefixes, rows)]
+        answers = self.loop.run_until_complete(
+            self.ask_all(messages, teachers.nested_chains(prefixes, rows), n, max_tokens, draw))
+        return [[a for a in row if a is not None] or None for row in answers]
 
-    async def ask_all(self, messages, n, max_tokens, draw):
-        """Every (message, teacher, sample) of the call at once; identical requests share one answer."""
+    async def ask_all(self, messages, chains, n, max_tokens, draw):
+        """Every message's n samples from every teacher: each chain of nested messages in order, the chains and
+        the teachers concurrently; identical requests within the call share one answer."""
         if not hasattr(self, "limiter"):  # asyncio objects belong to the loop that first uses them
             self.limiter = RateLimiter(*self.limiter_settings)
             self.slots = asyncio.Semaphore(self.concurrency)
-        wanted, tasks = [], {}
-        for message in messages:
-            for endpoint in self.endpoints:
-                request = self.request_body(endpoint, message, max_tokens)
-                for sample in range(n):
-                    key = AnswerCache.key(endpoint.name(), request, draw, sample)
-                    if key not in tasks:
-                        tasks[key] = asyncio.ensure_future(self.ask(endpoint, request, key))
-                    wanted.append(key)
+        groups, answers = {}, [[[]] * len(self.endpoints) for _ in messages]
+
+        async def samples(endpoint, message):
+            request = self.request_body(endpoint, message, max_tokens)
+            keys = [AnswerCache.key(endpoint.name(), request, draw, sample) for sample in range(n)]
+            if keys[0] not in groups:
+                groups[keys[0]] = asyncio.ensure_future(self.ask_group(endpoint, request, keys))
+            return await groups[keys[0]]
+
+        async def send_chain(teacher, chain):
+            for i in chain:
+                answers[i][teacher] = await samples(self.endpoints[teacher], messages[i])
+        chains = [asyncio.ensure_future(send_chain(teacher, chain))
+                  for chain in chains for teacher in range(len(self.endpoints))]
         try:
-            answers = dict(zip(tasks, await asyncio.gather(*tasks.values())))
-            return [answers[key] for key in wanted]
+            await asyncio.gather(*chains)
         except BaseException:  # a fatal answer (bad key, unknown model): stop the others too
-            for task in tasks.values():
+            for task in [*chains, *groups.values()]:
                 task.cancel()
-            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            await asyncio.gather(*chains, *groups.values(), return_exceptions=True)
             raise
+        return [[a for per_teacher in row for a in per_teacher] for row in answers]   # teachers in their order
 
     def request_body(self, endpoint, message, max_tokens) -> dict:
         """What goes over the wire for one continuation (message: teachers.teacher_message's text), as the chat
@@ -229,15 +244,51 @@ class TeacherPool(teachers.Teacher):
                     "messages": [{"role": "user", "content": message}]}
         return {**body, "max_tokens": max_tokens, "prompt": message}
 
-    async def ask(self, endpoint, request, key):
-        """One answer: from the cache, or over HTTP with retries; None (counted) when every attempt failed."""
+    async def ask_group(self, endpoint, request, keys) -> list:
+        """The samples of one request, keys[i] caching sample i (each sample keyed apart): those in the cache from
+        it; the rest in one request for n of them while the endpoint honours `n`, and one request each for what
+        that did not bring back (a refused `n`, fewer choices, an unusable one). None where a sample failed."""
+        answers = [None] * len(keys)
+        for i, key in enumerate(keys):
+            if self.cache is not None and (hit := self.cache.get(key)):
+                self.cached += 1
+                answers[i] = hit[0]
+        missing = [i for i, answer in enumerate(answers) if answer is None]
+        if len(missing) > 1 and endpoint not in self.singles_only:
+            texts = await self.ask(endpoint, {**request, "n": len(missing)})
+            if texts is None:              # every attempt failed: skipped, not asked again one by one
+                self.failures += len(missing)
+                return answers
+            if texts == "refused n" or len(texts) < len(missing):
+                self.stop_asking_for_n(endpoint, "it refused n (HTTP 400)" if texts == "refused n" else
+                                       f"it returned {len(texts)} of {len(missing)} choices")
+            for i, text in zip(missing, texts if isinstance(texts, list) else []):
+                answers[i] = self.keep(keys[i], text)
+            missing = [i for i, answer in enumerate(answers) if answer is None]
+        for i, texts in zip(missing, await asyncio.gather(*(self.ask(endpoint, request) for _ in missing))):
+            answers[i] = self.keep(keys[i], texts[0]) if isinstance(texts, list) else None
+            self.failures += answers[i] is None
+        return answers
+
+    def keep(self, key, text):
+        """An answer on disk the moment it arrives: one that was paid for survives a crash a line later."""
+        if text is not None and self.cache is not None:
+            self.cache.put(key, text, 0, 0)
+        return text
+
+    def stop_asking_for_n(self, endpoint, why: str) -> None:
+        if endpoint not in self.singles_only:
+            self.singles_only.add(endpoint)
+            print(f"teacher {endpoint.name()}: the server does not honour n ({why}); one request per "
+                  "continuation from now on", file=sys.stderr)
+
+    async def ask(self, endpoint, request):
+        """One request over HTTP with retries: its choices' texts (None for a choice cut empty at the token
+        limit), None when every attempt failed, or "refused n" for a 400 to a request with n."""
         import openai
-        if self.cache is not None and (hit := self.cache.get(key)):
-            self.cached += 1
-            return hit[0]
         prompt_chars = len(json.dumps(request.get("messages", request.get("prompt"))))
         for attempt in range(self.retries + 1):
-            budget = request.get("max_tokens", request.get("max_completion_tokens", 0))
+            budget = request.get("max_tokens", request.get("max_completion_tokens", 0)) * request.get("n", 1)
             await self.limiter.acquire(prompt_chars // 4 + budget)
             wait = None
             async with self.slots:
@@ -246,7 +297,7 @@ class TeacherPool(teachers.Teacher):
                 self.calls += 1
                 try:
                     # the timeout is a deadline for the whole request, however slowly its bytes arrive
-                    text, usage = await asyncio.wait_for(self.send(endpoint, request), self.timeout)
+                    texts = await asyncio.wait_for(self.send(endpoint, request), self.timeout)
                 except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
                     raise omniopd.OmniOPDError(f"teacher {endpoint.name()} rejected the API key from "
                                                f"{endpoint.api_key_env} (HTTP {error.status_code})") from None
@@ -254,48 +305,57 @@ class TeacherPool(teachers.Teacher):
                     raise omniopd.OmniOPDError(f"teacher {endpoint.name()}: the server does not know model "
                                                f"'{endpoint.model}' (HTTP 404)") from None
                 except openai.BadRequestError as error:  # this request will never work: skip it, do not retry
+                    if "n" in request:
+                        return "refused n"
                     self.log(endpoint, f"bad request (HTTP 400): {error.message}")
                     break
                 except openai.RateLimitError as error:
-                    wait = retry_after_seconds(error)
-                    text = None
+                    wait, texts = retry_after_seconds(error), None
                 except (openai.APIError, asyncio.TimeoutError, ValueError, KeyError, IndexError, TypeError,
                         AttributeError) as error:
                     # 5xx, timeouts, refused connections, malformed JSON or a reply without the expected fields
-                    wait, text = retry_after_seconds(error), None
+                    wait, texts = retry_after_seconds(error), None
                     if attempt == self.retries:
                         self.log(endpoint, f"{type(error).__name__}: {error}")
                 finally:
                     self.in_flight -= 1
-            if text is not None:
-                self.tokens += usage[1]
-                self.prompt_tokens += usage[0]
-                if self.cache is not None:
-                    self.cache.put(key, text, *usage)
-                return text
+            if texts is not None:
+                return texts
             if attempt < self.retries:
                 self.retried += 1
                 # full jitter on an exponential schedule, never shorter than the server asked
                 backoff = random.uniform(0.5, 1.5) * min(self.max_backoff, self.backoff * 2 ** attempt)
                 await asyncio.sleep(max(backoff, min(wait or 0.0, self.max_backoff * 4)))
-        self.failures += 1
         return None
 
-    async def send(self, endpoint, request):
-        """One HTTP request: (text, or None by teachers.teacher_answer's rule; (prompt tokens, completion tokens))."""
+    async def send(self, endpoint, request) -> list:
+        """One HTTP request: its choices' texts by teachers.teacher_answer's rule (at most the n asked for), the
+        server's usage figures on the meter. A single request's unusable text is an error (retried)."""
         client = self.clients[endpoint]
         if "messages" in request:
             reply = await client.chat.completions.create(**request)
-            text = reply.choices[0].message.content
+            texts = [choice.message.content for choice in reply.choices]
         else:
             reply = await client.completions.create(**request)
-            text = reply.choices[0].text
-        if not isinstance(text, str):
+            texts = [choice.text for choice in reply.choices]
+        if not texts or not all(isinstance(text, str) for text in texts):
             raise TypeError(f"reply has no text ({type(reply).__name__})")
-        usage = reply.usage
-        # an empty reply cut at max_tokens is retried like a failure; one that stopped is the answer ""
-        text = teachers.teacher_answer(text, reply.choices[0].finish_reason in teachers.STOPPED_ON_PURPOSE)
-        return text, (getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
+        self.count(reply.usage)
+        # an empty reply cut at max_tokens is no answer; one that stopped is the answer ""
+        answers = [teachers.teacher_answer(text, choice.finish_reason in teachers.STOPPED_ON_PURPOSE)
+                   for text, choice in zip(texts, reply.choices)][:request.get("n", 1)]
+        if "n" not in request and answers[0] is None:
+            raise ValueError("an empty reply cut at the token limit")
+        return answers
+
+    def count(self, usage) -> None:
+        """The server's own usage figures (a missing, negative or non-integer one counts as 0)."""
+        def tokens(owner, name):
+            value = getattr(owner, name, 0)
+            return value if isinstance(value, int) and value > 0 else 0
+        self.prompt_tokens += tokens(usage, "prompt_tokens")
+        self.cached_tokens += tokens(getattr(usage, "prompt_tokens_details", None), "cached_tokens")
+        self.tokens += tokens(usage, "completion_tokens")
 
     def log(self, endpoint, message):
         """One line on stderr: any API key a server echoed back (or part of it) is blanked first, then it is cut."""

@@ -152,5 +152,5 @@ def test_cross_tokenizer_pairs(smollm2, tmp_path, student, teacher):
 def test_teacher_text_is_cut_to_L_tokens_of_the_students_tokenizer(smollm2):
     teacher = HFTeacher(smollm2, torch.device("cpu"), mode="completion")
     characters = toyworld.build_char_tokenizer()
-    texts = omniopd.teacher_rollouts(teacher, ["Question: What is 12+30?\nAnswer: "], 3, 5, characters)[0]
+    texts = omniopd.teacher_rollouts(teacher, ["Question: What is 12+30?\nAnswer: "], 3, 5, characters).wait()[0]
     assert len(texts) == 3 and all(len(characters(t, add_special_tokens=False)["input_ids"]) <= 5 for t in texts)

@@ -241,9 +241,9 @@ def test_the_teacher_may_write_2L_of_its_tokens_and_its_text_is_cut_to_L_student
     server, url = serve("echo")     # answers " and so on after <the prompt's last word>"
     teacher = teachers.OpenAITeacher("echo", url, KEY_ENV, "completion")
     characters = toyworld.build_char_tokenizer()      # one token per character
-    assert omniopd.teacher_rollouts(teacher, ["a b c"], 2, 4, characters) == [[" and"] * 2]
+    assert omniopd.teacher_rollouts(teacher, ["a b c"], 2, 4, characters).wait() == [[" and"] * 2]
     assert [(body["max_tokens"], body["n"]) for body in server.bodies] == [(8, 2)]   # both samples, one request
-    assert omniopd.teacher_rollouts(teacher, ["a b c"], 1, 4, characters, max_tokens=50)[0] == [" and"]
+    assert omniopd.teacher_rollouts(teacher, ["a b c"], 1, 4, characters, max_tokens=50).wait()[0] == [" and"]
     assert server.bodies[-1]["max_tokens"] == 50
 
 

@@ -305,7 +305,7 @@ def test_an_oversized_reply_is_cut_before_it_is_tokenized(hostile, monkeypatch, 
 
         def __getattr__(self, name):
             return getattr(tokenizer, name)
-    texts = omniopd.teacher_rollouts(api_teacher(url, monkeypatch, timeout=60.0), ["Tom has"], 1, 16, Watched())
+    texts = omniopd.teacher_rollouts(api_teacher(url, monkeypatch, timeout=60.0), ["Tom has"], 1, 16, Watched()).wait()
     assert texts == [[huge[:16]]]   # the toy tokenizer writes a character per token
     assert max(seen) <= 16 * omniopd.CHARACTERS_PER_TOKEN_AT_MOST   # not 20 MB
 

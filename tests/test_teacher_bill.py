@@ -1,14 +1,17 @@
 """The teacher's bill (#25): M continuations in one request where the server honours `n`, single requests where it
 refuses or ignores it, a rollout's nested prefixes sent in ascending order, and a meter that equals the server's
-own usage figures, all against the loopback OpenAI-compatible server (toyworld/serve.py) on 127.0.0.1."""
+own usage figures, and requests in flight while the student drafts, all against the loopback OpenAI-compatible
+server (toyworld/serve.py) on 127.0.0.1."""
 
 import json
+import time
 
 import pytest
+import torch
 
 import omniopd
-from omniopd_lib.common import OmniOPDError
-from omniopd_lib.teachers import OpenAITeacher, dollars, nested_chains, parse_price
+from omniopd_lib.common import OmniOPDError, StageClock
+from omniopd_lib.teachers import HFTeacher, OpenAITeacher, dollars, nested_chains, parse_price
 import toyworld
 
 KEY_ENV = "OMNIOPD_BILL_TEST_KEY"
@@ -131,3 +134,52 @@ def test_a_server_sending_more_choices_than_asked_gets_no_extra_votes(serve):
     prefixes, rows = rollout_prefixes()
     assert [len(a) for a in teacher.continuations(prefixes, 4, 8, rows=rows)] == [4] * 6
     assert teacher.n_per_request   # more is not less: n is still honoured
+
+
+def echo_run(url, out, steps=2):
+    return omniopd.main([*toyworld.world_args("stories"), "--teacher", "openai:echo", "--teacher-base-url", url,
+                         "--teacher-mode", "completion", "--steps", str(steps), "--batch-size", "4", "--eval-size", "2",
+                         "--no-eval-teacher", "--similarity", "lexical", "--out", str(out)])
+
+
+def test_the_teachers_requests_are_in_flight_while_the_student_drafts(serve, tmp_path, monkeypatch):
+    server, url = serve("echo", latency=0.2)
+    monkeypatch.setenv("OPENAI_API_KEY", "loopback-no-key-needed")
+    drafting, seen = omniopd.draft_chunks, []
+
+    def draft_chunks(*args, **options):   # the student starts drafting, then looks whether the server has a request
+        before = server.requests_received
+        deadline = time.monotonic() + 20
+        while server.requests_received == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(server.requests_received > before)
+        return drafting(*args, **options)
+    monkeypatch.setattr(omniopd, "draft_chunks", draft_chunks)
+    assert echo_run(url, tmp_path / "run") == 0
+    assert seen == [True, True]   # each step's requests reached the server before its drafts were written
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for step in [s for s in steps if "loss/total" in s]:
+        assert step["time/teacher"] >= 0.2 and step["time/teacher_wait"] >= 0   # the teacher's own time; the wait
+
+
+def test_the_overlap_changes_no_result(serve, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "loopback-no-key-needed")
+    assert echo_run(serve("echo")[1], tmp_path / "overlapped") == 0
+    monkeypatch.setattr(OpenAITeacher, "overlaps", False)
+    assert echo_run(serve("echo")[1], tmp_path / "in_turn") == 0   # a fresh server: its prefix cache empty too
+    figures = []
+    for name in ("overlapped", "in_turn"):
+        steps = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        figures.append([{k: v for k, v in step.items() if not k.startswith(("time/", "throughput/"))} for step in steps])
+    assert figures[0] == figures[1] and sum("loss/total" in step for step in figures[0]) == 2
+
+
+def test_a_local_teacher_answers_only_when_waited_for():
+    teacher = HFTeacher(str(toyworld.world_model_dir("toy", "teacher")), torch.device("cpu"))
+    characters = teacher.tokenizer
+    in_flight = omniopd.teacher_rollouts(teacher, ["Question: What is 2+3?\nAnswer: "], 2, 4, characters)
+    assert teacher.calls == 0 and in_flight.future is None   # it shares torch's random state: it runs in turn
+    clock = StageClock()
+    assert [len(texts) for texts in in_flight.wait(clock)] == [2] and teacher.calls == 2
+    figures = clock.take()
+    assert figures["time/teacher_wait"] >= figures["time/teacher"] > 0   # nothing of it overlapped

@@ -27,15 +27,17 @@ PREFIXES = [f"Question: item {i}\nAnswer: " for i in range(30)]
 
 
 def test_every_request_ends_answered_or_skipped_under_faults(serve, tmp_path):
-    """30 % of requests fail in every way the server knows; each of the 120 ends answered or counted."""
+    """30 % of requests fail in every way the server knows; each of the 200 samples ends answered or counted."""
     server, url = serve(faults=FaultPlan(rate=0.3, retry_after=0.05, hang_seconds=1.5, seed=1))
     pool = pool_for(url, tmp_path)
-    answers = pool.continuations(PREFIXES, n=4, max_tokens=8)
+    prefixes = [f"Question: item {i}\nAnswer: " for i in range(100)]
+    answers = pool.continuations(prefixes, n=2, max_tokens=8)
     answered = sum(len(row) for row in answers if row)
-    assert answered + pool.failures == 120
-    assert answered >= 110  # with 4 retries a request fails only if 5 attempts in a row do (≈ 0.3^5)
+    assert answered + pool.failures == 200
+    assert answered >= 185  # with 4 retries a request fails only if 5 attempts in a row do (≈ 0.3^5)
     assert set(server.faults_injected) == {"429", "500", "timeout", "malformed", "empty", "refusal"}
-    assert pool.calls == 120 + pool.retried
+    # one request per prefix for both samples, a single one for a sample that came back unusable, and retries
+    assert 100 + pool.retried <= pool.calls <= 300 + pool.retried
     assert server.requests_received <= pool.calls  # a request that timed out may never have reached a handler
     assert all(isinstance(t, str) and t.strip() for row in answers if row for t in row)
     assert pool.max_in_flight <= 8
@@ -45,7 +47,8 @@ def test_a_request_failing_every_attempt_is_skipped_and_counted(serve):
     server, url = serve(faults=FaultPlan(rate=1.0, kinds=("500",)))
     pool = pool_for(url, retries=2)
     assert pool.continuations(PREFIXES[:3], n=2, max_tokens=8) == [None, None, None]
-    assert pool.failures == 6 and pool.calls == server.requests_received == 18
+    # one request per prefix carries both samples; it fails three times and is skipped, not asked for one by one
+    assert pool.failures == 6 and pool.calls == server.requests_received == 9
 
 
 def test_retry_after_is_honoured(serve):
@@ -94,7 +97,7 @@ def test_several_teachers_pool_their_answers(serve):
     pool = pool_for(url_a, teachers=("openai:toy", f"openai:other@{url_b}"))
     answers = pool.continuations(PREFIXES[:5], n=2, max_tokens=8)
     assert [len(row) for row in answers] == [4] * 5
-    assert server_b.requests_received == 10
+    assert server_b.requests_received == 5   # one request per prefix, n = 2
 
 
 def test_rate_limit_paces_requests():
@@ -137,3 +140,51 @@ def test_teacher_spec_parsing():
     assert Endpoint.parse("openai:m@http://y/v1@MY_KEY") == Endpoint("m", "http://y/v1", "MY_KEY")
     with pytest.raises(omniopd.OmniOPDError, match="openai:MODEL"):
         Endpoint.parse("toy")
+
+
+def rollouts():
+    """Two rollouts' nested prefixes in ascending order, with their rows, as omniopd passes them."""
+    first, second = "Question: item 1\nAnswer: one", "Question: item 2\nAnswer: two"
+    prefixes = [first, first + " two", first + " two three", second, second + " three"]
+    return prefixes, [{"question": "1"}] * 3 + [{"question": "2"}] * 2
+
+
+def test_one_request_per_prefix_carries_its_n_samples_and_the_meter_equals_the_servers(serve, tmp_path):
+    server, url = serve("echo", latency=0.05)
+    pool = pool_for(url, tmp_path, teachers=("openai:echo",), price_per_million=(2.0, 8.0, 1.0))
+    prefixes, rows = rollouts()
+    answers = pool.continuations(prefixes, n=4, max_tokens=8, draw="seed 0 step 0", rows=rows)
+    assert [len(row) for row in answers] == [4] * 5
+    assert pool.calls == server.usage["requests"] == 5 and all(body["n"] == 4 for body in server.bodies)
+    assert pool.prompt_tokens == server.usage["prompt_tokens"] and pool.tokens == server.usage["completion_tokens"]
+    assert pool.cached_tokens == server.usage["cached_tokens"] > 0   # each later prefix extends an earlier one
+    assert pool.dollars == pytest.approx(((pool.prompt_tokens - pool.cached_tokens) * 2.0 + pool.cached_tokens * 1.0
+                                          + pool.tokens * 8.0) / 1e6)
+    sent = [body["prompt"] for body in server.bodies]
+    for rollout in (prefixes[:3], prefixes[3:]):
+        assert [p for p in sent if p in rollout] == rollout   # ascending, each after the last answered
+    assert server.max_in_flight <= 2   # one chain per rollout
+    assert len(AnswerCache(tmp_path / "cache.sqlite")) == 20   # each sample keyed apart
+
+
+@pytest.mark.parametrize("policy", ["refuse", "ignore"])
+def test_an_endpoint_that_refuses_or_ignores_n_gets_single_requests_and_says_so_once(serve, capsys, policy):
+    server, url = serve("echo", n_policy=policy)
+    pool = pool_for(url, teachers=("openai:echo",))
+    prefixes, rows = rollouts()
+    answers = pool.continuations(prefixes, n=3, max_tokens=8, rows=rows)
+    assert [len(row) for row in answers] == [3] * 5 and pool.failures == 0
+    assert capsys.readouterr().err.count("does not honour n") == 1
+    assert pool.calls == server.requests_received
+    # the two rollouts' first requests ask for n together; the rest are singles: 15 answers, less the ignored
+    # requests' one choice each
+    assert pool.calls - 15 in ((1, 2) if policy == "refuse" else (0,))
+
+
+def test_a_resumed_draw_asks_only_for_the_samples_it_lacks(serve, tmp_path):
+    server, url = serve("echo")
+    pool = pool_for(url, tmp_path, teachers=("openai:echo",))
+    first = pool.continuations(["Question: item 1\nAnswer: "], n=2, max_tokens=8, draw="seed 0 step 3")
+    more = pool_for(url, tmp_path, teachers=("openai:echo",))
+    assert more.continuations(["Question: item 1\nAnswer: "], n=5, max_tokens=8, draw="seed 0 step 3")[0][:2] == first[0]
+    assert more.cached == 2 and more.calls == 1 and server.bodies[-1]["n"] == 3

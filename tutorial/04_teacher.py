@@ -28,6 +28,12 @@
 # a draft and a teacher rollout have the same length in the same units. An empty reply
 # that the teacher ended on purpose is the text `""` (a vote for stopping here); one cut at
 # the token limit is a failure (`teachers.teacher_answer`).
+#
+# `teacher_rollouts` returns the call under way (`InFlight`): an API teacher's requests go out
+# on a thread at once, so the student drafts its chunks (step 3) while they are in flight, and
+# `.wait(run.clock)` collects them, logging `time/teacher` (the teacher's own time) and
+# `time/teacher_wait` (what the student still waited). A local teacher shares the device and
+# torch's random state, so it runs only when waited for, exactly where it ran before.
 
 # %%
 from helpers import show
@@ -37,6 +43,7 @@ from omniopd_lib import teachers
 
 print(teachers.CHAT_CONTINUE_PROMPT)
 show(omniopd.teacher_rollouts)
+show(teachers.InFlight)
 show(HFTeacher.continuations)
 show(teachers.OpenAITeacher.one_request)
 

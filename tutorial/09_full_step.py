@@ -56,7 +56,7 @@ prefixes = [tokenizer.decode(p, skip_special_tokens=True) for p in drafts.prefix
 candidates = [[omniopd.decode_after(tokenizer, prefix, c) for c in chunks]
               for prefix, chunks in zip(drafts.prefix_ids, drafts.chunk_ids)]
 continuations = omniopd.teacher_rollouts(teacher, prefixes, cfg.teacher_samples, cfg.chunk_len,  # step 4
-                                         tokenizer, draw=omniopd.draw_name(cfg, 0))
+                                         tokenizer, draw=omniopd.draw_name(cfg, 0)).wait()
 matrices = similarity.matrices(candidates, continuations)                                         # step 5
 logprobs, lengths = omniopd.chunk_logprobs(student, drafts, tokenizer.pad_token_id)
 targets = torch.stack([omniopd.dirichlet_preference(S, cfg.dirichlet_alpha, cfg.vote_temperature)  # step 6
