@@ -108,20 +108,21 @@ def one_run(args) -> dict:
     if args.scorer == "definition":
         omniopd.rollout_and_drafts_forward = definition_scorer
     cfg = omniopd.Config(student="qwen-like", batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                         similarity="lexical", entropy_threshold=0.0).resolved()
+                         similarity="lexical", entropy_threshold=0.0, objective=args.objective).resolved()
+    collect, loss_function = omniopd.method_functions(cfg)
     run = RunState(student, tokenizer, reference, teacher, Similarity("lexical"),
                            torch.optim.AdamW(student.parameters(), lr=cfg.lr))
     rows = [{"question": f"What is {i} plus {i + 3}?", "answer": str(2 * i + 3)} for i in range(args.batch_size)]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     result = {}
-    for step in range(2):
+    for step in range(args.steps):
         with PeakMemory(device) as peak:
             started = time.perf_counter()
             try:
                 with autocast:
-                    batch = omniopd.omniopd_collect(run, rows, cfg)
+                    batch = collect(run, rows, cfg)
                     with run.clock("loss"):
-                        loss, metrics = omniopd.omniopd_loss(run, batch, cfg)
+                        loss, metrics = loss_function(run, batch, cfg)
                 with run.clock("backward"):
                     omniopd.update(run, loss, cfg.grad_clip)
             except torch.OutOfMemoryError:
@@ -130,12 +131,13 @@ def one_run(args) -> dict:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - started
         total_gib = peak.start / 2**30 + peak.gib     # the weights and optimizer state included
-        result = {"seconds": seconds, "peak_gib": total_gib, "step_gib": peak.gib, "forks": metrics["forks/count"],
-                  "length": metrics["rollout/length"]}
-        print(f"step {step + 1}: {seconds:.1f} s, peak memory {total_gib:.1f} GiB ({peak.gib:.2f} above the start), forks {metrics['forks/count']}, "
-              f"rollout length {metrics['rollout/length']:.0f}, loss {loss.item():.4f}, "
-              f"stages {' '.join(f'{k[5:]} {v:.1f}' for k, v in run.clock.take().items() if k.startswith('time/'))}",
-              file=sys.stderr, flush=True)
+        forks = batch.num_forks
+        stages = {k[5:]: v for k, v in run.clock.take().items() if k.startswith("time/")}
+        result = {"seconds": seconds, "peak_gib": total_gib, "step_gib": peak.gib, "forks": forks,
+                  "length": batch.metrics.get("rollout/length", 0.0), "stages": stages}
+        print(f"step {step + 1}: {seconds:.1f} s, peak memory {total_gib:.1f} GiB ({peak.gib:.2f} above the start), "
+              f"forks or chunks {forks}, rollout length {result['length']:.0f}, loss {loss.item():.4f}, "
+              f"stages {' '.join(f'{k} {v:.1f}' for k, v in stages.items())}", file=sys.stderr, flush=True)
     return result
 
 
@@ -175,6 +177,47 @@ def table(args):
     print("\n".join(lines))
 
 
+def check(args):
+    """The prepared GPU check (bench/gpu_check.sh): Qwen2.5-0.5B/7B shapes at 8 × 512 and 16 × 1024 for both
+    readings, packed scorer, teacher on the same device, each in its own process under a time limit, into
+    bench/results/gpu.md (or --results)."""
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
+    lines = [f"# The GPU check ({name}, {time.strftime('%Y-%m-%d')})", "",
+             f"`bash bench/gpu_check.sh` → `python bench/gpu_memory.py {' '.join(sys.argv[1:])}`. Student: "
+             f"Qwen2.5-0.5B's shape ({args.student_layers} layers, fp32, AdamW, gradient checkpointing), reference "
+             f"bf16, teacher Qwen2.5-7B's shape ({args.teacher_layers} layers, bf16) on the same GPU; random weights, "
+             "so every rollout runs to its full length; vocabulary 151,936; φ lexical. The drafts reading: K = 4, "
+             "L = 16, M = 4, B = 4 forks per rollout; the audit reading: its public defaults (M = 10 chunks of "
+             f"C = 50, N = 10 continuations). Figures of the last of {args.steps} steps (the first pays for "
+             f"warm-up). Lengths divided by {args.length_divisor}.", "",
+             "| batch × new tokens | objective | peak GiB | step GiB | s/step | forks or chunks | stage seconds |",
+             "|---|---|---|---|---|---|---|"]
+    for batch_size, new_tokens in SHAPES[:2]:
+        new_tokens //= args.length_divisor
+        for objective in ("drafts", "audit"):
+            command = [sys.executable, __file__, "--device", args.device, "--batch-size", str(batch_size),
+                       "--max-new-tokens", str(new_tokens), "--student-layers", str(args.student_layers),
+                       "--teacher-layers", str(args.teacher_layers), "--objective", objective,
+                       "--steps", str(args.steps), "--json"]
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=args.run_seconds)
+                result = (json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0
+                          else {"failed": (done.stderr.strip().splitlines() or ["?"])[-1][:160]})
+            except subprocess.TimeoutExpired:
+                result = {"failed": f"over {args.run_seconds} s"}
+            print(batch_size, new_tokens, objective, result, flush=True)
+            if "seconds" in result:
+                stages = ", ".join(f"{k} {v:.1f}" for k, v in result["stages"].items())
+                lines.append(f"| {batch_size} × {new_tokens} | {objective} | {result['peak_gib']:.1f} | "
+                             f"{result['step_gib']:.1f} | {result['seconds']:.1f} | {result['forks']} | {stages} |")
+            else:
+                lines.append(f"| {batch_size} × {new_tokens} | {objective} | "
+                             f"{'out of memory' if 'out_of_memory' in result else result['failed']} | | | | |")
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def cells(figures):
     """Table cells for one row: each scorer's total peak, step peak and time, and packed / definition."""
     def shown(result, key, fmt):
@@ -198,11 +241,18 @@ def main():
     parser.add_argument("--scorer", choices=["packed", "definition"], default="packed")
     parser.add_argument("--table", action="store_true", help="the whole grid, written to bench/results")
     parser.add_argument("--length-divisor", type=int, default=1, help="--table: divide every length by this")
+    parser.add_argument("--objective", choices=["drafts", "audit"], default="drafts")
+    parser.add_argument("--steps", type=int, default=2, help="steps per run; the last one's figures count")
+    parser.add_argument("--check", action="store_true", help="the GPU check's grid (both readings) -> --results")
+    parser.add_argument("--run-seconds", type=int, default=150, help="--check: time limit of each run")
+    parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "gpu.md"))
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)   # internal: one run's figures
     args = parser.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(os.cpu_count() or 2)
-    if args.table:
+    if args.check:
+        check(args)
+    elif args.table:
         table(args)
     elif args.json:
         print(json.dumps(one_run(args)))

@@ -13,11 +13,17 @@
 3. The OmniOPD step as B, K, M and L double: the fitted exponent of each.
 4. Our OPD step against TRL's GKDTrainer (lmbda 1: on-policy; beta 1: reverse KL) on the same student,
    teacher, prompts and generation length.
+5. The teacher's bill (issue #25): the same forks' prefixes (SmolLM2-135M-Instruct's own rollouts on chain_sum)
+   sent to llama.cpp's server serving SmolLM2, and to a loopback server that honours `n`, the way the code did
+   before (one request per continuation, every request of a step at once) and as now (one request with n = M
+   per prefix, a rollout's nested prefixes in order): requests, prompt tokens billed, cached prompt tokens and
+   teacher wall time per step. Then the toy step again with an API teacher, whose requests overlap drafting.
 Times are min and median of --repeats runs. CPU peak memory is the process's peak resident set size,
 reset before each measurement (/proc/self/clear_refs), minus what was resident before it.
 """
 
 import argparse
+import concurrent.futures
 import dataclasses
 import os
 import statistics
@@ -34,6 +40,7 @@ import torch  # noqa: E402
 import omniopd  # noqa: E402
 from omniopd_lib import data  # noqa: E402
 from omniopd_lib import models  # noqa: E402
+from omniopd_lib import teachers  # noqa: E402
 import toyworld  # noqa: E402
 
 LINES = []
@@ -187,7 +194,8 @@ def anchor(args, device):
 # 2-3. Whole steps ------------------------------------------------------------------------------------------
 
 def toy_run(device, **options):
-    cfg = omniopd.Config(similarity="embed", eval_size=0, out="/tmp/omniopd-speed", device=device.type,
+    options = {"similarity": "embed", **options}
+    cfg = omniopd.Config(eval_size=0, out="/tmp/omniopd-speed", device=device.type,
                          **{**toyworld.world_options("toy"), **options}).resolved()
     run = omniopd.setup(cfg)
     rows = data.load_rows("toy", "train", 0)
@@ -223,8 +231,7 @@ def whole_steps(args, device):
         results[name] = step_seconds(run, rows, cfg, args.repeats)
     base = results["OPD, sampled-token"][1]
     for name, (fastest, median, stages) in results.items():
-        profile = ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in stages.items())
-        say(f"| {name} | {fastest:.3f} / {median:.3f} | {median / base:.2f} | {profile} |")
+        say(f"| {name} | {fastest:.3f} / {median:.3f} | {median / base:.2f} | {profile(stages)} |")
 
     say("\n## 3. The OmniOPD step as B, K, M and L double (exponent = log2 of the time ratio; 1 = linear)")
     say()
@@ -296,6 +303,131 @@ def against_trl(args, device):
     say(f"| ours, --method opd | {ours[0]:.3f} / {ours[1]:.3f} | {ours[1] / theirs[1]:.2f} |")
 
 
+# 5. The teacher's bill ---------------------------------------------------------------------------------------
+
+class OneRequestPerContinuation(teachers.OpenAITeacher):
+    """The API teacher as it was before issue #25: each of a prefix's M continuations its own request, and every
+    request of a step in flight at once, in no order (the baseline the bill is measured against)."""
+
+    def continuations(self, prefixes, n, max_tokens, draw="", rows=None):
+        rows = rows or [None] * len(prefixes)
+        messages = [teachers.teacher_message(teachers.teacher_template(self), p, r) for p, r in zip(prefixes, rows)]
+        with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
+            answers = list(pool.map(lambda m: self.one_request(m, max_tokens)[0], [m for m in messages
+                                                                                    for _ in range(n)]))
+        self.calls += len(answers)
+        return [[a for a in answers[i * n:(i + 1) * n] if a is not None] or None for i in range(len(prefixes))]
+
+
+def fork_prefixes(steps, batch_size, seed=0):
+    """Per step: the decoded prefixes s_t of SmolLM2's forks on its own chain_sum rollouts, and their rows, as
+    omniopd_collect builds them (forks per rollout in ascending order)."""
+    from bench.real_lm import write_data
+    from toyworld.real import smollm2_folder
+    train, _ = write_data(Path("/tmp/omniopd-speed-teacher"), 200, 10)
+    cfg = omniopd.Config(student=str(smollm2_folder()), teacher="", data=train, batch_size=batch_size,
+                         max_new_tokens=64, prompt_template="plain", device="cpu", seed=seed, eval_size=0,
+                         out="/tmp/omniopd-speed-teacher/run").resolved()
+    run = omniopd.setup(cfg, teacher=teachers.Teacher())
+    rows, made = data.load_rows(train, "train", 0), []
+    for step in range(steps):
+        batch = omniopd.batch_rows(rows, step, cfg)
+        rollout, entropy = omniopd.rollouts_with_entropy(run, batch, cfg)
+        forks = omniopd.select_forks(entropy, rollout.response_mask_B_T, cfg.audit_budget, cfg.fork_gap,
+                                     cfg.entropy_threshold, cfg.entropy_window, cfg.audit_ratio, cfg.fork_selection)
+        prefixes = teachers.teacher_prefix_texts(run.tokenizer, rollout, forks, [r["question"] for r in batch], cfg)
+        made.append((prefixes, [batch[b] for b, _ in forks]))
+    return made, cfg
+
+
+def bill_per_step(teacher, steps, cfg, server_usage=None):
+    """Means per step of requests, prompt tokens, cached prompt tokens (the teacher's meter: the server's own usage
+    figures) and the teacher's wall time, over the given steps' prefixes."""
+    started = time.perf_counter()
+    for prefixes, rows in steps:
+        teacher.continuations(prefixes, cfg.teacher_samples, 2 * cfg.chunk_len, rows=rows)
+    seconds = time.perf_counter() - started
+    per_step = {name: getattr(teacher, name) / len(steps) for name in ("requests", "prompt_tokens", "cached_tokens")}
+    return {**per_step, "seconds": seconds / len(steps), "failures": teacher.failures}
+
+
+def teacher_section(args, device):
+    say("\n## 5. The teacher's bill per step: before (one request per continuation, all at once) and now (one "
+        "request per prefix with n = M, a rollout's prefixes in order)")
+    say()
+    try:
+        import llama_cpp.server  # noqa: F401
+        from toyworld.real import LlamaServer, smollm2_gguf
+    except ImportError as error:
+        say(f"llama-cpp-python not installed ({error}): pip install -r requirements-real.txt")
+        return
+    from toyworld.serve import start_in_thread
+    steps, cfg = fork_prefixes(args.teacher_steps, 8)
+    forks = statistics.mean(len(prefixes) for prefixes, _ in steps)
+    os.environ["OMNIOPD_SPEED_KEY"] = "sk-speed-loopback"
+    say(f"SmolLM2-135M-Instruct's own rollouts on chain_sum (8 per step, up to 64 tokens, {args.teacher_steps} "
+        f"steps, {forks:.1f} forks per step), M = {cfg.teacher_samples}, up to {2 * cfg.chunk_len} teacher tokens "
+        "each, concurrency 8 unless said. Means per step; the same prefixes for every row.")
+    say()
+    say("| server | client | requests | prompt tokens billed | ratio | cached prompt tokens | teacher wall time (s) "
+        "| ratio |")
+    say("|---|---|---|---|---|---|---|---|")
+    from toyworld.real import smollm2_folder
+    with LlamaServer(smollm2_gguf(), "sk-speed-loopback", threads=max(1, (os.cpu_count() or 2) // 2)) as llama:
+        batching = start_in_thread(str(smollm2_folder()))
+        servers = (("llama.cpp (llama-cpp-python), SmolLM2 GGUF", llama.url, "smollm2", "chat"),
+                   ("transformers (toyworld/serve.py), SmolLM2: honours n, batches requests",
+                    f"http://127.0.0.1:{batching.server_address[1]}/v1", "smollm2", "chat"))
+        for server, url, model, mode in servers:
+            figures = {}
+            for client, kind, concurrency in (
+                    ("before: one request per continuation", OneRequestPerContinuation, 8),
+                    ("now: n per request, prefixes in order", teachers.OpenAITeacher, 8),
+                    ("now, concurrency 1: one rollout's chain at a time", teachers.OpenAITeacher, 1)):
+                teacher = kind(model, url, "OMNIOPD_SPEED_KEY", mode=mode, concurrency=concurrency)
+                figures[client] = bill_per_step(teacher, steps, cfg)
+            before = next(iter(figures.values()))
+            for client, f in figures.items():
+                say(f"| {server} | {client} | {f['requests']:.1f} | {f['prompt_tokens']:,.0f} | "
+                    f"{f['prompt_tokens'] / max(1, before['prompt_tokens']):.2f} | {f['cached_tokens']:,.0f} | "
+                    f"{f['seconds']:.2f} | {f['seconds'] / before['seconds']:.2f} |")
+        batching.shutdown()
+    say()
+    say("llama.cpp's Python server drops `n` (it answers one choice), so the client falls back to one request per "
+        "continuation, said once, and the prompt tokens billed stay as they were; it reports no cached tokens, and "
+        "its time is decoding, one request at a time. A server that honours `n` (OpenAI, vLLM, SGLang; here "
+        "toyworld/serve.py with the same model in transformers, which counts a prompt's tokens shared with an "
+        "earlier prompt as cached, as providers report them) bills each prefix once.")
+
+    say("\n## 5b. The toy step again, with the teacher behind an API (its requests in flight while the student "
+        "drafts)")
+    say()
+    say("| method | step min / median (s) | ratio to OPD | stage medians (s) |")
+    say("|---|---|---|---|")
+    run, rows, cfg = toy_run(device, method="opd")
+    opd = step_seconds(run, rows, cfg, args.repeats)
+    say(f"| OPD, sampled-token | {opd[0]:.3f} / {opd[1]:.3f} | 1.00 | {profile(opd[2])} |")
+    latency, server = 0.1, start_in_thread("echo", latency=0.1)
+    os.environ["OPENAI_API_KEY"] = "sk-speed-loopback"
+    api = {"teacher": "openai:echo", "teacher_mode": "completion",
+           "teacher_base_url": f"http://127.0.0.1:{server.server_address[1]}/v1"}
+    for name, options in (("OmniOPD, local teacher", {}),
+                          (f"OmniOPD, API teacher ({latency * 1000:.0f} ms per request, echo)", api),
+                          ("OmniOPD, API teacher, φ lexical", {**api, "similarity": "lexical"})):
+        run, rows, cfg = toy_run(device, **{"similarity": "embed", **options})
+        fastest, median, stages = step_seconds(run, rows, cfg, args.repeats)
+        say(f"| {name} | {fastest:.3f} / {median:.3f} | {median / opd[1]:.2f} | {profile(stages)} |")
+    server.shutdown()
+    say()
+    say("The echo server stands in for a remote API: it answers after a fixed latency and costs this machine no "
+        "compute, so the API rows show what the student itself spends. time/teacher is the teacher's own time; "
+        "teacher_wait what is left of it after drafting.")
+
+
+def profile(stages: dict) -> str:
+    return ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in stages.items())
+
+
 def trl_step_function(trainer):
     """One TRL step as its train() loop makes it: training_step (generate, loss, backward), then AdamW."""
     trainer.create_optimizer_and_scheduler(num_training_steps=100)
@@ -313,7 +445,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", choices=["scoring", "anchor", "steps", "trl"], default=None)
+    parser.add_argument("--only", choices=[name for name, _ in PARTS], default=None,
+                        help="measure one part and replace its section in --results")
+    parser.add_argument("--teacher-steps", type=int, default=3, help="steps of prefixes in part 5")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "speed.md"))
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)   # internal: PART:NAME, one variant's peak, alone
     args = parser.parse_args()
@@ -330,11 +464,33 @@ def main():
     say(f"# Speed and memory (`python bench/speed.py --device {args.device}`, {args.repeats} repeats, "
         f"{torch.cuda.get_device_name() if device.type == 'cuda' else f'CPU, {os.cpu_count()} cores'})")
     say()
-    for part, function in (("scoring", scoring), ("anchor", anchor), ("steps", whole_steps), ("trl", against_trl)):
+    header = len(LINES)
+    for part, function in PARTS:
         if args.only in (None, part):
             function(args, device)
+    results = Path(args.results)
     if args.only is None:
-        Path(args.results).write_text("\n".join(LINES) + "\n")
+        results.write_text("\n".join(LINES) + "\n")
+    elif results.exists():   # this part's sections replace their namesakes; the rest stays as measured
+        write_sections(results, "\n".join(LINES[header:]))
+
+
+def write_sections(results: Path, measured: str) -> None:
+    """Replace (or append) each '## N.' section of `measured` in the results file, keeping the others."""
+    text = results.read_text()
+    for section in measured.split("\n## ")[1:]:
+        number = section.split(" ", 1)[0]
+        head, *sections = [piece.strip("\n") for piece in text.split("\n## ")]
+        if any(old.split(" ", 1)[0] == number for old in sections):
+            sections = [section.strip("\n") if old.split(" ", 1)[0] == number else old for old in sections]
+        else:
+            sections.append(section.strip("\n"))
+        text = "\n\n## ".join([head, *sections])
+    results.write_text(text.rstrip("\n") + "\n")
+
+
+PARTS = (("scoring", scoring), ("anchor", anchor), ("steps", whole_steps), ("trl", against_trl),
+         ("teacher", teacher_section))
 
 
 if __name__ == "__main__":
