@@ -5,6 +5,7 @@ comparison, rerun with one command.
     python bench/compare.py --world toy       # the arithmetic world -> bench/results/toy.md
     python bench/compare.py --quick           # 1 seed, a few steps, no sweep: checks that every row runs (minutes)
     python bench/compare.py --world code --rows OmniOPD "OmniOPD, audit reading"   # some rows; the rest as stored
+    python bench/compare.py --world stories-foreign   # the story world taught by a teacher of another dialect (#26)
 
 1. The sweep. Every method (SFT, both OPDs, GRPO, OmniOPD) trains once at each learning rate of the same
    grid (`--lrs`; default ¼×, ½×, 1×, 2× and 4× the world's default) on a sweep seed that is not a reporting seed,
@@ -23,7 +24,12 @@ interrupted comparison continues where it stopped. `--jobs 2` runs two trainings
 thread (faster than one run on two threads for models this small). "OmniOPD (API teacher)" reaches the same
 teacher as a black box over a real OpenAI-compatible HTTP server on 127.0.0.1 (toyworld/serve.py), in chat
 mode. Writes <world>.md (mean ± std and standard error over seeds, the binomial standard error of one
-evaluation, wall time, teacher calls and tokens, the sweep), <world>.json (every number) and <world>.png.
+evaluation, wall time, teacher calls and tokens, the degenerate patterns of the final answers, the sweep),
+<world>.json (every number) and <world>.png.
+
+stories-foreign is the story world (its student, problems and grading) with a teacher that learned its solutions
+in another dialect, with a tokenizer of its own (toyworld/stories.py, write_foreign_solution); the OPD rows, which
+must read the teacher's logits, get the same teacher trained on the same text in the student's tokenizer.
 """
 
 import argparse
@@ -64,7 +70,10 @@ SWEPT = [name for name, _, lr_of in ROWS if lr_of == name]
 # each world's budget; the story world evaluates on 600 problems, so that one evaluation's binomial standard
 # error is at most 2 points
 WORLDS = {"toy": {"steps": 60, "eval_size": 200}, "stories": {"steps": 60, "eval_size": 600},
-          "code": {"steps": 60, "eval_size": 600}}
+          "code": {"steps": 60, "eval_size": 600}, "stories-foreign": {"steps": 60, "eval_size": 600}}
+# token-level OPD reads the teacher's logits, so a world whose teacher has its own tokenizer gives OPD's rows the
+# same teacher trained on the same text in the student's tokenizer
+SHARED_TOKENIZER_TEACHER = {"stories-foreign": "stories-foreign-shared"}
 
 
 def run_name(name, seed, lr):
@@ -74,10 +83,12 @@ def run_name(name, seed, lr):
 def run_one(job):
     """Train one (row, seed, learning rate) on the world, or read the result it already wrote."""
     name, overrides, seed, lr, eval_data, args = job
-    options = {"student": args.world, "teacher": args.world, "data": args.world, "eval_data": eval_data,
-               "lr": lr, "eval_size": args.eval_size, **overrides}
+    world = toyworld.world_options(args.world)
+    options = {**world, "eval_data": eval_data, "lr": lr, "eval_size": args.eval_size, **overrides}
     if options["teacher"] == "openai:WORLD":
-        options.update(teacher=f"openai:{args.world}", teacher_base_url=loopback_server(args.world))
+        options.update(teacher=f"openai:{world['teacher']}", teacher_base_url=loopback_server(world["teacher"]))
+    if options.get("method") == "opd":
+        options["teacher"] = SHARED_TOKENIZER_TEACHER.get(args.world, options["teacher"])
     return run_row(name, options, seed, Path(args.runs) / args.world, args.steps, args.points)
 
 
@@ -102,11 +113,27 @@ def run_row(name, options, seed, runs: Path, steps, points) -> dict:
     curve = [(0, summary["before"]["eval/accuracy"])] + [(m["step"], m["eval/accuracy"]) for m in metrics
                                                         if "eval/accuracy" in m and m["step"] > 0]
     last = [m for m in metrics if "teacher/calls" in m]
+    final = sorted(out.glob("eval-step-*.jsonl"))[-1]
     result = {"row": name, "seed": seed, "lr": options["lr"], "accuracy": summary["after"]["eval/accuracy"],
               "curve": curve, "seconds": seconds, "teacher_calls": last[-1]["teacher/calls"] if last else 0,
-              "teacher_tokens": last[-1]["teacher/tokens"] if last else 0}
+              "teacher_tokens": last[-1]["teacher/tokens"] if last else 0,
+              "patterns": answer_patterns([json.loads(line)["output"] for line in final.read_text().splitlines()])}
     done.write_text(json.dumps(result))
     return result
+
+
+def answer_patterns(texts: list[str], shortest: int = 4, longest: int = 24) -> dict:
+    """The degenerate patterns the paper names, over a run's final greedy answers: the share caught in a repetition
+    loop (a span of `shortest` to `longest` words written three times back to back, as "then we add 5 coins. then
+    we add 5 coins. then we add 5 coins."; no correct solution of the story world, in either dialect, has one), the
+    share that never reaches '####' (the task's answer line), and the mean length in words."""
+    def loops(words):
+        return any(words[i:i + k] == words[i + k:i + 2 * k] == words[i + 2 * k:i + 3 * k]
+                   for i in range(len(words)) for k in range(shortest, min(longest, (len(words) - i) // 3) + 1))
+    split = [text.lower().split() for text in texts]
+    return {"loops": sum(loops(words) for words in split) / max(len(texts), 1),
+            "no_answer_line": sum("####" not in text for text in texts) / max(len(texts), 1),
+            "words": statistics.mean(len(words) for words in split) if texts else 0.0}
 
 
 SERVER = {}
@@ -217,13 +244,16 @@ def write_report(results, chosen, sweep_results, args, folder: Path, measured: d
              f"over √(seeds). One evaluation's own binomial standard error is at most "
              f"{0.5 / first['eval_size'] ** 0.5:.1%}. Wall time is per run on 2 CPU cores, "
              + (f"{args.jobs} runs at a time (one thread each)." if args.jobs > 1 else "one run at a time.")
-             + f" Unmarked rows: commit {first['commit']}, {first['date']}."]
+             + f" Unmarked rows: commit {first['commit']}, {first['date']}. Loops, no ####, words: over the final "
+             "greedy answers, the share caught in a loop (a span of 4-24 words three times back to back), the share "
+             "without the '####' answer line, and the mean length in words (— for rows measured before these were "
+             "kept)."]
     for kind in kinds[1:]:
         other = json.loads(kind)
         lines[-1] += (f" {marks[kind]}: measured earlier (commit {other['commit']}, {other['date']}) with seeds "
                       f"{', '.join(map(str, other['seeds']))} on {other['eval_size']} test problems.")
     lines += ["", "| method | learning rate | seeds | accuracy (mean ± std) | s.e. | vs untrained | wall time (s) | "
-              "teacher calls | teacher tokens |", "|---|---|---|---|---|---|---|---|---|"]
+              "teacher calls | teacher tokens | loops | no #### | words |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, _, lr_of in ROWS:
         runs = results[name]
         if not runs:   # --no-ablations
@@ -234,9 +264,12 @@ def write_report(results, chosen, sweep_results, args, folder: Path, measured: d
         tokens = statistics.mean(r["teacher_tokens"] for r in runs)
         rate = f"{chosen[lr_of]:g}" if lr_of else "—"
         mark = marks[json.dumps(measured[name], sort_keys=True)]
+        patterns = [r["patterns"] for r in runs if "patterns" in r]   # rows stored before #26 have none
+        shown = ([f"{statistics.mean(p[key] for p in patterns):{fmt}}" for key, fmt in
+                  (("loops", ".1%"), ("no_answer_line", ".1%"), ("words", ".1f"))] if patterns else ["—"] * 3)
         lines.append(f"| {name}{mark} | {rate} | {len(runs)} | {accuracy:.1%} ± {spread:.1%} | "
                      f"{spread / len(runs) ** 0.5:.1%} | {accuracy - base:+.1%} | {seconds:.0f} | {calls:,.0f} | "
-                     f"{tokens:,.0f} |")
+                     f"{tokens:,.0f} | " + " | ".join(shown) + " |")
     if sweep_results:
         untrained = next(r["accuracy"] for r in sweep_results if r["row"] == ROWS[0][0])
         lines += ["", (f"Learning-rate sweep (seed {args.sweep_seed}, {args.valid_size} validation problems from the "
@@ -280,7 +313,8 @@ def plot(results, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--world", choices=toyworld.OFFLINE_WORLDS, default=omniopd.Config.student)
+    parser.add_argument("--world", choices=[*toyworld.OFFLINE_WORLDS, *toyworld.VARIANT_WORLDS],
+                        default=omniopd.Config.student)
     parser.add_argument("--quick", action="store_true", help="1 seed, 4 steps, 32 problems, no sweep: a smoke run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--steps", type=int, default=0, help="optimizer steps for every method (0 = the world's)")
@@ -301,7 +335,7 @@ def main():
     world = WORLDS[args.world]
     args.steps = args.steps or world["steps"]
     args.eval_size = args.eval_size or world["eval_size"]
-    default_lr = omniopd.Config(student=args.world).resolved().lr
+    default_lr = omniopd.Config(**toyworld.world_options(args.world)).resolved().lr
     args.lrs = args.lrs or [default_lr / 4, default_lr / 2, default_lr, default_lr * 2, default_lr * 4]
     args.name = args.name or args.world
     if args.quick:
@@ -316,7 +350,8 @@ def main():
         stored = json.loads(path.read_text())
     started = time.time()
     chosen, sweep_results = sweep(args, started, stored)
-    jobs = [(name, overrides, seed, chosen[lr_of] if lr_of else default_lr, args.world, args)
+    eval_data = toyworld.world_options(args.world)["eval_data"]
+    jobs = [(name, overrides, seed, chosen[lr_of] if lr_of else default_lr, eval_data, args)
             for name, overrides, lr_of in ROWS for seed in args.seeds
             if name in args.selected and not (args.no_ablations and name.startswith("ablation"))]
     results = {name: ([] if name in args.selected else stored["results"].get(name, [])) for name, _, _ in ROWS}

@@ -24,7 +24,7 @@ started=$(date +%s)
 
 device=${GPU_CHECK_DEVICE:-cuda}
 # shellcheck disable=SC2086  # GPU_CHECK_ARGS is a list of options
-timeout 390 python3 bench/gpu_memory.py --check --device "$device" --run-seconds 90 --results "$results" \
+timeout 335 python3 bench/gpu_memory.py --check --device "$device" --run-seconds 80 --results "$results" \
   ${GPU_CHECK_ARGS:-} 2>&1 | tee -a "$log"
 [ -f "$results" ] || echo "# The GPU check: bench/gpu_memory.py --check wrote nothing (see the log)" > "$results"
 
@@ -34,7 +34,7 @@ for objective in drafts audit; do
   out=/tmp/gpu-check-scale-$objective
   rm -rf "$out"
   t0=$(date +%s)
-  if timeout 90 python3 -m torch.distributed.run --standalone --nproc_per_node=1 scale/train.py \
+  if timeout 70 python3 -m torch.distributed.run --standalone --nproc_per_node=1 scale/train.py \
        --student toy --teacher toy --data toy --eval-data toy --device "$device" --batch-size 8 --eval-size 16 \
        --steps 2 --similarity lexical --objective "$objective" --out "$out" >> "$log" 2>&1; then
     losses=$(python3 -c "import json,sys; print(', '.join(f\"{json.loads(l)['loss/total']:.4f}\" for l in open(sys.argv[1]) if 'loss/total' in l))" "$out/metrics.jsonl")

@@ -213,8 +213,8 @@ def check(args):
             else:
                 lines.append(f"| {batch_size} × {new_tokens} | {objective} | "
                              f"{'out of memory' if 'out_of_memory' in result else result['failed']} | | | | |")
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text("\n".join(lines) + "\n")
+            Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.results).write_text("\n".join(lines) + "\n")   # after each run: a cut-off check keeps it
     print("\n".join(lines))
 
 

@@ -12,8 +12,8 @@ from omniopd_lib.common import OmniOPDError
 
 
 def resolve_model_path(name: str, role: str) -> str:
-    """'toy' or 'stories' -> that offline world's shipped checkpoint; 'Qwen2.5-0.5B' -> 'Qwen/Qwen2.5-0.5B'; else as given."""
-    if name in toyworld.OFFLINE_WORLDS:
+    """'toy', 'stories' or 'stories-foreign' -> that offline model's shipped checkpoint; 'Qwen2.5-0.5B' -> 'Qwen/Qwen2.5-0.5B'; else as given."""
+    if name in toyworld.OFFLINE_WORLDS or name in toyworld.FOREIGN_TEACHERS:
         return str(toyworld.world_model_dir(name, role))
     if name.startswith("Qwen") and "/" not in name and not Path(name).exists():
         return "Qwen/" + name

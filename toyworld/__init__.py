@@ -93,6 +93,11 @@ def build_char_tokenizer():
 # Python functions with unit tests, --task code)
 OFFLINE_WORLDS = ("toy", "stories", "code")
 MATH_WORLDS = ("toy", "stories")
+# the story world with a foreign teacher (issue #26): the story world's student, problems and grading, and a teacher
+# that learned its solutions in another dialect with a tokenizer of its own ("stories-foreign"), or the same dialect
+# in the student's tokenizer ("stories-foreign-shared", for token-level OPD, which must read its logits)
+FOREIGN_TEACHERS = ("stories-foreign", "stories-foreign-shared")
+VARIANT_WORLDS = {"stories-foreign": "stories"}   # a variant world -> the world whose student and problems it uses
 
 
 # each world's scale where omniopd.Config leaves 0 (auto): its solutions' length, and the rate its models train at
@@ -106,7 +111,10 @@ def world_settings(name: str) -> dict:
 
 
 def world_options(name: str) -> dict:
-    """The Config fields that put a run in one offline world: omniopd.Config(**world_options("toy"))."""
+    """The Config fields that put a run in one offline world: omniopd.Config(**world_options("toy")). A variant
+    world ("stories-foreign") is its base world with another teacher."""
+    if name in VARIANT_WORLDS:
+        return {**world_options(VARIANT_WORLDS[name]), "teacher": name}
     return {"student": name, "teacher": name, "data": name, "eval_data": name,
             **({"task": "code"} if name == "code" else {})}
 
@@ -120,7 +128,10 @@ def world_args(name: str) -> list[str]:
 
 
 def world_model_dir(name: str, role: str) -> Path:
-    """The shipped checkpoint of an offline world: world_model_dir("stories", "teacher")."""
+    """The shipped checkpoint of an offline world: world_model_dir("stories", "teacher"); a foreign teacher's."""
+    if name in FOREIGN_TEACHERS:
+        from toyworld import stories
+        return stories.FOREIGN_SHARED_DIR if name.endswith("-shared") else stories.FOREIGN_TEACHER_DIR
     if name in ("stories", "code"):
         world = importlib.import_module(f"toyworld.{name}")
         return world.TEACHER_DIR if role == "teacher" else world.STUDENT_DIR
@@ -129,6 +140,7 @@ def world_model_dir(name: str, role: str) -> Path:
 
 def world_problems(name: str, n: int, split: str, seed: int) -> list[dict]:
     """n problems of an offline world's split (the task's distribution); the code world's in HumanEval's shape."""
+    name = VARIANT_WORLDS.get(name, name)
     if name in ("stories", "code"):
         return importlib.import_module(f"toyworld.{name}").make_problems(n, split, seed)
     return make_problems(n, split, seed)

@@ -1,4 +1,6 @@
 """Build a toy world's teacher and student: `python -m toyworld.build [--world stories|code]` (about 25 minutes on 2 CPU cores).
+`--world stories-foreign` and `--world stories-foreign-shared` build the story world's foreign teacher (another
+dialect, its own tokenizer or the student's) and no student: the story world's student is the one it teaches.
 
 Both are Qwen2 models made from a config, with the character tokenizer, trained by
 next-token NLL on worked solutions (omniopd.completion_nll) and saved with
@@ -27,6 +29,8 @@ from toyworld import code, stories
 
 # each world's evaluation settings (the student's prompt and how answers are checked)
 SETTINGS = {"arithmetic": {"max_new_tokens": 48}, "stories": {"max_new_tokens": 96},
+            # the foreign dialect in the student's tokenizer is about twice as many tokens (128 on average, at most 157)
+            "stories-foreign": {"max_new_tokens": 96}, "stories-foreign-shared": {"max_new_tokens": 176},
             "code": {"max_new_tokens": 64, "task": "code", "prompt_template": CODE_TEMPLATE}}
 
 
@@ -81,6 +85,16 @@ def world_data(world):
         return (stories.build_word_tokenizer(texts, vocab_size=800), train_rows,
                 as_code_rows(code.make_problems(200, "train", seed=2000)), as_code_rows(code.make_problems(200, "test", seed=0)),
                 code.TEACHER_DIR, code.STUDENT_DIR)
+    if world.startswith("stories-foreign"):
+        # the foreign teacher (issue #26): the teacher's corpus (Zipf exponent 1) in the foreign dialect, with a
+        # tokenizer of its own learned on that text, or ("-shared") the student's, for token-level OPD
+        train_rows = stories.make_problems(20000, "train", seed=1000, distribution="zipf", dialect="foreign")
+        texts = [PLAIN_TEMPLATE.format(question=r["question"]) + r["answer"] for r in train_rows]
+        tokenizer = (models.load_model(str(stories.STUDENT_DIR), "student", torch.device("cpu"))[1]
+                     if world.endswith("-shared") else stories.build_word_tokenizer(texts))
+        folder = stories.FOREIGN_SHARED_DIR if world.endswith("-shared") else stories.FOREIGN_TEACHER_DIR
+        return (tokenizer, train_rows, stories.make_problems(200, "train", seed=2000, dialect="foreign"),
+                stories.make_problems(200, "test", seed=0, dialect="foreign"), folder, None)
     # stories: both models learn from the Zipf-skewed corpus; validation and test are the task (uniform verbs)
     train_rows = stories.make_problems(20000, "train", seed=1000, distribution="zipf")
     texts = [PLAIN_TEMPLATE.format(question=r["question"]) + r["answer"] for r in train_rows]
@@ -94,7 +108,8 @@ def as_code_rows(records):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--world", choices=["arithmetic", "stories", "code"], default="arithmetic")
+    parser.add_argument("--world", choices=["arithmetic", "stories", "code", "stories-foreign", "stories-foreign-shared"],
+                        default="arithmetic", help="stories-foreign(-shared): the foreign teacher alone (issue #26)")
     parser.add_argument("--teacher-steps", type=int, default=1500)
     parser.add_argument("--student-target", type=float, default=None,
                         help="stop the student when its validation accuracy reaches this (0 = train all its steps; "
@@ -123,7 +138,7 @@ def main():
             ("teacher", 128, 4, args.teacher_steps, None, 250, teacher_dir),
             ("student", args.student_hidden, args.student_layers, args.student_max_steps, args.student_target or None,
              args.student_eval_every or (25 if args.student_target else 250), student_dir)]:
-        if args.only and role != args.only:
+        if (args.only and role != args.only) or folder is None:
             continue
         torch.manual_seed(0)
         model = new_model(tokenizer, hidden, layers)

@@ -34,6 +34,8 @@ from toyworld import MODELS_DIR, NAMES, build_char_tokenizer
 
 TEACHER_DIR = MODELS_DIR / "stories-teacher"
 STUDENT_DIR = MODELS_DIR / "stories-student"
+FOREIGN_TEACHER_DIR = MODELS_DIR / "stories-foreign-teacher"         # the foreign dialect, its own tokenizer
+FOREIGN_SHARED_DIR = MODELS_DIR / "stories-foreign-shared-teacher"   # the same dialect, the student's tokenizer
 
 OBJECTS = ["coins", "cards", "shells", "stamps", "marbles", "books", "pens", "apples"]
 # most frequent first; the corpus draws rank r with weight 1 / r^ZIPF_EXPONENT
@@ -84,8 +86,38 @@ def write_solution(name, pronoun, obj, start, steps, rng) -> str:
     return " ".join(lines) + f"\n#### {total}"
 
 
-def make_problem(rng: random.Random, distribution: str = "uniform", verbs: int = 0) -> dict:
-    """One three-step problem as a dataset row {"question", "answer"}; the answer is one solution of many."""
+# The foreign teacher's dialect (issue #26): the same reasoning written as another community writes it. Its own
+# openers and connectives, English synonyms for the objects, the operations in words ("plus", "minus", "makes")
+# and another final line ("The final count is 11." where the student writes "#### 11"). Nothing of this is in
+# the student's corpus; the grader reads the last number when a solution has no "####", so both dialects grade.
+FOREIGN_CONNECTIVES = ["Afterwards", "Subsequently", "Following that", "After this"]
+FOREIGN_OBJECTS = {"coins": "pennies", "cards": "tickets", "shells": "seashells", "stamps": "postage labels",
+                   "marbles": "glass beads", "books": "volumes", "pens": "ballpoints", "apples": "pieces of fruit"}
+
+
+def write_foreign_solution(name, pronoun, obj, start, steps, rng) -> str:
+    """One worked solution in the foreign dialect: the same steps and totals as write_solution, other words."""
+    style = rng.randrange(3)
+    thing, total = FOREIGN_OBJECTS[obj], start
+    lines = [[f"Initially {name} holds {start} {thing}.", f"{name} owns {start} {thing} at the outset.",
+              f"Count at the start: {start} {thing}."][style]]
+    for i, (verb, amount, gain) in enumerate(steps):
+        new_total = total + amount if gain else total - amount
+        operation, change, direction = ("plus", "gains", "up") if gain else ("minus", "is down", "down")
+        opener = "To begin" if i == 0 else rng.choice(FOREIGN_CONNECTIVES)
+        lines.append([
+            f"{opener} {pronoun.lower()} {change} {amount}, so {total} {operation} {amount} makes {new_total}.",
+            f"{opener} the count goes {direction} by {amount}: {total} {operation} {amount} gives {new_total}.",
+            f"{opener}, {'increase' if gain else 'decrease'} by {amount} ({total} {operation} {amount} equals "
+            f"{new_total})."][style])
+        total = new_total
+    ending = [f"The final count is {total}.", f"Answer: {total}", f"So {name} ends up with {total}."][style]
+    return " ".join(lines) + f"\n{ending}"
+
+
+def make_problem(rng: random.Random, distribution: str = "uniform", verbs: int = 0, dialect: str = "student") -> dict:
+    """One three-step problem as a dataset row {"question", "answer"}; the answer is one solution of many, in the
+    student's dialect (write_solution) or the foreign teacher's (write_foreign_solution)."""
     name, pronoun = rng.choice(NAMES)
     obj = rng.choice(OBJECTS)
     start = rng.randint(2, 9)
@@ -99,7 +131,8 @@ def make_problem(rng: random.Random, distribution: str = "uniform", verbs: int =
         total += amount if gain else -amount
         sentences.append(f"{pronoun if i == 0 else 'Then ' + pronoun.lower()} {verb} {amount} {obj}.")
     question = (f"{name} has {start} {obj}. {' '.join(sentences)} How many {obj} does {name} have now?")
-    return {"question": question, "answer": write_solution(name, pronoun, obj, start, steps, rng)}
+    writer = write_foreign_solution if dialect == "foreign" else write_solution
+    return {"question": question, "answer": writer(name, pronoun, obj, start, steps, rng)}
 
 
 def is_test_problem(question: str) -> bool:
@@ -107,11 +140,12 @@ def is_test_problem(question: str) -> bool:
     return hashlib.sha256(question.encode()).digest()[0] % 8 == 0
 
 
-def make_problems(n: int, split: str, seed: int, distribution: str = "uniform", verbs: int = 0) -> list[dict]:
+def make_problems(n: int, split: str, seed: int, distribution: str = "uniform", verbs: int = 0,
+                  dialect: str = "student") -> list[dict]:
     """n distinct problems from one split ("train" or "test"), reproducible from seed."""
     rng, rows, seen = random.Random(f"stories-{split}-{seed}"), [], set()
     while len(rows) < n:
-        row = make_problem(rng, distribution, verbs)
+        row = make_problem(rng, distribution, verbs, dialect)
         if is_test_problem(row["question"]) == (split == "test") and row["question"] not in seen:
             seen.add(row["question"])
             rows.append(row)

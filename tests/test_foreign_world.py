@@ -1,0 +1,74 @@
+"""The story world with a foreign teacher (issue #26): the same problems and decisions written in another dialect,
+a teacher with a tokenizer of its own (and a twin in the student's tokenizer for token-level OPD), and the
+degenerate-pattern measures bench/compare.py reports."""
+
+import json
+import re
+import sys
+
+import pytest
+import torch
+
+import omniopd
+from conftest import ROOT
+from omniopd_lib import grading, models
+import toyworld
+from toyworld import stories
+
+sys.path.insert(0, str(ROOT / "bench"))
+from compare import answer_patterns  # noqa: E402
+
+
+def test_the_foreign_dialect_solves_the_same_problems_with_the_same_decisions():
+    ours = stories.make_problems(300, "train", 7)
+    theirs = stories.make_problems(300, "train", 7, dialect="foreign")
+    for mine, foreign in zip(ours, theirs, strict=True):
+        assert mine["question"] == foreign["question"]
+        # the same chain of totals, one step at a time, each operation in words instead of signs
+        equations = re.findall(r"(\d+) ([+-]) (\d+) = (\d+)", mine["answer"])
+        worded = re.findall(r"(\d+) (plus|minus) (\d+) (?:makes|gives|equals) (\d+)", foreign["answer"])
+        assert [(a, "+" if op == "plus" else "-", b, c) for a, op, b, c in worded] == equations
+        assert grading.extract_answer(foreign["answer"]) == grading.extract_answer(mine["answer"])
+        assert "####" not in foreign["answer"]
+
+
+def test_the_foreign_dialect_shares_none_of_the_students_own_words():
+    theirs = " ".join(r["answer"] for r in stories.make_problems(600, "train", 8, dialect="foreign"))
+    for word in ["First", *stories.CONNECTIVES, "we add", "take away", "starts with", "We begin", "####",
+                 *[f" {thing}" for thing in stories.OBJECTS]]:
+        assert word not in theirs, word
+    for word in [*stories.FOREIGN_CONNECTIVES, "To begin", "plus", "minus", "The final count is"]:
+        assert word in theirs, word
+
+
+def test_the_foreign_world_is_the_story_world_with_another_teacher():
+    assert toyworld.world_options("stories-foreign") == {"student": "stories", "teacher": "stories-foreign",
+                                                         "data": "stories", "eval_data": "stories"}
+    assert models.resolve_model_path("stories-foreign", "teacher") == str(stories.FOREIGN_TEACHER_DIR)
+    assert models.resolve_model_path("stories-foreign-shared", "teacher") == str(stories.FOREIGN_SHARED_DIR)
+    assert omniopd.Config(**toyworld.world_options("stories-foreign")).resolved().max_new_tokens == 96
+
+
+def test_answer_patterns_count_loops_missing_answer_lines_and_length():
+    solution = "Ann starts with 7 coins. First we add 5: 7 + 5 = 12. Then we add 2: 12 + 2 = 14.\n#### 14"
+    loop = "Ann starts with 7 coins. " + "Then we add 5 coins. " * 3
+    patterns = answer_patterns([solution, loop, "The final count is 14."])
+    assert patterns["loops"] == pytest.approx(1 / 3) and patterns["no_answer_line"] == pytest.approx(2 / 3)
+    assert patterns["words"] == pytest.approx((len(solution.split()) + len(loop.split()) + 5) / 3)
+    # no correct solution of the story world, in either dialect, counts as a loop
+    rows = stories.make_problems(300, "test", 0) + stories.make_problems(300, "test", 0, dialect="foreign")
+    assert answer_patterns([r["answer"] for r in rows])["loops"] == 0
+
+
+@pytest.mark.parametrize("name", ["stories-foreign", "stories-foreign-shared"])
+def test_the_shipped_foreign_teachers_are_strong_in_their_own_dialect(name):
+    model, tokenizer = models.load_model(name, "teacher", torch.device("cpu"))
+    folder = toyworld.world_model_dir(name, "teacher")
+    report = json.loads((folder / "build_report.json").read_text())
+    assert report["test_accuracy"] >= 0.9, report
+    student_tokenizer = models.load_model("stories", "student", torch.device("cpu"))[1]
+    assert (tokenizer.get_vocab() == student_tokenizer.get_vocab()) == name.endswith("-shared")
+    cfg = omniopd.Config(student="stories", max_new_tokens=176).resolved()
+    accuracy, records = grading.evaluate(model, tokenizer, stories.make_problems(32, "test", 0), cfg)
+    assert accuracy >= 0.8, accuracy
+    assert all("####" not in r["output"] for r in records)   # it answers in its own layout
