@@ -25,6 +25,10 @@ def load_model(name: str, role: str, device: torch.device, dtype=torch.float32):
     a .gguf file (llama.cpp's format) is dequantised into a plain model."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     path = resolve_model_path(name, role)
+    if (name in toyworld.OFFLINE_WORLDS or name in toyworld.FOREIGN_TEACHERS) and not Path(path).exists():
+        world = name if name in toyworld.FOREIGN_TEACHERS else {"toy": "arithmetic"}.get(name, name)
+        raise OmniOPDError(f"the offline {role} model '{name}' is not built here ({path}): "
+                           f"python -m toyworld.build --world {world}")
     try:
         if path.endswith(".gguf"):
             model, tokenizer = load_gguf(Path(path), dtype)

@@ -44,6 +44,8 @@ def setup(cfg, teacher=None) -> RunState:
     run = RunState(student, tokenizer, reference, teacher, similarity, optimizer, lora=lora)
     if state is not None:
         restore(run, state, cfg)
+    if teacher is not None:   # a resumed run's first step is billed from the restored meter
+        teacher.meter_at_last_step = teacher.meter()
     return run
 
 
@@ -99,11 +101,20 @@ class StopRules:
                                f"--teacher-base-url. Stopped; progress saved in {saved}")
 
 
+BILL = ("requests", "prompt_tokens", "cached_tokens", "tokens", "dollars")
+
+
 def step_figures(step: int, started: float, teacher) -> dict:
     """What every step logs besides the method's metrics and its stages' times: its number, its time, the
-    teacher's meter (a pool's whole meter, else the counters every teacher keeps)."""
+    teacher's meter since the run began (teacher/*: a pool's whole meter, else the counters every teacher keeps)
+    and this step's share of the bill (bill/*: requests, prompt, cached and completion tokens, dollars)."""
     meter = teacher.meter() if teacher is not None else dict.fromkeys(TEACHER_COUNTERS, 0)   # GRPO has none
-    return {"step": step, "time/step": time.time() - started, **{f"teacher/{k}": v for k, v in meter.items()}}
+    before = getattr(teacher, "meter_at_last_step", None) or {}
+    this_step = {f"bill/{k}": meter[k] - before.get(k, 0) for k in BILL if k in meter}
+    if teacher is not None:
+        teacher.meter_at_last_step = meter
+    return {"step": step, "time/step": time.time() - started, **{f"teacher/{k}": v for k, v in meter.items()},
+            **this_step}
 
 
 def teacher_bill(teacher) -> dict:

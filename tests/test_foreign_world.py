@@ -72,3 +72,9 @@ def test_the_shipped_foreign_teachers_are_strong_in_their_own_dialect(name):
     accuracy, records = grading.evaluate(model, tokenizer, stories.make_problems(32, "test", 0), cfg)
     assert accuracy >= 0.8, accuracy
     assert all("####" not in r["output"] for r in records)   # it answers in its own layout
+
+
+def test_an_offline_model_not_built_here_is_one_line_that_says_how_to_build_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(toyworld, "world_model_dir", lambda name, role: tmp_path / "missing")
+    with pytest.raises(omniopd.OmniOPDError, match=r"not built here .* python -m toyworld.build --world stories-foreign$"):
+        models.load_model("stories-foreign", "teacher", torch.device("cpu"))

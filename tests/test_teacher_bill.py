@@ -114,11 +114,16 @@ def test_a_run_logs_the_bill_every_step_and_prints_it(serve, tmp_path, capsys, m
     monkeypatch.setenv("OPENAI_API_KEY", "loopback-no-key-needed")
     out = tmp_path / "run"
     assert omniopd.main([*toyworld.world_args("stories"), "--teacher", "openai:stories", "--teacher-base-url", url,
-                         "--teacher-mode", "completion", "--teacher-price", "2.5,10,1.25", "--steps", "1",
+                         "--teacher-mode", "completion", "--teacher-price", "2.5,10,1.25", "--steps", "2",
                          "--batch-size", "4", "--eval-size", "4", "--no-eval-teacher", "--similarity", "lexical",
                          "--out", str(out)]) == 0
-    step = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
-    assert step["teacher/requests"] == server.usage["requests"] == step["forks/count"]   # one request per fork
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [s for s in steps if "loss/total" in s]
+    assert steps[0]["bill/requests"] == steps[0]["forks/count"]   # one request per fork
+    for key in ("requests", "prompt_tokens", "cached_tokens", "tokens", "dollars"):   # each step's bill adds up
+        assert steps[0][f"bill/{key}"] + steps[1][f"bill/{key}"] == pytest.approx(steps[1][f"teacher/{key}"])
+    step = steps[-1]
+    assert step["teacher/requests"] == server.usage["requests"]
     assert step["teacher/prompt_tokens"] == server.usage["prompt_tokens"]
     assert step["teacher/cached_tokens"] == server.usage["cached_tokens"]
     assert step["teacher/tokens"] == server.usage["completion_tokens"]
@@ -126,6 +131,13 @@ def test_a_run_logs_the_bill_every_step_and_prints_it(serve, tmp_path, capsys, m
                        server.usage["completion_tokens"])
     assert step["teacher/dollars"] == pytest.approx(expected)
     assert f"teacher's bill: {server.usage['requests']:,} requests" in capsys.readouterr().out
+    # resumed, the next step is billed from the restored meter, not from zero
+    assert omniopd.main([*toyworld.world_args("stories"), "--teacher", "openai:stories", "--teacher-base-url", url,
+                         "--teacher-mode", "completion", "--steps", "3", "--batch-size", "4", "--eval-size", "4",
+                         "--no-eval-teacher", "--similarity", "lexical", "--resume",
+                         str(out / "checkpoints/step-000002"), "--out", str(tmp_path / "resumed")]) == 0
+    third = json.loads((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()[0])
+    assert third["bill/requests"] == third["forks/count"] and third["teacher/requests"] == server.usage["requests"]
 
 
 def test_a_server_sending_more_choices_than_asked_gets_no_extra_votes(serve):

@@ -111,6 +111,8 @@ def main():
     parser.add_argument("--world", choices=["arithmetic", "stories", "code", "stories-foreign", "stories-foreign-shared"],
                         default="arithmetic", help="stories-foreign(-shared): the foreign teacher alone (issue #26)")
     parser.add_argument("--teacher-steps", type=int, default=1500)
+    parser.add_argument("--teacher-target", type=float, default=None,
+                        help="stop the teacher when its validation accuracy reaches this (default: train all its steps)")
     parser.add_argument("--student-target", type=float, default=None,
                         help="stop the student when its validation accuracy reaches this (0 = train all its steps; "
                              "default 0.2 for arithmetic, 0 for stories)")
@@ -135,7 +137,7 @@ def main():
     tokenizer, train_rows, valid_rows, test_rows, teacher_dir, student_dir = world_data(args.world)
     report = {}
     for role, hidden, layers, steps, target, every, folder in [
-            ("teacher", 128, 4, args.teacher_steps, None, 250, teacher_dir),
+            ("teacher", 128, 4, args.teacher_steps, args.teacher_target, 250, teacher_dir),
             ("student", args.student_hidden, args.student_layers, args.student_max_steps, args.student_target or None,
              args.student_eval_every or (25 if args.student_target else 250), student_dir)]:
         if (args.only and role != args.only) or folder is None:
