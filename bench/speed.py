@@ -367,7 +367,8 @@ def teacher_section(args, device):
     os.environ["OMNIOPD_SPEED_KEY"] = "sk-speed-loopback"
     say(f"SmolLM2-135M-Instruct's own rollouts on chain_sum (8 per step, up to 64 tokens, {args.teacher_steps} "
         f"steps, {forks:.1f} forks per step), M = {cfg.teacher_samples}, up to {2 * cfg.chunk_len} teacher tokens "
-        "each, concurrency 8 unless said. Means per step; the same prefixes for every row.")
+        "each, concurrency 8 unless said. Means per step; the same prefixes for every row. Load average at the "
+        f"start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
     say()
     say("| server | client | requests | prompt tokens billed | ratio | cached prompt tokens | teacher wall time (s) "
         "| ratio |")
