@@ -24,7 +24,7 @@ started=$(date +%s)
 
 device=${GPU_CHECK_DEVICE:-cuda}
 # shellcheck disable=SC2086  # GPU_CHECK_ARGS is a list of options
-timeout 335 python3 bench/gpu_memory.py --check --device "$device" --run-seconds 80 --results "$results" \
+timeout 335 python3 bench/gpu_memory.py --check --device "$device" --run-seconds 80 --steps 1 --results "$results" \
   ${GPU_CHECK_ARGS:-} 2>&1 | tee -a "$log"
 [ -f "$results" ] || echo "# The GPU check: bench/gpu_memory.py --check wrote nothing (see the log)" > "$results"
 
