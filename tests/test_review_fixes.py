@@ -141,7 +141,8 @@ def test_teacher_cache_gives_paid_answers_back_to_the_same_draw_only(serve, tmp_
     prefixes = [TEMPLATE.format(question=rows[0]["question"])] * 2 + [TEMPLATE.format(question=rows[1]["question"])]
     first = pool()
     answers = first.continuations(prefixes, n=2, max_tokens=8, draw="seed 0 step 0")
-    assert first.calls == server.requests_received == 4      # the repeated prefix went out once
+    # the repeated prefix went out once, and each prefix's two samples are one request (n = 2)
+    assert first.calls == server.requests_received == 2
     assert answers[0] == answers[1]
     resumed = pool()
     assert resumed.continuations(prefixes, n=2, max_tokens=8, draw="seed 0 step 0") == answers
@@ -149,7 +150,7 @@ def test_teacher_cache_gives_paid_answers_back_to_the_same_draw_only(serve, tmp_
     for draw in ("seed 0 step 1", "seed 1 step 0"):        # a later step or another seed samples afresh
         fresh = pool()
         fresh.continuations(prefixes, n=2, max_tokens=8, draw=draw)
-        assert fresh.cached == 0 and fresh.calls == 4
+        assert fresh.cached == 0 and fresh.calls == 2
     monkeypatch.setattr(teachers, "CHAT_CONTINUE_PROMPT", "Continue: {prefix}")
     reworded = pool()
     reworded.continuations(prefixes, n=2, max_tokens=8, draw="seed 0 step 0")
