@@ -188,3 +188,11 @@ def test_a_resumed_draw_asks_only_for_the_samples_it_lacks(serve, tmp_path):
     more = pool_for(url, tmp_path, teachers=("openai:echo",))
     assert more.continuations(["Question: item 1\nAnswer: "], n=5, max_tokens=8, draw="seed 0 step 3")[0][:2] == first[0]
     assert more.cached == 2 and more.calls == 1 and server.bodies[-1]["n"] == 3
+
+
+def test_a_hostile_endpoint_sending_more_choices_than_asked_gets_no_extra_votes(serve, tmp_path):
+    _, url = serve("echo", n_policy="double")
+    pool = pool_for(url, tmp_path, teachers=("openai:echo",))
+    prefixes, rows = rollouts()
+    assert [len(row) for row in pool.continuations(prefixes, n=3, max_tokens=8, rows=rows)] == [3] * 5
+    assert len(AnswerCache(tmp_path / "cache.sqlite")) == 15 and not pool.singles_only
