@@ -78,3 +78,27 @@ def test_an_offline_model_not_built_here_is_one_line_that_says_how_to_build_it(m
     monkeypatch.setattr(toyworld, "world_model_dir", lambda name, role: tmp_path / "missing")
     with pytest.raises(omniopd.OmniOPDError, match=r"not built here .* python -m toyworld.build --world stories-foreign$"):
         models.load_model("stories-foreign", "teacher", torch.device("cpu"))
+
+
+def test_the_real_pairs_test_problems_are_never_training_problems(tmp_path):
+    """bench/real_lm.py scores every row on exactly --eval-size held-out problems: none is also a training
+    problem (chain_sum at this difficulty repeats: about a fifth of a plain second seed's problems would be)."""
+    from real_lm import write_data
+    train, test = write_data(tmp_path, 2000, 200)
+    seen = {json.loads(line)["question"] for line in open(train)}
+    held_out = [json.loads(line) for line in open(test)]
+    assert len(seen) > 1000 and len(held_out) == 200
+    assert not seen & {row["question"] for row in held_out}
+    assert all(row["answer"].lstrip("-").isdigit() for row in held_out)
+
+
+def test_the_privileged_teacher_prompt_gives_the_teacher_the_rows_answer(tmp_path):
+    """--teacher smollm2-privileged: the prompt file passes --teacher-prompt's checks and carries the reference
+    answer and the prefix to the teacher."""
+    from omniopd_lib.teachers import read_teacher_prompt
+    from toyworld.real import PRIVILEGED_PROMPT, REAL_TEACHERS
+    assert REAL_TEACHERS["smollm2-privileged"][2] == PRIVILEGED_PROMPT and REAL_TEACHERS["gemma"][1] == "completion"
+    path = tmp_path / "prompt.txt"
+    path.write_text(PRIVILEGED_PROMPT)
+    text = read_teacher_prompt(str(path)).format(answer="42", prefix="Question: 40 + 2 =\nAnswer: ", question="")
+    assert "Correct final answer: 42" in text and text.endswith("Answer: ")
