@@ -126,7 +126,8 @@ def main():
             options.setdefault("teacher", student)
             if options["teacher"] == "openai:TEACHER":
                 options.update(teacher="openai:teacher", teacher_base_url=server.url, **teacher)
-            results[name] = [run_row(name, options, seed, runs, args.steps, args.points) for seed in args.seeds]
+            seeds = args.seeds[:1] if name == ROWS[0][0] else args.seeds   # untrained: greedy, the same for any seed
+            results[name] = [run_row(name, options, seed, runs, args.steps, args.points) for seed in seeds]
             print(f"{name:<40} {statistics.mean(r['accuracy'] for r in results[name]):.1%} "
                   f"({sum(r['seconds'] for r in results[name]):.0f} s, {time.time() - started:.0f} s in all)",
                   flush=True)
@@ -158,11 +159,12 @@ def write_report(results, args, measured):
              f"a training problem. The API teacher is {gguf().name} behind llama.cpp's server in {mode} mode"
              + (" with the reference answer in its prompt (privileged information)" if prompt else "")
              + "; see the script's docstring for what that means for each row. ± is the standard error over seeds "
-             "(with one seed: none); binomial s.e. is one evaluation's. Each row's gain is against its own step-0 "
-             "evaluation (the same model, problems, code and grading). loops: final answers with a span of 4-24 "
-             "words written three times back to back; words: their mean length.", "",
-             "| method | accuracy | binomial s.e. | vs untrained | curve (step: mean accuracy) | wall time (s) | "
-             "teacher calls | loops | words | measured |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "(with one seed: none; the untrained student is greedy, the same for every seed, so it is evaluated "
+             "once); binomial s.e. is one evaluation's. Each row's gain is against its own step-0 evaluation (the "
+             "same model, problems, code and grading). loops: final answers with a span of 4-24 words written three "
+             "times back to back; words: their mean length.", "",
+             "| method | seeds | accuracy | binomial s.e. | vs untrained | curve (step: mean accuracy) | "
+             "wall time (s) | teacher calls | loops | words | measured |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in [n for n, _ in ROWS if n in results] + [n for n in results if n not in dict(ROWS)]:
         runs = results[name] if isinstance(results[name], list) else [results[name]]   # earlier files: one seed
         accuracy = statistics.mean(r["accuracy"] for r in runs)
@@ -174,7 +176,7 @@ def write_report(results, args, measured):
         patterns = [r.get("patterns") for r in runs]
         loops = f"{statistics.mean(p['loops'] for p in patterns):.0%}" if all(patterns) else "—"
         words = f"{statistics.mean(p['words'] for p in patterns):.0f}" if all(patterns) else "—"
-        lines.append(f"| {name} | {accuracy:.1%}{spread} | {binomial:.1%} | {gain:+.1%} | {curve} | "
+        lines.append(f"| {name} | {len(runs)} | {accuracy:.1%}{spread} | {binomial:.1%} | {gain:+.1%} | {curve} | "
                      f"{statistics.mean(r['seconds'] for r in runs):.0f} | "
                      f"{statistics.mean(r['teacher_calls'] for r in runs):,.0f} | {loops} | {words} | "
                      f"{measured.get(name, '')} |")
