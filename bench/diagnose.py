@@ -3,13 +3,18 @@
     python bench/diagnose.py                   # toy world, about 20 minutes on 2 CPU cores -> bench/results/diagnosis.md
     python bench/diagnose.py --world stories   # the story world -> bench/results/diagnosis-stories.md, .png
     python bench/diagnose.py --quick           # a few batches and steps: checks that it runs
+    python bench/diagnose.py --world stories-foreign --census   # parts 1-2 only, with a teacher of another dialect
 
 1. What a fork offers. Over several batches of the untrained student: how often a right draft is among
    the K, how often the student's own draft is right, and how often a fork is informative (right and wrong
    drafts both present, the only case where p̂ can prefer anything). A draft is right when its numbers agree
-   with those of most of the teacher's continuations of the same prefix (the teacher scores 100 %).
+   with those of most of the teacher's continuations of the same prefix (the teacher scores 100 %). With
+   --census (and a teacher of another dialect, stories-foreign, issue #26), a draft is right when the base
+   world's teacher, which writes the student's dialect, continues prefix + draft greedily to the right answer;
+   p̂ comes from the run's teacher.
 2. What p̂ makes of it: the p̂ mass on right drafts at informative forks, against the share a uniform p̂
-   would give and against q, the student's own distribution over the same drafts.
+   would give and against q, the student's own distribution over the same drafts; the mean similarity S of
+   right and of wrong drafts to the teacher's continuations (how much of the signal S carries).
 3. What one update does: the change of the per-token log-probability ℓ_k / |c_k| of right and of wrong
    drafts after one AdamW step on one batch, and the gradient norms of the chunk loss and of β · the anchor.
 4. Controls that must learn if the code is right, each trained with the same budget as the comparison:
@@ -43,6 +48,7 @@ import torch  # noqa: E402
 
 import omniopd  # noqa: E402
 from omniopd_lib.similarity import Similarity  # noqa: E402
+from omniopd_lib.teachers import HFTeacher  # noqa: E402
 import toyworld  # noqa: E402
 from omniopd_lib import data  # noqa: E402
 from omniopd_lib import grading  # noqa: E402
@@ -79,26 +85,76 @@ def right_drafts(draft_texts, teacher_texts) -> list[bool]:
 
 def world_run(world, **options):
     """A run of the shipped student and teacher of an offline world, and the world's training rows."""
-    cfg = omniopd.Config(student=world, teacher=world, data=world, eval_data=world, eval_size=200,
-                         out="/tmp/omniopd-diagnose", **options).resolved()
-    return omniopd.setup(cfg), data.load_rows(world, "train", cfg.seed), cfg
+    cfg = omniopd.Config(**toyworld.world_options(world), eval_size=200, out="/tmp/omniopd-diagnose",
+                         **options).resolved()
+    return omniopd.setup(cfg), data.load_rows(cfg.data, "train", cfg.seed), cfg
 
 
-def census(run, rows, cfg, batches):
-    """Per fork of `batches` batches: is each draft right, p̂, q, and S's favourite."""
+@torch.no_grad()
+def drafts_reach_answer(labeller, rows, prefixes, drafts_F_K, max_new_tokens) -> list[list[bool]]:
+    """Each draft labelled by the way it leaves open: the labelling teacher (the student's dialect, 100 % on its
+    own) continues prefix + draft greedily, and the draft is right when that completion's final answer checks.
+    Unlike numbers_agree, this reads the draft's words ("7 coins more" against "7 fewer") and not where a chunk
+    happens to end."""
+    texts, golds = [], []
+    for row, prefix, drafts in zip(rows, prefixes, drafts_F_K):
+        texts += [prefix + draft for draft in drafts]
+        golds += [grading.gold_answer(row["answer"])] * len(drafts)
+    verdicts = []
+    for start in range(0, len(texts), 64):
+        batch = labeller.tokenizer(texts[start:start + 64], return_tensors="pt", padding=True, add_special_tokens=False)
+        new_ids = omniopd.generate(labeller.model, labeller.tokenizer, batch.input_ids, batch.attention_mask,
+                                   max_new_tokens, 0.0)
+        completions = labeller.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+        verdicts += [grading.answers_match(grading.extract_answer(text + completion), gold)
+                     for text, completion, gold in zip(texts[start:start + 64], completions, golds[start:])]
+    sizes = [len(drafts) for drafts in drafts_F_K]
+    return [verdicts[sum(sizes[:f]):sum(sizes[:f + 1])] for f in range(len(sizes))]
+
+
+def census(run, rows, cfg, batches, labeller=None):
+    """Per fork of `batches` batches: is each draft right, p̂, q, S, and S's favourite. With a labeller (a
+    teacher of the student's dialect), a draft is right when the labeller's greedy completion of it reaches the
+    right answer (drafts_reach_answer); without, when its numbers agree with the run's teacher (right_drafts)."""
     forks = []
     for step in range(batches):
-        batch = omniopd.omniopd_collect(run, omniopd.batch_rows(rows, step, cfg), cfg)
+        batch_rows = omniopd.batch_rows(rows, step, cfg)
+        batch = omniopd.omniopd_collect(run, batch_rows, cfg)
         with torch.no_grad():
             _, logprobs_F_K, lengths_F_K = omniopd.rollout_and_drafts_forward(run.student, batch.rollout, batch.drafts)
             q_F_K = torch.softmax(logprobs_F_K / lengths_F_K.float() ** cfg.length_norm, 1)
+        drafts_F_K = [drafts for drafts, _, _ in batch.fork_texts]
+        by_characters = [None] * len(drafts_F_K)
+        if labeller:
+            prefixes = [run.tokenizer.decode(ids, skip_special_tokens=True) for ids in batch.drafts.prefix_ids]
+            labels = drafts_reach_answer(labeller, [batch_rows[b] for b, _ in batch.drafts.forks], prefixes,
+                                         drafts_F_K, cfg.max_new_tokens)
+            by_characters = same_characters_target(run, cfg, batch, batch_rows, drafts_F_K)
+        else:
+            labels = [right_drafts(drafts, teacher_texts) for drafts, teacher_texts, _ in batch.fork_texts]
         for f, (draft_texts, teacher_texts, similarity_K_M) in enumerate(batch.fork_texts):
-            right = right_drafts(draft_texts, teacher_texts)
             b, t = batch.drafts.forks[f]
-            forks.append({"token": run.tokenizer.decode(batch.rollout.response_ids_B_T[b, t]), "right": right, "target": batch.target_F_K[f].tolist(), "q": q_F_K[f].tolist(),
+            forks.append({"token": run.tokenizer.decode(batch.rollout.response_ids_B_T[b, t]), "right": labels[f],
+                          "target": batch.target_F_K[f].tolist(), "q": q_F_K[f].tolist(),
+                          "similarity": similarity_K_M.mean(1).tolist(),
                           "distinct": len(set(draft_texts)), "favourite": int(similarity_K_M.mean(1).argmax()),
-                          "drafts": draft_texts, "teacher": teacher_texts})
+                          "drafts": draft_texts, "teacher": teacher_texts, "by_characters": by_characters[f]})
     return forks
+
+
+def same_characters_target(run, cfg, batch, batch_rows, drafts_F_K):
+    """What p̂ would be if each teacher continuation were cut to as many characters as the fork's longest draft,
+    not to L student tokens: a teacher whose words the student's tokenizer splits into many pieces then keeps as
+    much of its text as the drafts hold. Fresh continuations of the same prefixes; (S's row means, p̂) per fork."""
+    questions = [row["question"] for row in batch_rows]
+    prefixes = omniopd.teacher_prefix_texts(run.tokenizer, batch.rollout, batch.drafts.forks, questions, cfg)
+    answers = run.teacher.continuations(prefixes, cfg.teacher_samples, 4 * cfg.chunk_len,
+                                        rows=[batch_rows[b] for b, _ in batch.drafts.forks])
+    cut = [[text[:max(map(len, drafts))] for text in texts or [""]] for texts, drafts in zip(answers, drafts_F_K)]
+    matrices = run.similarity.matrices(drafts_F_K, cut)
+    return [(S.mean(1).tolist(), omniopd.dirichlet_preference(S, cfg.dirichlet_alpha, cfg.vote_temperature,
+                                                              cfg.votes).tolist(), texts)
+            for S, texts in zip(matrices, cut)]
 
 
 def share(values):
@@ -134,8 +190,20 @@ def report_census(forks, rollouts):
         f"{statistics.mean(sum(q for q, r in zip(f['q'], f['right']) if r) for f in informative):.3f} |")
     say(f"| p̂ (the target) | "
         f"{statistics.mean(sum(p for p, r in zip(f['target'], f['right']) if r) for f in informative):.3f} |")
-    say(f"\nThe draft with the highest mean similarity is right at {share(f['right'][f['favourite']] for f in informative):.1%} "
+    say(f"\nMean similarity S of a draft to the teacher's continuations at informative forks: right drafts "
+        f"{statistics.mean(s for f in informative for s, r in zip(f['similarity'], f['right']) if r):.3f}, wrong "
+        f"{statistics.mean(s for f in informative for s, r in zip(f['similarity'], f['right']) if not r):.3f}.")
+    say(f"The draft with the highest mean similarity is right at {share(f['right'][f['favourite']] for f in informative):.1%} "
         "of informative forks.")
+    measured = [f for f in informative if f["by_characters"]]
+    if measured:
+        say(f"\nThe teacher's continuations cut to the drafts' length in characters, not to L student "
+            f"tokens (fresh continuations of the same {len(measured)} forks): p̂ mass on the right drafts "
+            f"{statistics.mean(sum(p for p, r in zip(f['by_characters'][1], f['right']) if r) for f in measured):.3f}; "
+            f"S right {statistics.mean(s for f in measured for s, r in zip(f['by_characters'][0], f['right']) if r):.3f}, "
+            f"wrong {statistics.mean(s for f in measured for s, r in zip(f['by_characters'][0], f['right']) if not r):.3f}; "
+            f"the favourite right at "
+            f"{share(f['right'][max(range(len(f['right'])), key=f['by_characters'][0].__getitem__)] for f in measured):.1%}.")
     say(f"At uninformative forks (all right or all wrong, {len(forks) - len(informative)}), p̂ still moves q: "
         f"mean |p̂ - q| summed over drafts = "
         f"{statistics.mean(sum(abs(p - q) for p, q in zip(f['target'], f['q'])) for f in forks if f not in informative):.3f}"
@@ -148,6 +216,8 @@ def report_census(forks, rollouts):
             say(f"{'right' if right else 'wrong'}  p̂ {p:.2f}  q {q:.2f}  {text!r}")
         for text in example["teacher"]:
             say(f"teacher           {text!r}")
+        for text in (example["by_characters"] or [None, None, []])[2]:
+            say(f"teacher, by chars {text!r}")
         say("```")
     return informative
 
@@ -344,8 +414,9 @@ def plot(update, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--world", choices=toyworld.OFFLINE_WORLDS, default="toy")
+    parser.add_argument("--world", choices=[*toyworld.OFFLINE_WORLDS, *toyworld.VARIANT_WORLDS], default="toy")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--census", action="store_true", help="parts 1-2 only (what forks offer, what p̂ makes of it)")
     parser.add_argument("--batches", type=int, default=8, help="batches of 16 rollouts for parts 1-3")
     parser.add_argument("--steps", type=int, default=60, help="training steps of each control")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -358,15 +429,22 @@ def main():
     if args.quick:
         args.batches, args.steps, args.seeds = 2, 2, [0]
     torch.set_num_threads(os.cpu_count() or 2)
-    name = "diagnosis" + ("" if args.world == "toy" else f"-{args.world}") + ("-quick" if args.quick else "")
+    name = ("diagnosis" + ("" if args.world == "toy" else f"-{args.world}") + ("-census" if args.census else "")
+            + ("-quick" if args.quick else ""))
     if args.self_samples:
         return self_samples(args, name.replace("diagnosis", "diagnosis-self-samples"))
     run, rows, cfg = world_run(args.world)
-    command = f"python bench/diagnose.py{' --world ' + args.world if args.world != 'toy' else ''}{' --quick' * args.quick}"
+    command = (f"python bench/diagnose.py{' --world ' + args.world if args.world != 'toy' else ''}"
+               f"{' --census' * args.census}{' --quick' * args.quick}")
     say(f"# What OmniOPD's forks offer on the {args.world} world, and what learns there (`{command}`)")
     say()
-    forks = census(run, rows, cfg, args.batches)
+    labeller = HFTeacher(toyworld.VARIANT_WORLDS.get(args.world, args.world), "cpu") if args.census else None
+    forks = census(run, rows, cfg, args.batches, labeller)
     report_census(forks, args.batches * cfg.batch_size)
+    if args.census:
+        Path(args.results).mkdir(parents=True, exist_ok=True)
+        Path(args.results, f"{name}.md").write_text("\n".join(LINES) + "\n")
+        return
     update = one_update(run, rows, cfg, args.batches)
     eval_rows = data.load_rows(args.world, "test", 0, 32 if args.quick else 200)
     controls = {"OmniOPD (default: embed similarity)": {},

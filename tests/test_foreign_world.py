@@ -102,3 +102,17 @@ def test_the_privileged_teacher_prompt_gives_the_teacher_the_rows_answer(tmp_pat
     path.write_text(PRIVILEGED_PROMPT)
     text = read_teacher_prompt(str(path)).format(answer="42", prefix="Question: 40 + 2 =\nAnswer: ", question="")
     assert "Correct final answer: 42" in text and text.endswith("Answer: ")
+
+
+def test_the_census_labels_a_draft_by_the_answer_the_students_dialect_reaches_from_it():
+    """bench/diagnose.py --census: a draft is right when the story world's teacher, continuing prefix + draft
+    greedily, reaches the right answer; a wrong operation or a wrong sum leads it to a wrong one."""
+    from diagnose import drafts_reach_answer
+    from omniopd_lib.teachers import HFTeacher
+    cfg = omniopd.Config(**toyworld.world_options("stories-foreign")).resolved()
+    row = stories.make_problems(1, "test", 0)[0]
+    assert "First he has 7 more: 3 + 7 = 10. After that he has 3 more: 10 + 3 = 13." in row["answer"]
+    prefix = (cfg.prompt_template.format(question=row["question"])
+              + "At first Cal has 3 books. First he has 7 more: 3 + 7 = 10. After that he has 3 ")
+    drafts = ["more: 10 + 3 = 13.", "fewer: 10 - 3 = 7.", "more: 10 + 3 = 14."]
+    assert drafts_reach_answer(HFTeacher("stories", "cpu"), [row], [prefix], [drafts], 96) == [[True, False, False]]
