@@ -436,7 +436,8 @@ def main():
     run, rows, cfg = world_run(args.world)
     command = (f"python bench/diagnose.py{' --world ' + args.world if args.world != 'toy' else ''}"
                f"{' --census' * args.census}{' --quick' * args.quick}")
-    say(f"# What OmniOPD's forks offer on the {args.world} world, and what learns there (`{command}`)")
+    say(f"# What OmniOPD's forks offer on the {args.world} world{'' if args.census else ', and what learns there'} "
+        f"(`{command}`)")
     say()
     labeller = HFTeacher(toyworld.VARIANT_WORLDS.get(args.world, args.world), "cpu") if args.census else None
     forks = census(run, rows, cfg, args.batches, labeller)
