@@ -84,7 +84,9 @@ def main():
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--rows", nargs="+", default=[], choices=[name for name, _ in ROWS], metavar="ROW",
                         help="run only these rows (and the untrained student); the others are read from the "
-                             "stored results, which must have been made with the same settings (none stored: left out)")
+                             "stored results, which must have been made with the same settings (none stored: left out) "
+                             "but may have other seeds: a row run again keeps its stored runs of the seeds not given "
+                             "(--rows X --seeds 1 adds seed 1 to row X)")
     args = parser.parse_args()
     args.name = "real_lm" if args.teacher == "smollm2" else f"real_pair-{args.teacher}"
     args.test_set = "disjoint"   # test problems that are not also training problems (earlier: left out at load)
@@ -92,7 +94,7 @@ def main():
     stored_path = Path(args.results) / f"{args.name}.json"
     if args.rows and stored_path.exists():
         stored = json.loads(stored_path.read_text())
-        same = ("steps", "batch_size", "lr", "max_new_tokens", "eval_size", "seeds", "test_set")
+        same = ("steps", "batch_size", "lr", "max_new_tokens", "eval_size", "test_set")   # seeds may differ by row
         if any(stored["args"].get(key) != getattr(args, key) for key in same):
             parser.error(f"the stored {stored_path.name} was made with other settings: {stored['args']}")
     student = str(smollm2_folder())
@@ -127,7 +129,9 @@ def main():
             if options["teacher"] == "openai:TEACHER":
                 options.update(teacher="openai:teacher", teacher_base_url=server.url, **teacher)
             seeds = args.seeds[:1] if name == ROWS[0][0] else args.seeds   # untrained: greedy, the same for any seed
-            results[name] = [run_row(name, options, seed, runs, args.steps, args.points) for seed in seeds]
+            earlier = [r for r in stored.get("results", {}).get(name, []) if r["seed"] not in seeds]   # kept
+            results[name] = sorted(earlier + [run_row(name, options, seed, runs, args.steps, args.points)
+                                              for seed in seeds], key=lambda r: r["seed"])
             print(f"{name:<40} {statistics.mean(r['accuracy'] for r in results[name]):.1%} "
                   f"({sum(r['seconds'] for r in results[name]):.0f} s, {time.time() - started:.0f} s in all)",
                   flush=True)
@@ -148,12 +152,15 @@ def write_report(results, args, measured):
     curve, wall time, teacher calls and the degenerate patterns of the final answers (bench/compare.py's)."""
     folder = Path(args.results)
     folder.mkdir(parents=True, exist_ok=True)
+    args.seeds = sorted({r["seed"] for runs in results.values()   # every row's, for the title
+                         for r in (runs if isinstance(runs, list) else [runs])})
     (folder / f"{args.name}.json").write_text(json.dumps(
         {"args": {k: v for k, v in vars(args).items() if k != "rows"}, "results": results, "measured": measured},
         indent=1))
     gguf, mode, prompt = REAL_TEACHERS[args.teacher]
     lines = [f"# SmolLM2-135M-Instruct taught by `{args.teacher}`: every method, {args.steps} steps × "
-             f"{args.batch_size} rollouts, lr {args.lr:g}, seeds {', '.join(map(str, args.seeds))}", "",
+             f"{args.batch_size} rollouts, lr {args.lr:g}, seeds {', '.join(map(str, args.seeds))} "
+             "(each row's count in its seeds column)", "",
              f"Made by `python bench/real_lm.py {shlex.join(sys.argv[1:])}` (device {args.device}). reasoning-gym "
              f"chain_sum (2-3 terms, 1-2 digits), greedy pass@1 on {args.eval_size} held-out problems, none of them "
              f"a training problem. The API teacher is {gguf().name} behind llama.cpp's server in {mode} mode"
