@@ -129,7 +129,8 @@ def main():
             if options["teacher"] == "openai:TEACHER":
                 options.update(teacher="openai:teacher", teacher_base_url=server.url, **teacher)
             seeds = args.seeds[:1] if name == ROWS[0][0] else args.seeds   # untrained: greedy, the same for any seed
-            earlier = [r for r in stored.get("results", {}).get(name, []) if r["seed"] not in seeds]   # kept
+            earlier = [r for r in stored.get("results", {}).get(name, [])   # kept; the untrained student: once
+                       if r["seed"] not in seeds and name != ROWS[0][0]]
             results[name] = sorted(earlier + [run_row(name, options, seed, runs, args.steps, args.points)
                                               for seed in seeds], key=lambda r: r["seed"])
             print(f"{name:<40} {statistics.mean(r['accuracy'] for r in results[name]):.1%} "
