@@ -68,6 +68,18 @@ def write_data(folder: Path, train_size: int, test_size: int):
     return str(folder / "train.jsonl"), str(folder / "test.jsonl")
 
 
+def api_teacher(name: str, folder: Path) -> tuple:
+    """REAL_TEACHERS[name]'s GGUF path and the Config options of its API teacher (mode; a prompt file written into
+    folder for a privileged one); sets OPENAI_API_KEY to the local server's key."""
+    gguf, mode, prompt = REAL_TEACHERS[name]
+    options = {"teacher_mode": mode}
+    if prompt:
+        (folder / "teacher_prompt.txt").write_text(prompt)
+        options["teacher_prompt"] = str(folder / "teacher_prompt.txt")
+    os.environ["OPENAI_API_KEY"] = KEY
+    return gguf(), options
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", choices=REAL_TEACHERS, default="smollm2",
@@ -104,18 +116,13 @@ def main():
               "batch_size": args.batch_size, "lr": args.lr,
               "max_new_tokens": args.max_new_tokens, "device": args.device,
               "prompt_template": "plain"}   # as measured in bench/results/real_lm.md (an instruct student's default is chat)
-    gguf, mode, prompt = REAL_TEACHERS[args.teacher]
-    teacher = {"teacher_mode": mode}
-    if prompt:
-        (runs / "teacher_prompt.txt").write_text(prompt)
-        teacher["teacher_prompt"] = str(runs / "teacher_prompt.txt")
-    os.environ["OPENAI_API_KEY"] = KEY
+    gguf, teacher = api_teacher(args.teacher, runs)
     results, started = {}, time.time()
     control = "OPD, sampled-token (teacher = student)"
     selected = ({ROWS[0][0], *args.rows} if args.rows else
                 {name for name, _ in ROWS if args.teacher == "smollm2" or name != control})
     measured = stored.get("measured", {})
-    with LlamaServer(gguf(), KEY, alias="teacher", threads=max(1, (os.cpu_count() or 2) // 2)) as server:
+    with LlamaServer(gguf, KEY, alias="teacher", threads=max(1, (os.cpu_count() or 2) // 2)) as server:
         for name, overrides in ROWS:
             if name not in selected:
                 if name in stored.get("results", {}):

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import omniopd  # noqa: E402
-from bench.real_lm import KEY, write_data  # noqa: E402
+from bench.real_lm import KEY, api_teacher, write_data  # noqa: E402
 from omniopd_lib import data  # noqa: E402
 from omniopd_lib.generation import stop_token_ids  # noqa: E402
 from toyworld.real import REAL_TEACHERS, LlamaServer, smollm2_folder  # noqa: E402
@@ -97,14 +97,9 @@ def main():
     args = parser.parse_args()
     runs = ROOT / "bench" / "runs" / "stopping" / args.teacher
     train, _ = write_data(runs / "data", 2000, 200)
-    gguf, mode, prompt = REAL_TEACHERS[args.teacher]
-    teacher = {"teacher_mode": mode}
-    if prompt:
-        (runs / "teacher_prompt.txt").write_text(prompt)
-        teacher["teacher_prompt"] = str(runs / "teacher_prompt.txt")
-    os.environ["OPENAI_API_KEY"] = KEY
+    gguf, teacher = api_teacher(args.teacher, runs)
     started = time.time()
-    with LlamaServer(gguf(), KEY, alias="teacher", threads=max(1, (os.cpu_count() or 2) // 2)) as server, \
+    with LlamaServer(gguf, KEY, alias="teacher", threads=max(1, (os.cpu_count() or 2) // 2)) as server, \
             tempfile.TemporaryDirectory() as out:
         cfg = omniopd.Config(student=args.student or str(smollm2_folder()), data=train, eval_data=train, batch_size=8,
                              max_new_tokens=48, prompt_template="plain", teacher="openai:teacher",
