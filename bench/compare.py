@@ -10,7 +10,9 @@ comparison, rerun with one command.
 1. The sweep. Every method (SFT, both OPDs, GRPO, OmniOPD) trains once at each learning rate of the same
    grid (`--lrs`; default ¼×, ½×, 1×, 2× and 4× the world's default) on a sweep seed that is not a reporting seed,
    and is scored on validation problems drawn from the training distribution, never on the test set.
-   Each method keeps the rate that scored best there. The OmniOPD variants (the API teacher and the
+   Each method keeps the rate that scored best there; where that is the grid's lowest (highest) rate, it is
+   tried at half (twice) that rate too, up to `--sweep-extend` times, so a chosen rate is never the edge of
+   what was tried. The OmniOPD variants (the API teacher and the
    ablations) change one part of OmniOPD and keep its rate.
 2. The table. Every row trains the shipped student for the same steps and rollouts per step, at its own
    chosen rate, for each reporting seed, and is scored by greedy pass@1 on the held-out test problems.
@@ -180,8 +182,10 @@ def validation_file(args) -> str:
 
 
 def sweep(args, started, stored) -> tuple[dict, list]:
-    """Each swept method's learning rate: the best validation accuracy over the same grid. With --rows, a rate
-    already stored is kept and only the named rows without one are swept."""
+    """Each swept method's learning rate: the best validation accuracy over the same grid. A method whose best rate
+    is the grid's lowest (highest) is tried at half (twice) that rate too, up to --sweep-extend times, so no
+    chosen rate sits on the edge of what was tried unless the extension ran out. With --rows, a rate already
+    stored is kept and only the named rows without one are swept."""
     if len(args.lrs) == 1:
         return {name: args.lrs[0] for name in SWEPT}, []
     chosen = dict(stored.get("chosen_lr", {}))
@@ -190,15 +194,30 @@ def sweep(args, started, stored) -> tuple[dict, list]:
     if not to_sweep:
         return chosen, kept
     eval_data = validation_file(args)
-    jobs = [(name, overrides, args.sweep_seed, lr, eval_data, args)
-            for name, overrides, lr_of in ROWS if name in to_sweep for lr in args.lrs]
+    overrides_of = {name: overrides for name, overrides, _ in ROWS}
+    jobs = [(name, overrides_of[name], args.sweep_seed, lr, eval_data, args) for name in to_sweep for lr in args.lrs]
     if not any(r["row"] == ROWS[0][0] for r in kept):
         jobs.append((ROWS[0][0], ROWS[0][1], args.sweep_seed, args.lrs[0], eval_data, args))   # the untrained student
-    results = run_all(jobs, args, started)
-    for name in to_sweep:
-        scores = {r["lr"]: r["accuracy"] for r in results if r["row"] == name}
-        chosen[name] = max(args.lrs, key=lambda lr: (scores[lr], -abs(args.lrs.index(lr) - len(args.lrs) // 2)))
+    results = []
+    for _ in range(args.sweep_extend + 1):
+        results += run_all(jobs, args, started)
+        jobs = []
+        for name in to_sweep:
+            scores = {r["lr"]: r["accuracy"] for r in results if r["row"] == name}
+            chosen[name] = best_rate(scores)
+            if chosen[name] == min(scores):
+                jobs.append((name, overrides_of[name], args.sweep_seed, chosen[name] / 2, eval_data, args))
+            elif chosen[name] == max(scores):
+                jobs.append((name, overrides_of[name], args.sweep_seed, chosen[name] * 2, eval_data, args))
+        if not jobs:
+            break
     return chosen, kept + results
+
+
+def best_rate(scores: dict) -> float:
+    """The rate with the best validation accuracy; a tie goes to the rate nearest the middle of those tried."""
+    rates = sorted(scores)
+    return max(rates, key=lambda lr: (scores[lr], -abs(rates.index(lr) - len(rates) // 2)))
 
 
 def mean_std(values):
@@ -273,16 +292,19 @@ def write_report(results, chosen, sweep_results, args, folder: Path, measured: d
                      f"{tokens:,.0f} | " + " | ".join(shown) + " |")
     if sweep_results:
         untrained = next(r["accuracy"] for r in sweep_results if r["row"] == ROWS[0][0])
+        rates = sorted({r["lr"] for r in sweep_results if r["row"] != ROWS[0][0]})
         lines += ["", (f"Learning-rate sweep (seed {args.sweep_seed}, {args.valid_size} validation problems from the "
                        f"training distribution, where the untrained student scores {untrained:.1%}; the chosen rate "
-                       "in bold):"), "",
-                  "| method | " + " | ".join(f"lr {lr:g}" for lr in args.lrs) + " |",
-                  "|---|" + "---|" * len(args.lrs)]
+                       "in bold; a method whose best rate was the edge of the grid was tried past it, — where it "
+                       "was not):"), "",
+                  "| method | " + " | ".join(f"lr {lr:g}" for lr in rates) + " |",
+                  "|---|" + "---|" * len(rates)]
         for name in SWEPT:
             scores = {r["lr"]: r["accuracy"] for r in sweep_results if r["row"] == name}
             if not scores:
                 continue
-            cells = [f"**{scores[lr]:.1%}**" if lr == chosen[name] else f"{scores[lr]:.1%}" for lr in args.lrs]
+            cells = [("—" if lr not in scores else f"**{scores[lr]:.1%}**" if lr == chosen[name]
+                      else f"{scores[lr]:.1%}") for lr in rates]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     (folder / f"{args.name}.md").write_text("\n".join(lines) + f"\n\n![accuracy against step]({args.name}.png)\n")
     plot(results, folder / f"{args.name}.png")
@@ -323,6 +345,8 @@ def main():
                         help="the sweep's learning rates, the same for every method (default: ¼× to 4× the world's)")
     parser.add_argument("--sweep-seed", type=int, default=100)
     parser.add_argument("--valid-size", type=int, default=300, help="validation problems for the sweep")
+    parser.add_argument("--sweep-extend", type=int, default=3,
+                        help="times a method whose best rate is the grid's edge is tried at half (twice) it")
     parser.add_argument("--eval-size", type=int, default=0, help="held-out test problems (0 = the world's)")
     parser.add_argument("--points", type=int, default=4, help="evaluations along the curve")
     parser.add_argument("--no-ablations", action="store_true", help="only the methods, not OmniOPD's ablations")

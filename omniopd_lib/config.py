@@ -146,8 +146,9 @@ class RunOptions:
 
     @property
     def size_defaults(self) -> dict:
-        """max_new_tokens and lr where the method's fields say 0: the student's world's, or a real model's."""
-        return toyworld.world_settings(self.world) if self.world else REAL_MODEL_SETTINGS
+        """max_new_tokens and lr where the method's fields say 0: the student's world's (with a foreign teacher, its
+        variant world's), or a real model's."""
+        return toyworld.world_settings(self.world, self.teacher) if self.world else REAL_MODEL_SETTINGS
 
     def resolved(self):
         """Fill the empty and 0-means-auto fields: an offline world's student gets that world's teacher and data;

@@ -3,6 +3,7 @@ a teacher with a tokenizer of its own (and a twin in the student's tokenizer for
 degenerate-pattern measures bench/compare.py reports."""
 
 import json
+import math
 import re
 import sys
 
@@ -46,7 +47,10 @@ def test_the_foreign_world_is_the_story_world_with_another_teacher():
                                                          "data": "stories", "eval_data": "stories"}
     assert models.resolve_model_path("stories-foreign", "teacher") == str(stories.FOREIGN_TEACHER_DIR)
     assert models.resolve_model_path("stories-foreign-shared", "teacher") == str(stories.FOREIGN_SHARED_DIR)
-    assert omniopd.Config(**toyworld.world_options("stories-foreign")).resolved().max_new_tokens == 96
+    # the cap fits the foreign dialect's solutions (160 student tokens at most); the story world keeps its own
+    assert omniopd.Config(**toyworld.world_options("stories-foreign")).resolved().max_new_tokens == 176
+    assert omniopd.Config(**toyworld.world_options("stories")).resolved().max_new_tokens == 96
+    assert omniopd.Config(student="stories", teacher="stories-foreign-shared").resolved().max_new_tokens == 176
 
 
 def test_answer_patterns_count_loops_missing_answer_lines_and_length():
@@ -68,9 +72,11 @@ def test_the_shipped_foreign_teachers_are_strong_in_their_own_dialect(name):
     assert report["test_accuracy"] >= 0.9, report
     student_tokenizer = models.load_model("stories", "student", torch.device("cpu"))[1]
     assert (tokenizer.get_vocab() == student_tokenizer.get_vocab()) == name.endswith("-shared")
-    cfg = omniopd.Config(student="stories", max_new_tokens=176).resolved()
+    # evaluated under the foreign world's own cap, as every row of its comparison is: a student that writes exactly
+    # like its teacher (the twin in the student's tokenizer is one) is not cut before its answer (issue #32)
+    cfg = omniopd.Config(**toyworld.world_options("stories-foreign")).resolved()
     accuracy, records = grading.evaluate(model, tokenizer, stories.make_problems(32, "test", 0), cfg)
-    assert accuracy >= 0.8, accuracy
+    assert accuracy >= 0.9, accuracy
     assert all("####" not in r["output"] for r in records)   # it answers in its own layout
 
 
@@ -116,3 +122,28 @@ def test_the_census_labels_a_draft_by_the_answer_the_students_dialect_reaches_fr
               + "At first Cal has 3 books. First he has 7 more: 3 + 7 = 10. After that he has 3 ")
     drafts = ["more: 10 + 3 = 13.", "fewer: 10 - 3 = 7.", "more: 10 + 3 = 14."]
     assert drafts_reach_answer(HFTeacher("stories", "cpu"), [row], [prefix], [drafts], 96) == [[True, False, False]]
+
+
+def test_the_sweep_tries_past_an_edge_where_a_methods_best_rate_lands(monkeypatch, tmp_path):
+    """bench/compare.py: a method whose best validation score is at the grid's lowest rate is tried at half of it,
+    again while the new rate is best (so the best has a worse rate on each side); a method best inside the grid is not extended (issue #32: on the foreign
+    world every method but SFT chose the lowest rate). The trainings are replaced by a score per rate: what is
+    tested is which rates the sweep asks for and which it keeps."""
+    import argparse
+    import compare
+    peak = {"OmniOPD": 1.25e-5, "SFT": 2e-4}   # OmniOPD's best lies two halvings below the grid, SFT's inside it
+    asked = []
+
+    def scored(jobs, args, started):
+        asked.extend((name, lr) for name, _, _, lr, _, _ in jobs)
+        return [{"row": name, "lr": lr, "accuracy": 1 / (1 + abs(math.log2(lr / peak.get(name, 2e-4))))}
+                for name, _, _, lr, _, _ in jobs]
+    monkeypatch.setattr(compare, "run_all", scored)
+    args = argparse.Namespace(lrs=[5e-5, 1e-4, 2e-4, 4e-4, 8e-4], selected={"OmniOPD", "SFT"}, sweep_extend=3,
+                              sweep_seed=100, runs=str(tmp_path), world="stories", valid_size=4)
+    chosen, results = compare.sweep(args, 0.0, {})
+    assert chosen == {"OmniOPD": 1.25e-5, "SFT": 2e-4}
+    assert sorted(lr for name, lr in asked if name == "OmniOPD") == [6.25e-6, 1.25e-5, 2.5e-5, 5e-5, 1e-4, 2e-4,
+                                                                        4e-4, 8e-4]
+    assert sorted(lr for name, lr in asked if name == "SFT") == args.lrs
+    assert compare.best_rate({1e-4: 0.5, 2e-4: 0.5, 4e-4: 0.5}) == 2e-4   # a tie: the middle of what was tried

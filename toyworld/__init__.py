@@ -100,14 +100,19 @@ FOREIGN_TEACHERS = ("stories-foreign", "stories-foreign-shared")
 VARIANT_WORLDS = {"stories-foreign": "stories"}   # a variant world -> the world whose student and problems it uses
 
 
-# each world's scale where omniopd.Config leaves 0 (auto): its solutions' length, and the rate its models train at
+# each world's scale where omniopd.Config leaves 0 (auto): its solutions' length, and the rate its models train at.
+# stories-foreign: the foreign dialect's solutions take 130 student tokens on average, 160 at most (2,000 test
+# problems), so its rollouts and evaluations run to 176 tokens: a student that learned to write like its teacher
+# must not be cut before its answer (at the story world's 96, every foreign solution was cut; issue #32)
 WORLD_SETTINGS = {"toy": {"max_new_tokens": 48, "lr": 2e-4}, "stories": {"max_new_tokens": 96, "lr": 2e-4},
-                  "code": {"max_new_tokens": 64, "lr": 2e-4}}
+                  "code": {"max_new_tokens": 64, "lr": 2e-4}, "stories-foreign": {"max_new_tokens": 176, "lr": 2e-4}}
 
 
-def world_settings(name: str) -> dict:
-    """max_new_tokens and lr of an offline world's runs."""
-    return WORLD_SETTINGS[name]
+def world_settings(name: str, teacher: str = "") -> dict:
+    """max_new_tokens and lr of an offline world's runs; with a foreign teacher (stories-foreign), its variant
+    world's, whose solutions are longer."""
+    variant = next((v for v, base in VARIANT_WORLDS.items() if base == name and teacher in (v, f"{v}-shared")), None)
+    return WORLD_SETTINGS[variant or name]
 
 
 def world_options(name: str) -> dict:
