@@ -29,6 +29,7 @@ continuations per fork (or chunk).
 
 import contextlib
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -91,12 +92,21 @@ class Config(RunOptions):
     # step 4: teacher rollouts
     teacher_samples: int | None = option(None, "M (audit: N): teacher continuations per fork or chunk (default: 4; "
                                                "audit 10)")
-    teacher_max_tokens: int = option(0, "most tokens, in the teacher's own tokenizer, per continuation, later cut to L "
-                                        "student tokens (0 = L with the student's tokenizer, else 2·L)")
+    teacher_max_tokens: int = option(0, "most tokens, in the teacher's own tokenizer, per continuation (0 = by "
+                                        "--horizon: chunk L with the student's tokenizer, else 2·L; step 2·L; end "
+                                        "max-new-tokens)")
+    horizon: str = option("chunk", "how far the teacher's continuations and the drafts run before they are compared: "
+                                   "chunk (L student tokens), step (to the end of the reasoning step: a sentence or a "
+                                   "line), end (to the final answer); under step and end each draft is carried on by "
+                                   "the student's own rollouts (--draft-rollouts)", ["chunk", "step", "end"])
+    draft_rollouts: int = option(1, "R: under --horizon step or end, the student's rollouts from prefix + draft to "
+                                    "the horizon, per draft; S_km is the mean over them")
     # step 5: semantic verification
     similarity: str | None = option(None, "sim (audit: φ): embed (cosine of sentence embeddings), lexical (character "
-                                          "n-gram F1), ned (1 - normalised edit distance), rouge1 (word F1) "
-                                          "(default: embed; audit ned)", ["embed", "lexical", "ned", "rouge1"])
+                                          "n-gram F1), ned (1 - normalised edit distance), rouge1 (word F1), numbers "
+                                          "(F1 of the numbers written), answer (do the final answers agree; needs "
+                                          "--horizon end) (default: embed; audit ned)",
+                                    ["embed", "lexical", "ned", "rouge1", "numbers", "answer"])
     similarity_model: str = option("all-MiniLM-L6-v2", "sentence-transformers model for --similarity embed")
     # step 6: Dirichlet-Multinomial preference
     votes: str = option("soft", "soft: w_mk = softmax_k(S_km / κ); hard: one-hot argmax_k S_km", ["soft", "hard"])
@@ -148,6 +158,9 @@ def check_config(cfg) -> None:
               "--objective audit anchors with the exact KL(π_ref ‖ π_θ); --anchor k3 is the drafts reading's"),
              (cfg.chunk_len >= 1 and cfg.audit_budget >= 1, "--chunk-len (L) must be at least 1, --audit-budget too"),
              (cfg.teacher_samples >= 1, "--teacher-samples (M) must be at least 1"),
+             (cfg.draft_rollouts >= 1, "--draft-rollouts (R) must be at least 1"),
+             (cfg.similarity != "answer" or cfg.horizon == "end",
+              "--similarity answer compares final answers: it needs --horizon end"),
              (cfg.dirichlet_alpha >= 0, "--dirichlet-alpha must be 0 or more: it is a prior's strength"),
              (cfg.vote_temperature > 0 and cfg.lr > 0, "--vote-temperature (κ) and --lr must be positive"),
              (cfg.vote_threshold >= 0 and cfg.kl_beta >= 0, "--vote-threshold and --kl-beta must be 0 or more"),
@@ -255,6 +268,40 @@ def draft_chunks(student, tokenizer, rollout, forks, num_drafts, chunk_len, temp
     return Drafts(prefixes, [[written[f]] + fresh[f] for f in range(len(forks))], list(forks))
 
 
+def drafts_to_horizon(student, tokenizer, drafts: Drafts, horizon: str, num_rollouts: int, max_tokens: int,
+                      temperature: float) -> tuple[list[list[str]], list[list[bool]]]:
+    """Step 3, what a draft is compared by: c^k itself under the chunk horizon; under step and end, c^k carried on by R
+    of the student's own rollouts from s_t + c^k (at temperature τ, up to max_tokens), each cut at the horizon
+    (horizon_text), so a draft is judged by where it leads as the teacher's continuation is. The gradient still
+    flows through c^k alone (step 7). Returns per fork its K·R texts (draft k's R in a row) and whether each
+    reached a stop token (a rollout cut by max_tokens has not finished: it has no final answer)."""
+    stops = set(stop_token_ids(student, tokenizer))
+    chunk_texts = [[decode_after(tokenizer, p, c) for c in chunks] for p, chunks in zip(drafts.prefix_ids,
+                                                                                          drafts.chunk_ids)]
+    ended = [[bool(c) and c[-1] in stops for c in chunks] for chunks in drafts.chunk_ids]
+    if horizon == "chunk" or not drafts.chunk_ids:
+        return chunk_texts, ended
+    sequences = [p + c for p, chunks in zip(drafts.prefix_ids, drafts.chunk_ids) for c in chunks]
+    batch = left_pad(sequences, tokenizer.pad_token_id, student.device)
+    new_ids = generate(student, tokenizer, batch["input_ids"], batch["attention_mask"], max_tokens, temperature,
+                       n=num_rollouts).tolist()
+    texts, finished, row = [], [], 0
+    for f, chunks in enumerate(drafts.chunk_ids):
+        texts.append([]), finished.append([])
+        for k, chunk in enumerate(chunks):
+            for _ in range(num_rollouts):
+                if ended[f][k]:   # the draft stopped: nothing follows it
+                    carried_on, done = chunk_texts[f][k], True
+                else:
+                    more = cut_at_stop(new_ids[row], stops)
+                    carried_on = chunk_texts[f][k] + decode_after(tokenizer, drafts.prefix_ids[f] + chunk, more)
+                    done = bool(more) and more[-1] in stops
+                texts[f].append(horizon_text(carried_on, horizon))
+                finished[f].append(done)
+                row += 1
+    return texts, finished
+
+
 def chunk_logprobs(model, drafts: Drafts, pad_id: int):
     """Step 3: ℓ_k = Σ_j log π_θ(c^k_j | s_t, c^k_<j), with gradient, for all F × K drafts in one pass.
     Returns (logprobs_F_K, lengths_F_K)."""
@@ -290,23 +337,46 @@ def rollout_and_drafts_forward(model, rollout: Rollout, drafts: Drafts):
 
 
 def teacher_rollouts(teacher, prefix_texts: list[str], num_samples: int, chunk_len: int, tokenizer,
-                     max_tokens=0, draw="", rows=None) -> InFlight:
+                     max_tokens=0, draw="", rows=None, horizon="chunk", max_new_tokens=0) -> InFlight:
     """Step 4: r^1..r^M = M teacher continuations of each decoded prefix s_t, None where the teacher failed; an API
-    teacher's requests go out now and .wait() collects them. The teacher writes up to max_tokens of its own tokens
-    (default L with the student's tokenizer, else 2·L), and each text is cut to its first L student tokens, so drafts
-    and teacher rollouts have the same length in the same units. draw ("seed 0 step 12") lets a caching teacher
-    answer a resumed step from its store; rows: each prefix's dataset row, for {question} and {answer}."""
-    default = chunk_len if teacher.shares_tokenizer else 2 * chunk_len
+    teacher's requests go out now and .wait() collects them. Each text runs to the horizon (horizon_text): chunk
+    cuts it to its first L student tokens, so drafts and teacher rollouts have the same length in the same units;
+    step to the end of its reasoning step; end keeps it whole. The teacher writes up to max_tokens of its own tokens
+    (default: chunk L with the student's tokenizer, else 2·L; step 2·L; end max_new_tokens). draw ("seed 0 step
+    12") lets a caching teacher answer a resumed step from its store; rows: each prefix's dataset row, for
+    {question} and {answer}."""
+    default = {"chunk": chunk_len if teacher.shares_tokenizer else 2 * chunk_len, "step": 2 * chunk_len,
+               "end": max_new_tokens or 4 * chunk_len}[horizon]
     return InFlight(teacher, (prefix_texts, num_samples, max_tokens or default, draw, rows), lambda answers: [
-        None if texts is None else [first_tokens(t, tokenizer, chunk_len) for t in texts] for texts in answers])
+        None if texts is None else [horizon_text(t, horizon, tokenizer, chunk_len) for t in texts]
+        for texts in answers])
+
+
+STEP_END = re.compile(r"\n|[.!?](?=\s|$)")   # a reasoning step ends at a line's end or a sentence's
+
+
+def horizon_text(text: str, horizon: str, tokenizer=None, chunk_len=0) -> str:
+    """A continuation as far as the horizon: chunk, its first L student tokens; step, up to and including the first
+    sentence or line end (the whole text where there is none); end, all of it."""
+    if horizon == "chunk":
+        return first_tokens(text, tokenizer, chunk_len)
+    if horizon == "step":
+        boundary = STEP_END.search(text)
+        return text[:boundary.end()] if boundary else text
+    return text
 
 
 # ── Step 5: semantic verification ─────────────────────────────────────────────────────────────────────────────────
 
-def similarity_matrices(similarity, candidates_F_K: list[list[str]], references_F_M: list[list[str]]) -> list:
+def similarity_matrices(similarity, candidates_F_K: list[list[str]], references_F_M: list[list[str]],
+                        contexts_F=None, finished_F_K=None, num_rollouts=1) -> list:
     """Step 5: S_km = sim(c^k, r^m), one K × M matrix per fork: cosine of all-MiniLM-L6-v2 embeddings (embed, each
-    distinct text encoded once), a text metric (lexical, ned, rouge1) or any callable (omniopd_lib.similarity)."""
-    return similarity.matrices(candidates_F_K, references_F_M)
+    distinct text encoded once), a text metric (lexical, ned, rouge1, numbers), the agreement of final answers
+    (answer: the answers of context + text, compared mathematically; an unfinished draft has none) or any
+    callable (omniopd_lib.similarity). A text that ends at once ("") agrees with one that does and with no other.
+    With R rollouts per draft (candidates F × K·R), S_km = (1/R) Σ_r sim(c^k ⊕ e^kr, r^m)."""
+    matrices = similarity.matrices(candidates_F_K, references_F_M, contexts=contexts_F, finished=finished_F_K)
+    return [S.view(-1, num_rollouts, S.shape[1]).mean(1) for S in matrices]
 
 
 # ── Step 6: Dirichlet-Multinomial preference ──────────────────────────────────────────────────────────────────────
@@ -384,6 +454,7 @@ class StepBatch:
     advantages_B: torch.Tensor | None = None     # grpo
     solutions: list = field(default_factory=list)  # sft: (question, teacher solution) pairs
     fork_texts: list = field(default_factory=list)  # omniopd, per fork in drafts: (draft texts, teacher texts, S)
+    horizon_texts: list = field(default_factory=list)  # per fork, what each draft was compared by (K·R texts)
     num_tokens: int = 0
     num_forks: int = 0
     num_rollouts: int = 0
@@ -400,6 +471,19 @@ def rollouts_with_entropy(run, rows, cfg) -> tuple[Rollout, torch.Tensor]:
     return rollout, entropy_B_T
 
 
+def horizon_tokens(cfg) -> int:
+    """How far the student carries a draft on: to the end of a reasoning step, at most 2·L tokens; to the end, the
+    rollout's own budget."""
+    return 2 * cfg.chunk_len if cfg.horizon == "step" else cfg.max_new_tokens
+
+
+def context_text(tokenizer, rollout, fork) -> str:
+    """y_<t as text: what the student wrote before the fork, which a final answer may already be part of."""
+    b, t = fork
+    prompt = rollout.prompt_ids_B_P[b][rollout.prompt_mask_B_P[b].bool()].tolist()
+    return decode_after(tokenizer, prompt, rollout.response_ids_B_T[b, :t].tolist())
+
+
 @torch.no_grad()
 def omniopd_collect(run, rows, cfg) -> StepBatch:
     """Steps 1-6 for one batch, no gradient: rollouts, forks, drafts, teacher rollouts, S and each fork's p̂."""
@@ -410,15 +494,21 @@ def omniopd_collect(run, rows, cfg) -> StepBatch:
                          cfg.entropy_window, cfg.audit_ratio, cfg.fork_selection)
     prefix_texts = teacher_prefix_texts(tokenizer, rollout, forks, [r["question"] for r in rows], cfg)
     in_flight = teacher_rollouts(run.teacher, prefix_texts, cfg.teacher_samples, cfg.chunk_len, tokenizer,  # step 4
-                                 cfg.teacher_max_tokens, draw_name(cfg, run.step), [rows[b] for b, _ in forks])
+                                 cfg.teacher_max_tokens, draw_name(cfg, run.step), [rows[b] for b, _ in forks],
+                                 cfg.horizon, cfg.max_new_tokens)
     with run.clock("drafts"):   # while an API teacher's requests are in flight
         drafts = draft_chunks(student, tokenizer, rollout, forks, cfg.num_drafts, cfg.chunk_len, cfg.temperature)  # 3
+        compared_texts, finished = drafts_to_horizon(student, tokenizer, drafts, cfg.horizon, cfg.draft_rollouts,
+                                                     horizon_tokens(cfg), cfg.temperature)
     teacher_texts = in_flight.wait(run.clock)
     answered = [f for f, texts in enumerate(teacher_texts) if texts]
     with run.clock("similarity"):
         candidate_texts = [[decode_after(tokenizer, drafts.prefix_ids[f], c) for c in drafts.chunk_ids[f]]
                            for f in answered]
-        similarities = similarity_matrices(run.similarity, candidate_texts, [teacher_texts[f] for f in answered])  # 5
+        similarities = similarity_matrices(run.similarity, [compared_texts[f] for f in answered],   # step 5
+                                           [teacher_texts[f] for f in answered],
+                                           [context_text(tokenizer, rollout, forks[f]) for f in answered],
+                                           [finished[f] for f in answered], cfg.draft_rollouts)
     answered_drafts = drafts.subset(answered)
     priors = [None] * len(answered)
     if cfg.prior == "student" and answered:  # u_k ∝ the student's own length-normalised draft probabilities
@@ -430,7 +520,8 @@ def omniopd_collect(run, rows, cfg) -> StepBatch:
     batch = StepBatch(rollout, answered_drafts.subset(voted),
                       torch.stack([targets[f] for f in voted]) if voted else torch.zeros(0, cfg.num_drafts),
                       num_tokens=int(mask_B_T.sum()), num_forks=len(voted),
-                      fork_texts=[(candidate_texts[f], teacher_texts[answered[f]], similarities[f]) for f in voted])
+                      fork_texts=[(candidate_texts[f], teacher_texts[answered[f]], similarities[f]) for f in voted],
+                      horizon_texts=[compared_texts[answered[f]] for f in voted])
     batch.metrics = {**fork_metrics(forks, len(answered), entropy_B_T, mask_B_T, similarities, batch.target_F_K),
                      **rollout_metrics(rollout, entropy_B_T)}
     return batch
@@ -496,21 +587,26 @@ def audit_collect(run, rows, cfg) -> StepBatch:
                             set(stop_token_ids(student, tokenizer)), cfg.audit_budget, cfg.chunk_len)
     prefix_texts = teacher_prefix_texts(tokenizer, rollout, anchors, [r["question"] for r in rows], cfg)
     in_flight = teacher_rollouts(run.teacher, prefix_texts, num_samples, cfg.chunk_len, tokenizer,   # step 4
-                                 cfg.teacher_max_tokens, draw_name(cfg, run.step), [rows[b] for b, _ in anchors])
+                                 cfg.teacher_max_tokens, draw_name(cfg, run.step), [rows[b] for b, _ in anchors],
+                                 cfg.horizon, cfg.max_new_tokens)
     own = draft_chunks(student, tokenizer, rollout, anchors, 1, cfg.chunk_len, cfg.temperature)  # K = 1: y_{t:t+C}
+    compared_texts, finished = drafts_to_horizon(student, tokenizer, own, cfg.horizon, cfg.draft_rollouts,
+                                                 horizon_tokens(cfg), cfg.temperature)
     logprobs_B_T = token_logprobs(response_logits(student, rollout), rollout.response_ids_B_T).cpu()
     answers = in_flight.wait(run.clock)
     kept = [c for c, texts in enumerate(answers) if texts is not None and len(texts) == num_samples]
     own = own.subset(kept)
     with run.clock("similarity"):
         own_texts = [decode_after(tokenizer, prefix, chunk) for prefix, (chunk,) in zip(own.prefix_ids, own.chunk_ids)]
-        phi = similarity_matrices(run.similarity, [[text] for text in own_texts], [answers[c] for c in kept])  # 5
+        phi = similarity_matrices(run.similarity, [compared_texts[c] for c in kept], [answers[c] for c in kept],  # 5
+                                  [context_text(tokenizer, rollout, anchors[c]) for c in kept],
+                                  [finished[c] for c in kept], cfg.draft_rollouts)
     phi_F_N = torch.stack(phi).view(len(kept), num_samples).clamp(0, 1) if kept else torch.zeros(0, num_samples)
     mean_logprob_F = torch.tensor([logprobs_B_T[b, t:t + cfg.chunk_len].mean().item() for b, t in own.forks])
     target_F, pi_bar_F = audit_target(phi_F_N.sum(1), mean_logprob_F, num_samples, cfg.dirichlet_alpha)   # step 6
     fork_texts = [([text], answers[c], phi_F_N[f:f + 1]) for f, (text, c) in enumerate(zip(own_texts, kept))]
     batch = StepBatch(rollout, own, target_F[:, None], fork_texts=fork_texts, num_forks=len(kept),
-                      num_rollouts=len(rows))
+                      num_rollouts=len(rows), horizon_texts=[compared_texts[c] for c in kept])
     batch.metrics = {**audit_metrics(batch, len(anchors), phi_F_N, pi_bar_F, cfg.chunk_len),
                      **rollout_metrics(rollout, entropy_B_T)}
     return batch

@@ -12,7 +12,10 @@ from omniopd_lib.common import OmniOPDError
 class Similarity:
     """Step 5: S_km = sim(c^k, r^m). embed: cosine of L2-normalised sentence embeddings;
     lexical: character n-gram F1; ned: 1 - normalised character edit distance; rouge1: word unigram F1;
-    or any callable (texts, texts) -> K × M matrix."""
+    numbers: F1 of the numbers the texts write; answer: 1 when the final answers of context + c^k and
+    context + r^m agree (an unfinished c^k has none), else 0; or any callable (texts, texts) -> K × M matrix.
+    Every text kind follows one rule for the decision to stop: a text that ends at once ("") agrees with
+    another that does (1) and with no text that goes on (0)."""
 
     def __init__(self, kind="embed", model_name="all-MiniLM-L6-v2", device="cpu"):
         self.kind, self.encoder = kind, None
@@ -20,14 +23,23 @@ class Similarity:
             self.kind = "callable"
         elif kind == "embed":
             self.encoder = load_encoder(model_name, device)
-        elif kind not in TEXT_METRICS:
-            raise OmniOPDError(f"unknown similarity '{kind}': use embed, {', '.join(TEXT_METRICS)}")
+        elif kind not in TEXT_METRICS and kind != "answer":
+            raise OmniOPDError(f"unknown similarity '{kind}': use embed, {', '.join(TEXT_METRICS)}, answer")
         self.custom = kind if callable(kind) else None
 
-    def matrices(self, candidates_F_K: list[list[str]], references_F_M: list[list[str]]) -> list[torch.Tensor]:
-        """One K × M similarity matrix per fork; all texts of the step go through the encoder as one batch."""
+    def matrices(self, candidates_F_K: list[list[str]], references_F_M: list[list[str]], contexts=None,
+                 finished=None) -> list[torch.Tensor]:
+        """One K × M similarity matrix per fork; all texts of the step go through the encoder as one batch.
+        contexts: per fork, the text before it (answer reads a final answer the student may have written already);
+        finished: per fork and draft, whether it reached a stop (answer: an unfinished draft has no final answer;
+        None = all finished)."""
         if self.kind == "callable":
             return [torch.as_tensor(self.custom(c, r), dtype=torch.float32) for c, r in zip(candidates_F_K, references_F_M)]
+        if self.kind == "answer":
+            contexts = contexts or [""] * len(candidates_F_K)
+            finished = finished or [[True] * len(c) for c in candidates_F_K]
+            return [answer_agreement(cands, refs, context, done)
+                    for cands, refs, context, done in zip(candidates_F_K, references_F_M, contexts, finished)]
         if self.kind in TEXT_METRICS:
             metric = TEXT_METRICS[self.kind]
             return [torch.tensor([[metric(c, r) for r in refs] for c in cands], dtype=torch.float32).view(len(cands), -1)
@@ -43,9 +55,37 @@ class Similarity:
         out, start = [], 0
         for cands, refs in zip(candidates_F_K, references_F_M):
             e_c, e_r = embeddings[start:start + len(cands)], embeddings[start + len(cands):start + len(cands) + len(refs)]
-            out.append(e_c @ e_r.T)
+            out.append(stop_rule(e_c @ e_r.T, cands, refs))
             start += len(cands) + len(refs)
         return out
+
+
+def stop_rule(similarity_K_M: torch.Tensor, candidates: list[str], references: list[str]) -> torch.Tensor:
+    """The decision to stop, for a similarity that cannot see it (an encoder embeds "" as some sentence): a text
+    that ends at once agrees with one that does and with nothing else."""
+    ends_K = torch.tensor([not c.strip() for c in candidates])
+    ends_M = torch.tensor([not r.strip() for r in references])
+    both, one = ends_K[:, None] & ends_M[None, :], ends_K[:, None] ^ ends_M[None, :]
+    return torch.where(both, 1.0, torch.where(one, 0.0, similarity_K_M))
+
+
+def answer_agreement(candidates: list[str], references: list[str], context: str, finished: list[bool]):
+    """answer: S_km = 1 when the final answer of context + c^k equals that of context + r^m (math-verify, as the
+    grader compares), else 0. A draft that did not finish (cut by the token budget, as a repetition loop is) has
+    no final answer and agrees with nothing; so has a text with no number. Each answer is read once."""
+    from omniopd_lib.grading import answers_match, extract_answer
+    candidate_answers = [extract_answer(context + c) if done else None for c, done in zip(candidates, finished)]
+    reference_answers = [extract_answer(context + r) for r in references]
+    known = {}
+
+    def agree(a, b):
+        if a is None or b is None:
+            return 0.0
+        if (a, b) not in known:
+            known[a, b] = float(answers_match(a, b))
+        return known[a, b]
+    return torch.tensor([[agree(a, b) for b in reference_answers] for a in candidate_answers],
+                        dtype=torch.float32).view(len(candidates), len(references))
 
 
 def load_encoder(model_name: str, device):
@@ -108,5 +148,24 @@ def rouge1(a: str, b: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def numbers_f1(a: str, b: str) -> float:
+    """F1 of the numbers two texts write, counted with multiplicity ("12 + 3 = 15" against "12 plus 3 makes 15":
+    1; against "12 - 3 = 9": 2/3), whatever words surround them: what a step computes, in any dialect. 1 when
+    both texts are empty and 0 when one is (the stop rule); 0.5, undecided, when either writes no number."""
+    if not a.strip() or not b.strip():
+        return float(not a.strip() and not b.strip())
+    numbers_a, numbers_b = Counter(NUMBER.findall(a)), Counter(NUMBER.findall(b))
+    if not numbers_a or not numbers_b:
+        return 0.5
+    common = sum((numbers_a & numbers_b).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / sum(numbers_a.values()), common / sum(numbers_b.values())
+    return 2 * precision * recall / (precision + recall)
+
+
 # the similarities computed from the two texts alone (no model)
-TEXT_METRICS = {"lexical": ngram_f1, "ned": ned, "rouge1": rouge1}
+TEXT_METRICS = {"lexical": ngram_f1, "ned": ned, "rouge1": rouge1, "numbers": numbers_f1}

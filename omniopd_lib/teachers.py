@@ -19,10 +19,13 @@ from omniopd_lib.generation import PLAIN_TEMPLATE, decode_after, generate, stop_
 from omniopd_lib.models import load_model
 
 
+# what a chat teacher replies when the solution needs nothing more: a chat reply cannot be empty, so it says so
+END_MARK = "[END]"
 CHAT_CONTINUE_PROMPT = (
     "Below is a problem and the beginning of a solution to it. Continue the solution exactly where "
     "it stops, as if you were writing the next words yourself. Do not repeat any of the text, do not "
-    "restart, and do not comment: reply with the continuation only.\n\n{prefix}")
+    "restart, and do not comment: reply with the continuation only. If the solution is already complete, "
+    "reply with " + END_MARK + " alone.\n\n{prefix}")
 
 
 TEACHER_PROMPT_FIELDS = ("prefix", "question", "answer")
@@ -66,8 +69,9 @@ STOPPED_ON_PURPOSE = ("stop", "eos", "end_turn", "stop_sequence")
 
 def teacher_answer(text, stopped: bool):
     """The one rule every teacher backend follows for a reply: its text, less a leading <think>...</think>
-    block (reasoning models). An empty reply the teacher ended on purpose (a stop token; finish_reason "stop")
-    is "", a vote for ending the solution here, which the student's own draft [EOS] can match. An empty reply
+    block (reasoning models). An empty reply the teacher ended on purpose (a stop token; finish_reason "stop"; a
+    chat teacher's "[END]", END_MARK, which the instruction asks for when the solution is complete) is "", a vote
+    for ending the solution here, which the student's own draft [EOS] can match; an END_MARK after text is cut. An empty reply
     cut by the token limit, a think block never closed, or a reply without text is a failed request: None."""
     if not isinstance(text, str):
         return None
@@ -75,6 +79,8 @@ def teacher_answer(text, stopped: bool):
         if "</think>" not in text:
             return None   # it spent every token thinking
         text = text.split("</think>", 1)[1].lstrip()
+    if text.rstrip().endswith(END_MARK):   # "[END]" alone: the solution is complete; after text: it ends there
+        text, stopped = text.rstrip()[:-len(END_MARK)].rstrip(" "), True
     if text.strip():
         return text
     return "" if stopped else None

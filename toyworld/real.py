@@ -40,7 +40,8 @@ def gemma_gguf() -> Path:
 # stronger teacher of itself (the student never sees it)
 PRIVILEGED_PROMPT = ("Below is a problem, its correct final answer, and the beginning of a solution. Continue the "
                      "solution exactly where it stops so that it reaches the correct answer; reply with the "
-                     "continuation only.\n\nCorrect final answer: {answer}\n\n{prefix}")
+                     "continuation only. If the solution is already complete, reply with [END] alone.\n\nCorrect "
+                     "final answer: {answer}\n\n{prefix}")
 # The candidate teachers of SmolLM2-135M-Instruct behind llama.cpp's server: (GGUF, teacher mode, teacher prompt;
 # "" = the built-in continuation instruction). bench/results/teacher_strength.md measures each one's own accuracy.
 REAL_TEACHERS = {
