@@ -271,7 +271,8 @@ def draft_chunks(student, tokenizer, rollout, forks, num_drafts, chunk_len, temp
 def drafts_to_horizon(student, tokenizer, drafts: Drafts, horizon: str, num_rollouts: int, max_tokens: int,
                       temperature: float) -> tuple[list[list[str]], list[list[bool]]]:
     """Step 3, what a draft is compared by: c^k itself under the chunk horizon; under step and end, c^k carried on by R
-    of the student's own rollouts from s_t + c^k (at temperature τ, up to max_tokens), each cut at the horizon
+    of the student's own rollouts from s_t + c^k (at temperature τ; step: up to max_tokens more; end: to the rollout's
+    own budget of max_tokens from its start), each cut at the horizon
     (horizon_text), so a draft is judged by where it leads as the teacher's continuation is. The gradient still
     flows through c^k alone (step 7). Returns per fork its K·R texts (draft k's R in a row) and whether each
     reached a stop token (a rollout cut by max_tokens has not finished: it has no final answer)."""
@@ -282,9 +283,12 @@ def drafts_to_horizon(student, tokenizer, drafts: Drafts, horizon: str, num_roll
     if horizon == "chunk" or not drafts.chunk_ids:
         return chunk_texts, ended
     sequences = [p + c for p, chunks in zip(drafts.prefix_ids, drafts.chunk_ids) for c in chunks]
+    # each rollout keeps its own budget: a draft at t of a rollout of max_tokens may add max_tokens - t - |c^k| more
+    budgets = [max_tokens - t - len(c) if horizon == "end" else max_tokens
+               for (_, t), chunks in zip(drafts.forks, drafts.chunk_ids) for c in chunks]
     batch = left_pad(sequences, tokenizer.pad_token_id, student.device)
-    new_ids = generate(student, tokenizer, batch["input_ids"], batch["attention_mask"], max_tokens, temperature,
-                       n=num_rollouts).tolist()
+    new_ids = generate(student, tokenizer, batch["input_ids"], batch["attention_mask"], max(1, max(budgets)),
+                       temperature, n=num_rollouts).tolist()
     texts, finished, row = [], [], 0
     for f, chunks in enumerate(drafts.chunk_ids):
         texts.append([]), finished.append([])
@@ -293,7 +297,7 @@ def drafts_to_horizon(student, tokenizer, drafts: Drafts, horizon: str, num_roll
                 if ended[f][k]:   # the draft stopped: nothing follows it
                     carried_on, done = chunk_texts[f][k], True
                 else:
-                    more = cut_at_stop(new_ids[row], stops)
+                    more = cut_at_stop(new_ids[row][:max(0, budgets[row // num_rollouts])], stops)
                     carried_on = chunk_texts[f][k] + decode_after(tokenizer, drafts.prefix_ids[f] + chunk, more)
                     done = bool(more) and more[-1] in stops
                 texts[f].append(horizon_text(carried_on, horizon))

@@ -63,8 +63,9 @@ class ModelServer(ThreadingHTTPServer):
     request_queue_size = 256  # a burst of concurrent clients must not be refused at connect
 
     def __init__(self, address, model_name, device="cpu", max_batch=256, faults=None, latency=0.0,
-                 api_key=None, served_models=None, n_policy="honour"):
+                 api_key=None, served_models=None, n_policy="honour", reply=None):
         super().__init__(address, Handler)
+        self.reply = reply   # echo: this fixed text as every answer (None: " and so on after <the prompt's last word>")
         # like a real provider: a wrong key gets 401 (its message quoting the key), an unknown model 404
         self.api_key, self.served_models = api_key, served_models
         self.model_name, self.max_batch, self.latency = model_name, max_batch, latency
@@ -102,7 +103,8 @@ class ModelServer(ThreadingHTTPServer):
         """n continuations of prompt, the tokens each used, whether each ended on a stop token, and the
         prompt's length in tokens. A templated prompt already holds its special tokens (BOS); a raw one gets them."""
         if self.model is None:
-            text = f" and so on after {prompt.split()[-1] if prompt.split() else 'nothing'}"
+            text = self.reply if self.reply is not None else \
+                f" and so on after {prompt.split()[-1] if prompt.split() else 'nothing'}"
             with self.lock:
                 self.requests_served += 1
             return [text] * n, [len(text.split())] * n, [True] * n, len(prompt.split())
@@ -291,7 +293,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def start_in_thread(model_name="toy", host="127.0.0.1", port=0, **options) -> ModelServer:
     """Start a server on a free loopback port in a background thread; .server_address has the port.
-    options: faults, latency, api_key, served_models (see ModelServer)."""
+    options: faults, latency, api_key, served_models, n_policy, reply (see ModelServer)."""
     server = ModelServer((host, port), model_name, **options)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
