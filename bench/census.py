@@ -5,9 +5,10 @@ training run (issue #32).
     python bench/census.py --world stories
     python bench/census.py --world stories --candidates chunk:embed end:answer:2 --batches 2   # some, quickly
 
-A candidate is HORIZON:SIMILARITY[:R] (omniopd.py's --horizon, --similarity and --draft-rollouts). Every candidate
-sees the same forks and the same K drafts: each batch is sampled from the same seed for each one, so only what the
-drafts are compared with, and how, differs. Candidates with the same horizon share the teacher's continuations (one
+A candidate is HORIZON:SIMILARITY[:R][:FIELD=VALUE...] (omniopd.py's --horizon, --similarity, --draft-rollouts
+and any other field, e.g. end:numbers:audit_budget=2:teacher_max_tokens=96). Candidates that
+choose forks and drafts alike (the same B and K) see the same forks and the same K drafts: each batch is sampled
+from the same seed for each one, so only what the drafts are compared with, and how, differs. Candidates with the same horizon share the teacher's continuations (one
 sample of M per fork, as one run would draw), billed to each as if drawn for it.
 
 Each draft is labelled as bench/diagnose.py --census labels it: right when the world's own teacher, which writes
@@ -70,8 +71,16 @@ class SharedDraw:
 
 
 def parse_candidate(text: str) -> dict:
-    horizon, similarity, *rollouts = text.split(":")
-    return {"horizon": horizon, "similarity": similarity, "draft_rollouts": int(rollouts[0]) if rollouts else 1}
+    """HORIZON:SIMILARITY[:R][:FIELD=VALUE...] -> omniopd.Config fields: "end:numbers:2:audit_budget=2" is
+    --horizon end --similarity numbers --draft-rollouts 2 --audit-budget 2."""
+    horizon, similarity, *rest = text.split(":")
+    options = {"horizon": horizon, "similarity": similarity, "draft_rollouts": 1}
+    for part in rest:
+        name, _, value = part.rpartition("=")
+        name = name or "draft_rollouts"
+        kind = type(getattr(omniopd.Config(), name))
+        options[name] = kind(value) if kind in (int, float, str) else int(value)
+    return options
 
 
 def step_seconds(run, rows, cfg, collect, loss_fn, seed) -> tuple:
@@ -124,17 +133,17 @@ def census(world, candidates, batches, seed=0):
                 _, logprobs_F_K, lengths_F_K = omniopd.rollout_and_drafts_forward(run.student, batch.rollout,
                                                                                   batch.drafts)
                 q_F_K = torch.softmax(logprobs_F_K / lengths_F_K.float() ** cfg.length_norm, 1)
-            unlabelled = [f for f, fork in enumerate(batch.drafts.forks) if fork not in labels]
+            # a candidate that picks forks or drafts its own way (another budget B or K) gets its own labels
+            keys = [(fork, tuple(texts)) for fork, (texts, _, _) in zip(batch.drafts.forks, batch.fork_texts)]
+            unlabelled = [f for f, key in enumerate(keys) if key not in labels]
             if unlabelled:
                 prefixes = [run.tokenizer.decode(batch.drafts.prefix_ids[f], skip_special_tokens=True)
                             for f in unlabelled]
                 found = drafts_reach_answer(labeller, [batch_rows[batch.drafts.forks[f][0]] for f in unlabelled],
                                             prefixes, [batch.fork_texts[f][0] for f in unlabelled], cfg.max_new_tokens)
-                labels.update({batch.drafts.forks[f]: (batch.fork_texts[f][0], verdicts)
-                               for f, verdicts in zip(unlabelled, found)})
+                labels.update({keys[f]: verdicts for f, verdicts in zip(unlabelled, found)})
             for f, (draft_texts, teacher_texts, similarity_K_M) in enumerate(batch.fork_texts):
-                labelled_drafts, right = labels[batch.drafts.forks[f]]
-                assert labelled_drafts == draft_texts, "the candidates must see the same drafts"
+                right = labels[keys[f]]
                 out[name]["forks"].append({
                     "right": right, "target": batch.target_F_K[f].tolist(), "q": q_F_K[f].tolist(),
                     "similarity": similarity_K_M.mean(1).tolist(), "drafts": draft_texts, "teacher": teacher_texts,

@@ -6,6 +6,7 @@ import contextlib
 import random
 from dataclasses import dataclass, field
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -19,28 +20,86 @@ class OmniOPDError(Exception):
 
 
 def redact(text: str, secrets) -> str:
-    """text with every secret blanked before anything is cut or printed: the whole secret, any prefix of 8 or more
-    of its characters (a server may quote a key cut short), and whatever follows 'Bearer '."""
+    """text with every secret blanked before anything is cut or printed: the whole secret, any run of 8 or more of
+    its characters (a server may quote a key cut short, from either end, or its middle), and whatever follows
+    'Bearer '."""
     text = re.sub(r"(?i)\b(bearer\s+)\S+", r"\1***", str(text))
     for secret in (s for s in secrets if s):
-        for length in range(len(secret), 7, -1):
-            text = text.replace(secret[:length], "***")
+        for length in range(len(secret), 7, -1):   # longest first, so a whole key goes in one piece
+            for start in range(len(secret) - length + 1):
+                text = text.replace(secret[start:start + length], "***")
     return text
 
 
-class DeadlineTransport(httpx.HTTPTransport):
-    """An HTTP transport under which each request must be answered whole within `seconds`: httpx's own timeout
-    is per read, so a server that trickles a byte at a time could hold a request for ever."""
+# the most bytes one teacher reply may take: 256 choices of 16,000 characters with JSON's escapes fit; a reply that
+# runs past it is refused as it arrives, before it fills memory (a hostile or broken server may send gigabytes)
+MAX_REPLY_BYTES = 16 * 2**20
+REQUEST = threading.local()   # the deadline and bytes read of the request this thread is making
 
-    def __init__(self, seconds: float):
+
+class DeadlineTransport(httpx.HTTPTransport):
+    """An HTTP transport under which each request must be answered whole within `seconds`, status line and headers
+    included, and in at most MAX_REPLY_BYTES: httpx's own timeout is per read, so a server that trickles a byte at
+    a time (headers too) could hold a request for ever. Every socket read waits at most until the deadline."""
+
+    def __init__(self, seconds: float, max_bytes: int = MAX_REPLY_BYTES):
         super().__init__()
-        self.seconds = seconds
+        self.seconds, self.max_bytes = seconds, max_bytes
+        self._pool._network_backend = DeadlineBackend(self._pool._network_backend)
 
     def handle_request(self, request):
-        deadline = time.monotonic() + self.seconds
+        REQUEST.deadline, REQUEST.bytes, REQUEST.max_bytes = time.monotonic() + self.seconds, 0, self.max_bytes
+        REQUEST.seconds = self.seconds
         response = super().handle_request(request)
         return httpx.Response(response.status_code, headers=response.headers, extensions=response.extensions,
-                              stream=DeadlineStream(response.stream, deadline, self.seconds, request))
+                              stream=DeadlineStream(response.stream, REQUEST.deadline, self.seconds, request))
+
+
+class DeadlineBackend:
+    """httpcore's network backend with every stream it opens under the calling thread's request deadline."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def connect_tcp(self, *args, **kwargs):
+        return DeadlineNetworkStream(self.backend.connect_tcp(*args, **kwargs))
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+
+class DeadlineNetworkStream:
+    """A socket whose reads wait no longer than the current request's deadline and stop at its byte cap."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def read(self, max_bytes: int, timeout=None):
+        import httpcore
+        deadline = getattr(REQUEST, "deadline", None)
+        if deadline is None:
+            return self.stream.read(max_bytes, timeout)
+        started = time.monotonic()
+        while True:   # in slices of a quarter second, so that a cancelled run stops waiting at once
+            now = time.monotonic()
+            if now >= deadline:
+                raise httpcore.ReadTimeout(f"no whole reply within {REQUEST.seconds:g} s")
+            if getattr(REQUEST, "cancelled", None) is not None and REQUEST.cancelled.is_set():
+                raise httpcore.ReadError("the run was interrupted")
+            try:
+                data = self.stream.read(max_bytes, min(deadline - now, 0.25))
+                break
+            except httpcore.ReadTimeout:
+                if timeout is not None and time.monotonic() - started >= timeout:
+                    raise
+        if deadline is not None:
+            REQUEST.bytes += len(data)
+            if REQUEST.bytes > REQUEST.max_bytes:
+                raise httpcore.ReadError(f"reply longer than {REQUEST.max_bytes} bytes, refused")
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 class DeadlineStream(httpx.SyncByteStream):

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from omniopd_lib.common import DeadlineTransport, OmniOPDError, redact
+from omniopd_lib.common import REQUEST, DeadlineTransport, OmniOPDError, redact
 from omniopd_lib.generation import PLAIN_TEMPLATE, decode_after, generate, stop_token_ids
 from omniopd_lib.models import load_model
 
@@ -162,7 +162,11 @@ class InFlight:
 
     def wait(self, clock=None):
         with clock("teacher_wait") if clock else contextlib.nullcontext():
-            answers = self.finish(self.future.result() if self.future else self.answers())
+            try:
+                answers = self.finish(self.future.result() if self.future else self.answers())
+            except BaseException:   # Ctrl-C: requests in flight are cut and no new one (billed) goes out
+                getattr(self.teacher, "cancel", lambda: None)()
+                raise
         if clock:
             clock.add("teacher", self.seconds)
         return answers
@@ -212,11 +216,13 @@ class HFTeacher(Teacher):
 class OpenAITeacher(Teacher):
     """Any OpenAI-compatible endpoint (OpenAI; Anthropic and Gemini compatibility endpoints; vLLM; SGLang; llama.cpp).
     The n continuations of a prefix are one request (`n`), so the prefix is sent and billed once; a server that
-    refuses `n` or returns fewer choices gets single requests from then on (said once). A rollout's prefixes are
-    nested, so they go out one after another in ascending order, each after the last, where a server's prefix
-    cache can reuse the shared part; different rollouts go out concurrently, `concurrency` at a time. The openai
-    client retries timeouts, 429 (honouring Retry-After) and 5xx with backoff. A prefix whose requests all fail
-    comes back as None. The meter counts requests and the server's own usage figures."""
+    refuses `n` (a 400 to the request with n that the same request without n does not get) or returns fewer choices
+    gets single requests from then on (said once). A rollout's prefixes are nested, so they go out one after another
+    in ascending order, each after the last, where a server's prefix cache can reuse the shared part; a chain whose
+    request failed sends no more (the endpoint is down: its later prefixes would fail the same way). Different
+    rollouts go out concurrently, `concurrency` at a time. The openai client retries timeouts, 429 (honouring
+    Retry-After) and 5xx with backoff; every HTTP request, retries included, is on the meter. A prefix whose
+    requests all fail comes back as None. cancel() (Ctrl-C) stops every request in flight and sends no more."""
     overlaps = True
 
     def __init__(self, model, base_url="", api_key_env="OPENAI_API_KEY", mode="auto", temperature=1.0,
@@ -225,18 +231,38 @@ class OpenAITeacher(Teacher):
         api_key = os.environ.get(api_key_env)
         if not api_key:
             raise OmniOPDError(f"teacher API key missing: set the environment variable {api_key_env}")
-        # timeout: a whole-request deadline (DeadlineTransport), not httpx's per-read one
+        # timeout: a whole-request deadline (DeadlineTransport), not httpx's per-read one; every request sent, the
+        # client's own retries too, passes the meter's hook
+        self.http = httpx.Client(transport=DeadlineTransport(timeout), timeout=timeout,
+                                 event_hooks={"request": [self.count_request]})
         self.client = openai.OpenAI(api_key=api_key, base_url=base_url or None, timeout=timeout, max_retries=retries,
-                                    http_client=httpx.Client(transport=DeadlineTransport(timeout), timeout=timeout))
+                                    http_client=self.http)
         self.model, self.temperature, self.concurrency = model, temperature, concurrency
         self.reasoning_effort, self.price = reasoning_effort, price
         self.mode = "chat" if mode == "auto" else mode
         self.calls = self.failures = self.tokens = self.requests = self.prompt_tokens = self.cached_tokens = 0
-        self.n_per_request, self.lock = True, threading.Lock()
+        self.n_per_request, self.lock, self.cancelled = True, threading.Lock(), threading.Event()
 
-    def one_request(self, message: str, max_tokens: int, n: int = 1) -> list:
+    def count_request(self, request) -> None:
+        """The meter's `requests`: every HTTP request that leaves, the client's retries included; none leaves once
+        the run is cancelled."""
+        REQUEST.cancelled = self.cancelled
+        if self.cancelled.is_set():
+            raise Cancelled("the run was interrupted: no more teacher requests")
+        with self.lock:
+            self.requests += 1
+
+    def cancel(self) -> None:
+        """Stop at once: no request is sent from now on, and those in flight are cut (their connections closed)."""
+        self.cancelled.set()
+        with contextlib.suppress(Exception):
+            self.http.close()
+
+    def one_request(self, message: str, max_tokens: int, n: int = 1):
         """One request for n continuations of message (teacher_message's text): each answer under teacher_answer's
-        rule, as many as the server returned, or [None] * n (and one logged line) when it failed."""
+        rule, one per choice index 0..n-1 (a choice repeating an index gets no second vote), each cut to
+        max_tokens · CHARACTERS_PER_TOKEN_AT_MOST characters; [None] * n (and one logged line) when it failed;
+        REFUSED for a 400 (the caller tells a refused `n` from a bad request)."""
         import openai
         sampling = {"n": n} if n > 1 else {}
         try:
@@ -244,30 +270,22 @@ class OpenAITeacher(Teacher):
                 reply = self.client.chat.completions.create(
                     model=self.model, temperature=self.temperature, **token_budget(max_tokens, self.reasoning_effort),
                     messages=[{"role": "user", "content": message}], **sampling)
-                texts = [choice.message.content for choice in reply.choices]
             else:
                 reply = self.client.completions.create(
                     model=self.model, prompt=message, max_tokens=max_tokens, temperature=self.temperature, **sampling)
-                texts = [choice.text for choice in reply.choices]
             self.count(reply.usage)
-            # a server that sends more choices than asked for gets no extra votes
-            return [teacher_answer(text, choice.finish_reason in STOPPED_ON_PURPOSE)
-                    for text, choice in zip(texts, reply.choices)][:n]
+            answers = reply_answers(reply, self.mode, n, max_tokens * CHARACTERS_PER_TOKEN_AT_MOST)
+            if not answers:
+                raise ValueError("the reply has no choices")
+            return answers
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as error:
             what = "does not know the model" if error.status_code == 404 else "rejected the API key"
             raise OmniOPDError(f"teacher {self.model}: the server {what} (HTTP {error.status_code})") from None
         except openai.BadRequestError as error:
-            with self.lock:
-                self.requests += 1
-            if n > 1:   # most likely `n` itself: the caller asks again one at a time
-                self.stop_asking_for_n(f"it refused a request for {n} (HTTP 400)")
-                return []
-            self.log_failure(error)
-            return [None]
-        except (openai.OpenAIError, AttributeError, IndexError, TypeError, ValueError) as error:
-            with self.lock:
-                self.requests += 1
-            self.log_failure(error)
+            return Refused(error)
+        except (openai.OpenAIError, httpx.HTTPError, AttributeError, IndexError, TypeError, ValueError) as error:
+            if not self.cancelled.is_set():
+                self.log_failure(error)
             return [None] * n
 
     def meter(self) -> dict:
@@ -279,16 +297,16 @@ class OpenAITeacher(Teacher):
         return {**super().meter(), **bill}
 
     def count(self, usage) -> None:
-        """One answered request on the meter, with the server's own usage figures (cached prompt tokens where it
-        reports them, as OpenAI's prompt_tokens_details.cached_tokens)."""
+        """One answered request's usage figures on the meter (cached prompt tokens where the server reports them,
+        as OpenAI's prompt_tokens_details.cached_tokens; never more than the prompt tokens)."""
         def tokens(owner, name):   # a missing, negative or non-integer figure counts as 0
             value = getattr(owner, name, 0)
-            return value if isinstance(value, int) and value > 0 else 0
+            return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
         details = getattr(usage, "prompt_tokens_details", None)
         with self.lock:
-            self.requests += 1
-            self.prompt_tokens += tokens(usage, "prompt_tokens")
-            self.cached_tokens += tokens(details, "cached_tokens")
+            prompt = tokens(usage, "prompt_tokens")
+            self.prompt_tokens += prompt
+            self.cached_tokens += min(tokens(details, "cached_tokens"), prompt)
             self.tokens += tokens(usage, "completion_tokens")
 
     def log_failure(self, error) -> None:
@@ -304,32 +322,82 @@ class OpenAITeacher(Teacher):
 
     def samples(self, message: str, max_tokens: int, n: int, singles) -> list:
         """n continuations of one message: one request for all n while the server honours `n`; what it did not
-        return, one request each, concurrently on the `singles` pool."""
+        return, one request each, concurrently on the `singles` pool. A 400 to the request with n is taken for a
+        refused `n` only when the same message alone is answered; a 400 to both is this message's fault (too
+        long, say), and n stays on for the others."""
         answers = []
         if n > 1 and self.n_per_request:
             answers = self.one_request(message, max_tokens, n)
-            if 0 < len(answers) < n:
+            if isinstance(answers, Refused):
+                alone = self.one_request(message, max_tokens)
+                if isinstance(alone, Refused):
+                    self.log_failure(alone.error)
+                    return [None] * n
+                self.stop_asking_for_n("it refused a request for n (HTTP 400) and answered one without")
+                answers = alone
+            elif answers == [None] * n:   # the request failed: its singles would fail alike
+                return answers
+            elif len(answers) < n:
                 self.stop_asking_for_n(f"it returned {len(answers)} of {n} choices")
         rest = [singles.submit(self.one_request, message, max_tokens) for _ in range(n - len(answers))]
-        return answers + [future.result()[0] for future in rest]
+        for future in rest:
+            got = future.result()
+            if isinstance(got, Refused):
+                self.log_failure(got.error)
+                got = [None]
+            answers.append(got[0])
+        return answers
 
     def continuations(self, prefixes: list[str], n: int, max_tokens: int, draw="", rows=None) -> list[list[str] | None]:
         """n continuations of each prefix (rows: each prefix's dataset row, for the prompt's {question} and
         {answer}). Consecutive nested prefixes (one rollout's forks in ascending order, as omniopd.py passes them)
-        form a chain sent in order; chains run concurrently. No cache, so `draw` is unused."""
+        form a chain sent in order, until one of its requests fails; chains run concurrently. No cache, so `draw`
+        is unused."""
         rows = rows or [None] * len(prefixes)
         messages = [teacher_message(teacher_template(self), p, row) for p, row in zip(prefixes, rows)]
-        answers = [None] * len(prefixes)
+        answers = [[None] * n for _ in prefixes]
 
         def send(chain):
             for i in chain:
+                if self.cancelled.is_set():
+                    return
                 answers[i] = self.samples(messages[i], max_tokens, n, singles)
+                if all(a is None for a in answers[i]):
+                    return
         with concurrent.futures.ThreadPoolExecutor(self.concurrency) as chains, \
                 concurrent.futures.ThreadPoolExecutor(self.concurrency) as singles:
             list(chains.map(send, nested_chains(prefixes, rows)))
         self.calls += len(prefixes) * n
         self.failures += sum(a is None for row in answers for a in row)
         return [[a for a in row if a is not None] or None for row in answers]
+
+
+class Cancelled(BaseException):
+    """A request the run no longer wants (Ctrl-C): not an Exception, so that no retry loop catches it."""
+
+
+class Refused:
+    """A request the server answered with HTTP 400."""
+
+    def __init__(self, error):
+        self.error = error
+
+
+def reply_answers(reply, mode: str, n: int, max_chars: int) -> list:
+    """A chat or completion reply's answers by teacher_answer's rule, at most one per choice index 0..n-1 (a choice
+    that repeats an index, or names one outside, gets no vote; a choice with no index takes the next free one), each
+    text cut to max_chars characters before it is kept."""
+    kept = {}
+    for choice in getattr(reply, "choices", None) or []:
+        index = getattr(choice, "index", None)
+        if not isinstance(index, int) or isinstance(index, bool):
+            index = next((i for i in range(n) if i not in kept), None)
+        if index is None or not 0 <= index < n or index in kept:
+            continue
+        text = choice.message.content if mode == "chat" else choice.text
+        text = text[:max_chars] if isinstance(text, str) else text
+        kept[index] = teacher_answer(text, choice.finish_reason in STOPPED_ON_PURPOSE)
+    return [kept[i] for i in sorted(kept)]
 
 
 def nested_chains(prefixes: list[str], rows: list) -> list[list[int]]:

@@ -292,9 +292,14 @@ def test_the_teacher_timeout_is_a_deadline_for_the_whole_request(hostile, monkey
 
 
 def test_an_oversized_reply_is_cut_before_it_is_tokenized(hostile, monkeypatch, tiny_lm):
-    """A 20 MB reply (a server ignoring max_tokens): the fork keeps its first L tokens."""
-    huge = "7 + 5 = 12. " * 1_700_000
-    url = hostile(lambda handler, body: handler.send_json(200, reply(huge)))
+    """A 20 MB reply (a server ignoring max_tokens) is refused as it arrives, past the transport's byte cap, and
+    never held whole (issue #33, item 7); a 1 MB one, under the cap, is cut to max_tokens · 64 characters before it
+    is kept, and the fork keeps its first L tokens."""
+    from omniopd_lib.common import MAX_REPLY_BYTES
+    huge, large = "7 + 5 = 12. " * 1_700_000, "7 + 5 = 12. " * 90_000
+    assert len(huge) > MAX_REPLY_BYTES > len(large) > 16 * omniopd.CHARACTERS_PER_TOKEN_AT_MOST
+    replies = iter([huge, large])
+    url = hostile(lambda handler, body: handler.send_json(200, reply(next(replies))))
     _, tokenizer = tiny_lm
     seen = []
 
@@ -305,9 +310,11 @@ def test_an_oversized_reply_is_cut_before_it_is_tokenized(hostile, monkeypatch, 
 
         def __getattr__(self, name):
             return getattr(tokenizer, name)
-    texts = omniopd.teacher_rollouts(api_teacher(url, monkeypatch, timeout=60.0), ["Tom has"], 1, 16, Watched()).wait()
-    assert texts == [[huge[:16]]]   # the toy tokenizer writes a character per token
-    assert max(seen) <= 16 * omniopd.CHARACTERS_PER_TOKEN_AT_MOST   # not 20 MB
+    teacher = api_teacher(url, monkeypatch, timeout=60.0)
+    assert omniopd.teacher_rollouts(teacher, ["Tom has"], 1, 16, Watched()).wait() == [None]   # refused
+    texts = omniopd.teacher_rollouts(teacher, ["Tom has"], 1, 16, Watched()).wait()
+    assert texts == [[large[:16]]]   # the toy tokenizer writes a character per token
+    assert max(seen) <= 32 * omniopd.CHARACTERS_PER_TOKEN_AT_MOST   # not 1 MB
 
 
 @pytest.mark.parametrize("make", [api_teacher, pool_teacher])
