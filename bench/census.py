@@ -177,6 +177,14 @@ def summary(result: dict) -> dict:
             "stop_forks": sum(any(f["ends"]) and not all(f["ends"]) for f in forks)}
 
 
+def compact(results, args) -> dict:
+    """What <name>.json keeps: each candidate's summary and, per fork, its labels, p̂, q and S (the texts stay in
+    the run: they would make the file megabytes)."""
+    keep = ("right", "target", "q", "similarity", "ends")
+    return {"args": vars(args), "summary": {name: summary(result) for name, result in results.items()},
+            "forks": {name: [{k: fork[k] for k in keep} for fork in result["forks"]] for name, result in results.items()}}
+
+
 def report(results, cfg, args) -> list[str]:
     lines = [f"# Census of the comparison's candidates on the {args.world} world", "",
              f"Made by `python bench/census.py {' '.join(sys.argv[1:])}`: {args.batches} batches × {cfg.batch_size} "
@@ -226,8 +234,7 @@ def main():
     folder.mkdir(parents=True, exist_ok=True)
     name = args.name or f"census-{args.world}"
     (folder / f"{name}.md").write_text("\n".join(lines) + "\n")
-    (folder / f"{name}.json").write_text(json.dumps({"args": vars(args), "results": results,
-                                                     "summary": {n: summary(r) for n, r in results.items()}}))
+    (folder / f"{name}.json").write_text(json.dumps(compact(results, args)))
     print("\n".join(lines))
 
 
