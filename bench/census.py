@@ -182,7 +182,12 @@ def compact(results, args) -> dict:
     the run: they would make the file megabytes)."""
     keep = ("right", "target", "q", "similarity", "ends")
     return {"args": vars(args), "summary": {name: summary(result) for name, result in results.items()},
-            "forks": {name: [{k: fork[k] for k in keep} for fork in result["forks"]] for name, result in results.items()}}
+            "forks": {name: [{k: rounded(fork[k]) for k in keep} for fork in result["forks"]]
+                      for name, result in results.items()}}
+
+
+def rounded(values):
+    return [round(v, 4) if isinstance(v, float) else v for v in values]
 
 
 def report(results, cfg, args) -> list[str]:
