@@ -80,18 +80,48 @@ def resume_state(cfg):
         raise OmniOPDError(f"--resume {cfg.resume}: not a checkpoint folder (no trainer_state.pt); "
                            f"checkpoints are <out>/checkpoints/step-N")
     state = load_plain_state(Path(cfg.resume) / "trainer_state.pt")
+    check_state_shape(state, Path(cfg.resume) / "trainer_state.pt")
     check_resumable(state.get("config", {}), cfg)
     return state
 
 
+def is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_state_shape(state: dict, path) -> None:
+    """A plain state of the shape save_checkpoint writes, checked before any model loads: a step that is a count,
+    AdamW's state as a dict with its parameter groups, every random stream, plain settings and the teacher's
+    counters as counts. Anything else (a hand-made or tampered file) is one line."""
+    rng = state.get("rng")
+    rules = [(is_count(state.get("step")), "its step is not a whole number of 0 or more"),
+             (isinstance(state.get("optimizer"), dict) and isinstance(state["optimizer"].get("state"), dict)
+              and isinstance(state["optimizer"].get("param_groups"), list), "it holds no optimizer state"),
+             (isinstance(rng, dict) and {"python", "torch", "numpy"} <= set(rng), "it holds no random state"),
+             (isinstance(state.get("config", {}), dict), "its config is not a dict"),
+             (isinstance(state.get("teacher", {}), dict) and all(is_count(v) for v in state.get("teacher", {}).values()),
+              "its teacher counters are not whole numbers of 0 or more")]
+    for ok, why in rules:
+        if not ok:
+            raise OmniOPDError(f"{path}: not a training state this program wrote, refused ({why})")
+
+
 def restore(run, state: dict, cfg) -> None:
     """A run where the checkpoint left it: AdamW's moments (with the new rate and decay), the step, every random
-    stream, the teacher's counters."""
-    run.optimizer.load_state_dict(state["optimizer"])
+    stream, the teacher's counters (TEACHER_COUNTERS only, each a count: a state naming the teacher's model,
+    temperature or prompt changes nothing)."""
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as error:   # the shape fits, its insides not
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise OmniOPDError(f"--resume {cfg.resume}: its optimizer or random state does not fit this run ({reason})") \
+            from None
     for group in run.optimizer.param_groups:   # the saved groups carry the old run's settings
         group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
     run.step = state["step"]
-    set_rng_state(state["rng"])
-    if run.teacher is not None:
-        for counter, value in state.get("teacher", {}).items():
-            setattr(run.teacher, counter, value)
+    if run.teacher is not None:   # the counters alone: every setting of the teacher comes from the command line
+        for counter in TEACHER_COUNTERS:
+            value = state.get("teacher", {}).get(counter, 0)
+            if is_count(value) and hasattr(run.teacher, counter):
+                setattr(run.teacher, counter, value)

@@ -133,8 +133,8 @@ def io_pairs(record: dict, where: str):
         spec = record["input_output"]
         try:
             spec = json.loads(spec) if isinstance(spec, str) else spec
-        except (json.JSONDecodeError, RecursionError):
-            raise CodeTaskError(f"{where}: field 'input_output' is not valid JSON") from None
+        except (ValueError, RecursionError):   # not JSON, nested past Python's limit, an integer of 4,300+ digits
+            raise CodeTaskError(f"{where}: field 'input_output' is not JSON this reader takes") from None
         spec = spec or {}
         if not isinstance(spec, dict) or not all(isinstance(spec.get(k, []), list) for k in ("inputs", "outputs")):
             raise CodeTaskError(f"{where}: field 'input_output' must be an object with lists 'inputs' and 'outputs'")
@@ -158,7 +158,10 @@ def io_pairs(record: dict, where: str):
 
 def _as_text(value):
     if isinstance(value, list):   # APPS sometimes stores a case's lines as a list
-        value = "\n".join(map(str, value))
+        try:
+            value = "\n".join(map(str, value))
+        except (ValueError, RecursionError):   # an integer past str()'s 4,300 digits, a list nested past the limit
+            return None
     return value if isinstance(value, str) else None
 
 
@@ -168,7 +171,7 @@ def python_solution(record: dict):
     if isinstance(solutions, str):
         try:
             solutions = json.loads(solutions)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):   # not JSON, too deep, or an integer of 4,300+ digits: no solution
             return None
     if isinstance(solutions, dict):   # CodeContests: {"language": [...], "solution": [...]}, 3 = Python 3
         solutions = [s for lang, s in zip(solutions.get("language", []), solutions.get("solution", [])) if lang == 3]

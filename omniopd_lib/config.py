@@ -51,9 +51,13 @@ def parse_args(argv, config_class, description: str):
 def check_prompt_template(template: str) -> None:
     """--prompt-template: {question} must be there, and no other name in braces ({{ and }} for literal braces)."""
     try:
-        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
     except ValueError as error:   # a lone { or }
         raise OmniOPDError(f"--prompt-template: {error}; write {{{{ and }}}} for literal braces") from None
+    names = {name for name, _, _ in fields}
+    if any(spec or conversion for _, spec, conversion in fields):   # {question:d} fails later; {question:>99…} fills memory
+        raise OmniOPDError("--prompt-template: write {question} plain, with no format spec or conversion (:… or !…)")
     if names - {"question"}:
         raise OmniOPDError(f"--prompt-template: unknown placeholder {{{sorted(names - {'question'})[0]}}}; the only "
                            f"one is {{question}}")
@@ -181,7 +185,12 @@ class RunOptions:
                   f"no default teacher for student {self.student}: name one with --teacher (a local folder, hub id "
                   f"or openai:MODEL)"),
                  (self.eval_data, f"--data {self.data} has no test split of its own: name held-out problems with "
-                                  f"--eval-data")]
+                                  f"--eval-data"),
+                 (self.teacher_concurrency >= 1, "--teacher-concurrency must be at least 1"),
+                 (0 < self.teacher_timeout < float("inf"), "--teacher-timeout must be a positive, finite number of "
+                                                           "seconds"),
+                 (self.teacher_retries >= 0, "--teacher-retries must be 0 or more"),
+                 (0 <= self.teacher_temperature < float("inf"), "--teacher-temperature must be 0 or more, finite")]
         for ok, message in rules:
             if not ok:
                 raise OmniOPDError(message)

@@ -81,7 +81,9 @@ class StopRules:
         else:
             metrics["loss/nonfinite_skipped"] = 1
             self.nonfinite_in_a_row += 1
+        # every fork (drafts), every chunk (audit: dropped for want of N answers) or every solution (sft) unanswered
         silent = (metrics.get("forks/count", 0) > 0 and metrics["forks/skipped"] == metrics["forks/count"]
+                  or metrics.get("audit/dropped", 0) > 0 and metrics.get("audit/chunks", 0) == 0
                   or metrics.get("sft/solutions", 1) == 0)
         self.silent_in_a_row = self.silent_in_a_row + 1 if silent else 0
 

@@ -39,9 +39,14 @@ def read_teacher_prompt(path: str) -> str:
     except (OSError, UnicodeDecodeError) as error:
         raise OmniOPDError(f"--teacher-prompt {path}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
     try:
-        names = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(text)
+                  if name is not None]
     except ValueError as error:   # a lone { or }
         raise OmniOPDError(f"--teacher-prompt {path}: {error}; write {{{{ and }}}} for literal braces") from None
+    names = {name for name, _, _ in fields}
+    if any(spec or conversion for _, spec, conversion in fields):
+        raise OmniOPDError(f"--teacher-prompt {path}: write each placeholder plain, with no format spec or "
+                           "conversion (:… or !…)")
     unknown = sorted(names - set(TEACHER_PROMPT_FIELDS))
     if unknown:
         raise OmniOPDError(f"--teacher-prompt {path}: unknown placeholder {{{unknown[0]}}}; the known ones are "
@@ -132,7 +137,7 @@ def parse_price(text: str) -> tuple:
         price = tuple(float(x) for x in text.split(","))
     except ValueError:
         price = ()
-    if len(price) not in (2, 3) or min(price) < 0:
+    if len(price) not in (2, 3) or not all(0 <= p < float("inf") for p in price):   # nan fails both
         raise OmniOPDError(f"--teacher-price {text!r}: give dollars per million prompt and completion tokens, "
                            "and optionally cached prompt tokens, e.g. 2.5,10 or 2.5,10,1.25")
     return price

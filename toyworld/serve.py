@@ -168,6 +168,9 @@ class ModelServer(ThreadingHTTPServer):
         return content[len(CHAT_HEAD):] if content.startswith(CHAT_HEAD) else content
 
 
+MOST_TOKENS, MOST_SAMPLES = 4096, 128   # what one request may ask for
+
+
 class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # quiet: tests read stderr
         pass
@@ -248,6 +251,12 @@ class Handler(BaseHTTPRequestHandler):
                 prompt = prompt[0]
             limit = body.get("max_tokens") or body.get("max_completion_tokens") or 16   # the latter: reasoning models
             settings = (int(limit), float(body.get("temperature", 1.0)), int(body.get("n", 1)))
+            if not isinstance(prompt, str):
+                raise TypeError("the prompt must be text")
+            # one generation thread serves every client: a request may not hold it for ever (n = 20,000,000)
+            if not (1 <= settings[0] <= MOST_TOKENS and 1 <= settings[2] <= MOST_SAMPLES
+                    and 0 <= settings[1] < float("inf")):
+                raise ValueError(f"max_tokens must be 1-{MOST_TOKENS}, n 1-{MOST_SAMPLES}, temperature finite")
             if settings[2] > 1 and self.server.n_policy == "refuse":
                 return self.reply(400, {"error": {"message": "n > 1 is not supported", "type": "invalid_request_error",
                                                   "param": "n"}})
@@ -255,8 +264,9 @@ class Handler(BaseHTTPRequestHandler):
                 settings = settings[:2] + (1,)
             if self.server.n_policy == "double":   # a hostile server: twice the choices asked for
                 settings = settings[:2] + (2 * settings[2],)
-        except (KeyError, ValueError, TypeError, json.JSONDecodeError) as error:
-            return self.reply(400, {"error": {"message": f"bad request: {error}", "type": "invalid_request_error"}})
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError, RecursionError) as error:   # "messages": []
+            return self.reply(400, {"error": {"message": f"bad request: {str(error)[:200]}",
+                                              "type": "invalid_request_error"}})
         if self.server.served_models and body.get("model") not in self.server.served_models:
             return self.reply(404, {"error": {"message": f"The model '{body.get('model')}' does not exist",
                                               "type": "invalid_request_error", "code": "model_not_found"}})
