@@ -62,6 +62,11 @@ ROWS = [
     ("GRPO", {"method": "grpo"}, "GRPO"),
     ("OmniOPD", {}, "OmniOPD"),
     ("OmniOPD, audit reading", {"objective": "audit"}, "OmniOPD, audit reading"),
+    # issue #32: the teacher continues to the end of the solution (at most 96 of its tokens: the story world's
+    # solutions take 80 at most in either dialect), each draft is carried on by the student to its end, and S is
+    # the F1 of the numbers the two write (bench/results/census-*.md)
+    ("OmniOPD, end horizon, numbers", {"horizon": "end", "similarity": "numbers", "teacher_max_tokens": 96},
+     "OmniOPD, end horizon, numbers"),
     ("OmniOPD (API teacher)", {"teacher": "openai:WORLD", "teacher_mode": "chat"}, "OmniOPD"),
     ("ablation: random forks", {"fork_selection": "random"}, "OmniOPD"),
     ("ablation: α = 0", {"dirichlet_alpha": 0.0}, "OmniOPD"),
