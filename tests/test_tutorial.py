@@ -11,8 +11,12 @@ TUTORIAL = ROOT / "tutorial"
 PAGES = sorted(TUTORIAL.glob("[0-9][0-9]_*.py"))
 
 
-def test_every_step_has_a_page():
-    assert len(PAGES) == 11   # steps 1-9, the baselines, the audit reading
+def test_every_page_is_in_the_tutorials_table_and_every_row_has_its_page():
+    """tutorial/README.md lists each page (steps 1-9, the baselines, the audit reading, the horizon) once."""
+    import re
+    listed = re.findall(r"^\| \[(\d\d_\w+)\.md\]", (TUTORIAL / "README.md").read_text(), flags=re.MULTILINE)
+    assert listed == [p.stem for p in PAGES]
+    assert all(p.with_suffix(".md").exists() for p in PAGES)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])

@@ -4,12 +4,12 @@ import inspect
 import os
 import sys
 from pathlib import Path
-from omniopd_lib import models
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent))   # before the project's own imports: a page runs as `python tutorial/NN.py`
+from omniopd_lib import models  # noqa: E402
 FIGURES = HERE / "figures"
 
 
