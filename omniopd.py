@@ -585,12 +585,14 @@ def audit_target(k_sem_F, mean_logprob_F, num_samples, alpha):
 def audit_collect(run, rows, cfg) -> StepBatch:
     """The audit reading's steps 1-6, no gradient: rollouts, M chunks each, N teacher continuations from each chunk's
     prefix, k_sem = Σ_j φ(own chunk, r_j) and π̂. A chunk without N answers is dropped, never scored as disagreement."""
-    student, tokenizer, num_samples = run.student, run.tokenizer, cfg.teacher_samples
+    student, tokenizer = run.student, run.tokenizer
+    # N answers per chunk: a pool of T teachers (scale/) answers each of the N samples T times
+    num_samples = cfg.teacher_samples * getattr(run.teacher, "answers_per_sample", 1)
     rollout, entropy_B_T = rollouts_with_entropy(run, rows, cfg)                              # step 1
     anchors = audit_anchors(entropy_B_T, rollout.response_ids_B_T, rollout.response_mask_B_T,  # step 2
                             set(stop_token_ids(student, tokenizer)), cfg.audit_budget, cfg.chunk_len)
     prefix_texts = teacher_prefix_texts(tokenizer, rollout, anchors, [r["question"] for r in rows], cfg)
-    in_flight = teacher_rollouts(run.teacher, prefix_texts, num_samples, cfg.chunk_len, tokenizer,   # step 4
+    in_flight = teacher_rollouts(run.teacher, prefix_texts, cfg.teacher_samples, cfg.chunk_len, tokenizer,  # 4
                                  cfg.teacher_max_tokens, draw_name(cfg, run.step), [rows[b] for b, _ in anchors],
                                  cfg.horizon, cfg.max_new_tokens)
     own = draft_chunks(student, tokenizer, rollout, anchors, 1, cfg.chunk_len, cfg.temperature)  # K = 1: y_{t:t+C}

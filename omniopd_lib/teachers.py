@@ -104,6 +104,7 @@ class Teacher:
     prompt: str = ""
     shares_tokenizer: bool = False
     overlaps: bool = False   # its requests may run on a thread while the student drafts (InFlight)
+    answers_per_sample: int = 1   # answers each of the n samples asked for brings back (a pool of T teachers: T)
     calls: int = 0
     failures: int = 0
     tokens: int = 0

@@ -160,6 +160,7 @@ class TeacherPool(teachers.Teacher):
                  cache_path=None, price_per_million=(0.0, 0.0), backoff=0.5, max_backoff=30.0, reasoning_effort=""):
         import openai
         self.endpoints = [Endpoint.parse(t, base_url, api_key_env) for t in teachers]
+        self.answers_per_sample = len(self.endpoints)   # every teacher answers each sample
         self.loop = asyncio.new_event_loop()
         self.clients = {}
         for endpoint in self.endpoints:

@@ -257,3 +257,23 @@ def test_item16_the_audit_reading_stops_on_a_dead_teacher(tmp_path, monkeypatch)
     assert done.returncode == 2 and len(lines) == 1 and "no usable answer 3 steps in a row" in lines[0], done.stderr[-800:]
     steps = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert max(s["step"] for s in steps) == 3
+
+
+def test_item17_the_audit_reading_scores_every_chunk_with_two_pooled_teachers(serve, monkeypatch):
+    """scale/'s pool of two teachers answers each chunk N × 2 times: every chunk is scored on all of them, none
+    dropped (before: 0 scored, 8 dropped), and π̂ divides by the answers it had."""
+    from omniopd_lib import data
+    from scale.teachers import TeacherPool
+    monkeypatch.setenv("POOL_TEST_KEY", "k")
+    urls = [serve("toy")[1] for _ in range(2)]
+    pool = TeacherPool(["openai:toy", f"openai:toy@{urls[1]}"], urls[0], "POOL_TEST_KEY", mode="completion",
+                       retries=0, timeout=30)
+    cfg = omniopd.Config(student="toy", teacher="openai:toy", data="toy", eval_data="toy", objective="audit",
+                         batch_size=2, teacher_samples=3, out="/tmp/omniopd-item17").resolved()
+    run = omniopd.setup(cfg, teacher=pool)
+    batch = omniopd.audit_collect(run, data.load_rows("toy", "train", 0)[:2], cfg)
+    assert batch.metrics["audit/chunks"] > 0 and batch.metrics["audit/dropped"] == 0
+    assert all(len(continuations) == 6 for _, continuations, _ in batch.fork_texts)
+    phi, pi_bar = batch.fork_texts[0][2][0], batch.metrics["audit/records"][0]["pi_bar"]
+    assert batch.target_F_K[0, 0].item() == pytest.approx((phi.sum().item() + cfg.dirichlet_alpha * pi_bar)
+                                                           / (6 + cfg.dirichlet_alpha), abs=1e-5)
