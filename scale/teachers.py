@@ -188,7 +188,9 @@ class TeacherPool(teachers.Teacher):
         return teachers.dollars(self.price_per_million, self.prompt_tokens, self.cached_tokens, self.tokens)
 
     def meter(self) -> dict:
-        return {"calls": self.calls, "cached": self.cached, "failures": self.failures, "retried": self.retried,
+        # requests: HTTP requests sent, retries included, as OpenAITeacher counts them (here `calls` is the same)
+        return {"calls": self.calls, "requests": self.calls, "cached": self.cached, "failures": self.failures,
+                "retried": self.retried,
                 "tokens": self.tokens, "prompt_tokens": self.prompt_tokens, "cached_tokens": self.cached_tokens,
                 "dollars": self.dollars}
 

@@ -277,3 +277,23 @@ def test_item17_the_audit_reading_scores_every_chunk_with_two_pooled_teachers(se
     phi, pi_bar = batch.fork_texts[0][2][0], batch.metrics["audit/records"][0]["pi_bar"]
     assert batch.target_F_K[0, 0].item() == pytest.approx((phi.sum().item() + cfg.dirichlet_alpha * pi_bar)
                                                            / (6 + cfg.dirichlet_alpha), abs=1e-5)
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_item18_requests_on_the_meter_equal_the_servers_count_with_retries(serve, monkeypatch, pooled):
+    """Every HTTP request that leaves is on the meter as teacher/requests, the client's own retries included, for
+    the single API teacher and scale/'s pool alike (before: 8 on the meter where the server got 17; the pool had
+    no `requests`)."""
+    from toyworld.serve import FaultPlan
+    monkeypatch.setenv("POOL_TEST_KEY", "k")
+    server, url = serve("echo", faults=FaultPlan(rate=0.5, kinds=("500",), seed=3))
+    if pooled:
+        from scale.teachers import TeacherPool
+        teacher = TeacherPool(["openai:echo"], url, "POOL_TEST_KEY", mode="completion", retries=3, timeout=10,
+                              backoff=0.01)
+    else:
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        teacher = teachers.OpenAITeacher("echo", url, mode="completion", retries=3, timeout=10)
+    teacher.continuations([f"prefix {i}" for i in range(8)], 1, 8)
+    assert server.faults_injected["500"] > 0
+    assert teacher.meter()["requests"] == server.requests_received
