@@ -23,10 +23,12 @@ def imported_modules(path: Path) -> set[str]:
     return found
 
 
-def test_omniopd_py_is_at_most_700_lines_of_at_most_120_characters():
-    lines = (ROOT / "omniopd.py").read_text().splitlines()
-    assert len(lines) <= 700, len(lines)
-    assert not [i for i, line in enumerate(lines, 1) if len(line) > 120]
+def test_the_method_files_have_no_line_over_120_characters():
+    """The old 700-line cap bought density, not clarity (issue #34): the method's code stays in the method's file
+    (the horizon of issue #32 is method code), and what is checked is that every line reads on one screen."""
+    for path in (ROOT / "omniopd.py", *sorted((ROOT / "tests").glob("test_horizon.py"))):
+        lines = path.read_text().splitlines()
+        assert not [i for i, line in enumerate(lines, 1) if len(line) > 120], path
 
 
 def function_sizes(path: Path) -> dict:
