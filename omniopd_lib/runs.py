@@ -20,7 +20,7 @@ from omniopd_lib.generation import PLAIN_TEMPLATE
 from omniopd_lib.grading import evaluate
 from omniopd_lib.models import load_reference, load_student
 from omniopd_lib.similarity import Similarity
-from omniopd_lib.teachers import HFTeacher, make_teacher, ready_teacher
+from omniopd_lib.teachers import HFTeacher, cancel_every_teacher, make_teacher, ready_teacher
 from omniopd_lib.tracking import TEACHER_COUNTERS
 
 
@@ -168,6 +168,11 @@ def main_with_errors(argv, config_class, train, description: str) -> int:
     except OmniOPDError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:   # wherever Ctrl-C lands (drafting, say), no teacher request outlives it
+        cancel_every_teacher()
+        print("interrupted: the teacher's requests in flight were cut; the last checkpoint holds the progress",
+              file=sys.stderr)
+        return 130
 
 
 def run_eval(run, rows, cfg, tag) -> dict:

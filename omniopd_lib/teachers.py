@@ -9,6 +9,7 @@ import string
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import httpx
@@ -219,6 +220,16 @@ class HFTeacher(Teacher):
         return [[a for a in row if a is not None] or None for row in rows]
 
 
+LIVE_API_TEACHERS = weakref.WeakSet()   # every OpenAITeacher of this process, for cancel_every_teacher
+
+
+def cancel_every_teacher() -> None:
+    """Ctrl-C, wherever it lands: every API teacher of the process stops sending and cuts what is in flight, so
+    that the teacher's thread (which the interpreter waits for at exit) ends at once."""
+    for teacher in list(LIVE_API_TEACHERS):
+        teacher.cancel()
+
+
 class OpenAITeacher(Teacher):
     """Any OpenAI-compatible endpoint (OpenAI; Anthropic and Gemini compatibility endpoints; vLLM; SGLang; llama.cpp).
     The n continuations of a prefix are one request (`n`), so the prefix is sent and billed once; a server that
@@ -248,6 +259,7 @@ class OpenAITeacher(Teacher):
         self.mode = "chat" if mode == "auto" else mode
         self.calls = self.failures = self.tokens = self.requests = self.prompt_tokens = self.cached_tokens = 0
         self.n_per_request, self.lock, self.cancelled = True, threading.Lock(), threading.Event()
+        LIVE_API_TEACHERS.add(self)
 
     def count_request(self, request) -> None:
         """The meter's `requests`: every HTTP request that leaves, the client's retries included; none leaves once
