@@ -30,7 +30,7 @@ import os
 import re
 import shutil
 import signal
-import subprocess
+import socket
 import sys
 import tempfile
 import threading
@@ -253,6 +253,8 @@ class Limits:
                                # it off to show what the kernel-level limits hold alone)
     private_scratch: bool = True   # as root: its own /tmp, /dev/shm, /var/tmp (tests turn it off to show what the
                                    # audit hook holds alone)
+    namespaces: bool = True        # new PID and network namespaces where the system allows (tests turn it off to
+                                   # show what holds on a system without unprivileged user namespaces)
 
 
 @dataclasses.dataclass
@@ -333,13 +335,18 @@ def run_sandboxed(program: str, units: list[str], stdin, limits: Limits) -> Outc
     process closed before the program ran: nothing the program does in its own process can report a pass.
     The tests reach the judge through a pipe too, so the program cannot read them. stdin/stdout problems need no
     judge: the program's output is compared here."""
+    # imported here, not at the top: the sandbox's child runs this file, and a loaded _posixsubprocess would hand a
+    # program a way to start processes that raises no audit event (guard refuses its import)
+    import subprocess
     slot = take_slot()
     root = os.geteuid() == 0
     uids = [SANDBOX_UID_BASE + 2 * slot, SANDBOX_UID_BASE + 2 * slot + 1] if root else [None, None]
     folder = Path(tempfile.mkdtemp(prefix="omniopd-check-"))
     works = [folder / "work", folder / "judge"]
-    tests_read, tests_write = os.pipe()
-    results_read, results_write = os.pipe()
+    # sockets, not pipes: a process of the same user can open /proc/PID/fd/N of a pipe again, for writing too,
+    # wherever the holder is dumpable (this process is), and forge results or read the tests; a socket cannot be
+    tests_write, tests_read = (end.detach() for end in socket.socketpair())
+    results_read, results_write = (end.detach() for end in socket.socketpair())
     try:
         for work, uid in zip(works, uids):
             work.mkdir()
@@ -520,7 +527,7 @@ def sandbox_child(job_path: str) -> None:
     for module in PRELOADED:   # before /tmp is replaced: a Python installed under it must still import them
         importlib.import_module(module)
     scratch = job["limits"]["private_scratch"] and job["uids"][0] is not None
-    if enter_namespaces(as_root=job["uids"][0] is not None, folder=str(Path(job_path).resolve().parent) if scratch else None):
+    if job["limits"]["namespaces"] and enter_namespaces(as_root=job["uids"][0] is not None, folder=str(Path(job_path).resolve().parent) if scratch else None):
         init = os.fork()
         if init:
             os._exit(os.waitstatus_to_exitcode(os.waitpid(init, 0)[1]) & 0xFF)
@@ -901,14 +908,20 @@ def private_scratch(libc, folder: str) -> None:
     os.close(keep)
 
 
-# Python-level events (sys.addaudithook) the guard refuses: starting processes, signals, sockets, native code
-REFUSED_EVENTS = {"os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen",
-                  "os.kill", "os.killpg", "socket.__new__", "socket.connect", "socket.bind", "ctypes.dlopen",
-                  "ctypes.dlsym", "ctypes.cdata", "os.chroot", "os.setuid"}
+# Python-level events (sys.addaudithook) the guard refuses: starting processes, signals, sockets, native code,
+# symbolic links (a link inside that points outside could be swapped under a check), and what reaches the hook's
+# own objects (the garbage collector's lists, tracing, which can rewrite a running frame's variables)
+REFUSED_EVENTS = frozenset({
+    "os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen", "os.kill",
+    "os.killpg", "socket.__new__", "socket.connect", "socket.bind", "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata",
+    "os.chroot", "os.setuid", "os.symlink", "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys.settrace",
+    "sys.setprofile"})
+# modules a program may not import: _posixsubprocess.fork_exec starts a process and raises no audit event
+REFUSED_IMPORTS = frozenset({"_posixsubprocess"})
 # events that change the file system: allowed inside the working folder only; (event, which arguments are paths)
 # (a hard link's source too: linking a file outside in would let the program write it)
 PATH_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.rename": (0, 1), "os.truncate": (0,), "os.chmod": (0,),
-               "os.chown": (0,), "os.mkdir": (0,), "os.link": (0, 1), "os.symlink": (1,), "os.utime": (0,),
+               "os.chown": (0,), "os.mkdir": (0,), "os.link": (0, 1), "os.utime": (0,),
                "os.setxattr": (0,), "os.removexattr": (0,), "shutil.rmtree": (0,), "shutil.move": (0, 1),
                "sqlite3.connect": (0,)}
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -918,31 +931,77 @@ def guard(work: str) -> None:
     """An audit hook (PEP 578) that refuses, from Python, what the kernel-level limits might not hold when not
     run as root: new processes, signals, sockets, ctypes, and any write, deletion or rename outside the working
     folder. Audit hooks cannot be removed from Python; native code gets past them, hence the kernel limits."""
-    inside = os.path.realpath(work) + os.sep
+    import posix
+    sys.addaudithook(audit_hook(os.path.realpath(work) + os.sep, posix.getcwd, posix.stat,
+                                dict(PATH_EVENTS)))
 
-    def outside(path) -> bool:
-        if isinstance(path, int):   # an open file descriptor: only files and folders inside can be opened
+
+def audit_hook(inside: str, getcwd, stat, path_events: dict, refused=REFUSED_EVENTS, refused_imports=REFUSED_IMPORTS,
+               write_flags=WRITE_FLAGS, str=str, bytes=bytes, int=int, type=type, PermissionError=PermissionError,
+               OSError=OSError):
+    """The guard's hook. It trusts nothing the program can change once it runs: it reads no global or built-in
+    name (the program can rebind any module's names, the built-ins' too: all it uses is bound here, before the
+    program starts), resolves a path from its text alone with the C functions given, and takes a path only as an
+    exact str or bytes (a path object's __fspath__ could answer the kernel and the hook differently; a str
+    subclass could answer its own methods). A ".." is refused in what it checks: with a dir_fd the kernel resolves
+    it from another folder than the working one; with no symbolic link inside (none can be made), a path without
+    ".." names what its text says."""
+
+    def resolved(path):
+        """The absolute path a plain str or bytes names, or None: not plain, or with a ".." component."""
+        if type(path) is bytes:
+            path = path.decode("utf-8", "surrogateescape")
+        if type(path) is not str:
+            return None
+        if not path.startswith("/"):
+            path = getcwd() + "/" + path
+        parts = []
+        for part in path.split("/"):
+            if part == "..":
+                return None
+            if part and part != ".":
+                parts.append(part)
+        return "/" + "/".join(parts)
+
+    def outside(path):
+        if type(path) is int:   # an open file descriptor: only files and folders inside can be opened
             return False
-        if os.fsdecode(path) in (":memory:", ""):   # sqlite3's in-memory database
+        if (type(path) is str or type(path) is bytes) and path in (":memory:", "", b":memory:", b""):
+            return False   # sqlite3's in-memory database
+        where = resolved(path)
+        return where is None or not (where + "/").startswith(inside)
+
+    def is_folder(path):
+        try:
+            return stat(path).st_mode & 0o170000 == 0o040000
+        except OSError:
             return False
-        return not (os.path.realpath(os.fsdecode(path)) + os.sep).startswith(inside)
 
     def hook(event, args):
-        if event in REFUSED_EVENTS:
+        if event in refused:
             raise PermissionError(f"sandbox: {event} is not allowed")
-        if event == "open" and args[0] is not None:
+        if event == "import" and (type(args[0]) is not str or args[0] in refused_imports):
+            raise PermissionError(f"sandbox: importing {args[0]!r:.100} is not allowed")
+        if event == "open" and args[0] is not None and type(args[0]) is not int:
             path, mode, flags = args
-            writes = any(c in (mode or "") for c in "wax+") or bool((flags or 0) & WRITE_FLAGS)
-            if writes and outside(path):
-                raise PermissionError(f"sandbox: writing outside the working folder ({path})")
+            where = resolved(path)
+            if where is None:
+                raise PermissionError("sandbox: open takes a plain str or bytes path without '..' here")
+            writes = (mode is not None and (type(mode) is not str or "w" in mode or "a" in mode or "x" in mode
+                                            or "+" in mode)) or type(flags) is not int or flags & write_flags != 0
             # a folder outside, even opened to read, would be a dir_fd that os.open(name, dir_fd=...) writes
             # through, with a name this hook resolves against the working folder
-            if not isinstance(path, int) and outside(path) and os.path.isdir(path):
-                raise PermissionError(f"sandbox: opening a folder outside the working folder ({path})")
-        elif event in PATH_EVENTS and any(outside(args[i]) for i in PATH_EVENTS[event] if args[i] is not None):
-            raise PermissionError(f"sandbox: {event} outside the working folder")
+            if not (where + "/").startswith(inside) and (writes or is_folder(where)):
+                raise PermissionError(f"sandbox: {'writing' if writes else 'opening a folder'} outside the "
+                                      f"working folder ({where:.200})")
+        elif event in path_events:
+            for index in path_events[event]:
+                if args[index] is not None and outside(args[index]):
+                    raise PermissionError(f"sandbox: {event} outside the working folder")
+            if event == "sqlite3.connect" and type(args[0]) is str and args[0][:5].lower() == "file:":
+                raise PermissionError("sandbox: sqlite3 URIs are not allowed")   # a URI names any file
 
-    sys.addaudithook(hook)
+    return hook
 
 
 if __name__ == "__main__":

@@ -344,7 +344,7 @@ def nobody_home():
     shutil.rmtree(home, ignore_errors=True)
 
 
-def run_as_nobody(checks: list, home: Path) -> list[dict]:
+def run_as_nobody(checks: list, home: Path, limits: dict | None = None) -> list[dict]:
     """codetask.check for each (program, tests) pair, run by user nobody with the system Python: the non-root
     path (no sandbox user, no namespaces unless user namespaces are allowed; the judge and the hook hold)."""
     import json
@@ -355,7 +355,7 @@ def run_as_nobody(checks: list, home: Path) -> list[dict]:
     (home / "driver.py").write_text(
         "import dataclasses, json, sys\nsys.path.insert(0, sys.argv[1])\nimport codetask\n"
         "checks = json.load(open(sys.argv[1] + '/checks.json'))\n"
-        "limits = codetask.Limits(seconds=3.0)\n"
+        "limits = codetask.Limits(**{'seconds': 3.0, **json.loads(sys.argv[2])})\n"
         "print(json.dumps([dataclasses.asdict(codetask.check(p, t, limits)) for p, t in checks]))\n")
     for name in ("codetask.py", "checks.json", "driver.py"):
         os.chmod(home / name, 0o644)
@@ -364,7 +364,8 @@ def run_as_nobody(checks: list, home: Path) -> list[dict]:
         os.setgroups([])
         os.setgid(65534)
         os.setuid(65534)
-    done = subprocess.run([SYSTEM_PYTHON, "-I", str(home / "driver.py"), str(home)], capture_output=True, text=True,
+    done = subprocess.run([SYSTEM_PYTHON, "-I", str(home / "driver.py"), str(home), json.dumps(limits or {})],
+                          capture_output=True, text=True,
                           timeout=300, preexec_fn=become_nobody, cwd=home, env={"PATH": "/usr/bin:/bin", "HOME": str(home)})
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
@@ -392,3 +393,153 @@ def test_without_root_a_program_still_cannot_pass_its_own_tests_or_write_outside
     for name, verdict in zip(writes, verdicts[1 + len(SELF_PASSING):]):
         assert not verdict["passed"] and "PermissionError" in verdict["reason"], (name, verdict)
     assert target.read_text() == "original" and sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+
+
+# ----------------------------------------------------------------------------
+# The guard switched off from inside (#33 item 1): the hook must trust nothing the program can change. Each
+# attack writes {target} (world-writable, so only the hook stands in the way) or creates {new}.
+
+GUARD_ATTACKS = {
+    "patched realpath": ("import os\nos.path.realpath = lambda path, **k: os.getcwd() + '/harmless'\n"
+                         "open({target!r}, 'w').write('overwritten')"),
+    "cleared tables": ("import sys, os\nmain = sys.modules['__main__']\n"
+                       "for name in ('REFUSED_EVENTS', 'PATH_EVENTS', 'REFUSED_IMPORTS'):\n"
+                       "    table = getattr(main, name, None)\n"
+                       "    setattr(main, name, type(table)())\n"
+                       "    getattr(table, 'clear', lambda: None)()\n"
+                       "os.rename({target!r}, {new!r})"),
+    "cleared tables then a shell": ("import sys, os\nmain = sys.modules['__main__']\n"
+                                    "main.REFUSED_EVENTS = frozenset()\n"
+                                    "os.system('echo overwritten > {target}')"),
+    "fork_exec": ("import os, sys\nps = sys.modules.get('_posixsubprocess') or __import__('_posixsubprocess')\n"
+                  "r, w = os.pipe()\nps.fork_exec([b'/bin/sh'], [b'/bin/sh'], True, (w,), None, None, -1, -1, -1, -1,"
+                  " -1, -1, r, w, False, False, -1, None, None, -1, -1, None, False)\n"),
+    "fork_exec through subprocess": ("import os, sys\nps = sys.modules.get('subprocess') or __import__('subprocess')\n"
+                                     "r, w = os.pipe()\nps._fork_exec([b'/bin/sh'], [b'/bin/sh'], True, (w,), None, "
+                                     "None, -1, -1, -1, -1, -1, -1, r, w, False, False, -1, None, None, -1, -1, None, "
+                                     "False)\n"),
+    "patched built-ins": ("import builtins, sys\nyes, no = (lambda *a: True), (lambda *a: False)\n"
+                          "saved = builtins.isinstance, builtins.any\nbuiltins.isinstance, builtins.any = yes, no\n"
+                          "sys.modules['__main__'].__dict__.update(isinstance=yes, any=no)\ntry:\n"
+                          "    open({target!r}, 'w').write('overwritten')\nfinally:   # the checker's own code "
+                          "needs them to report\n    builtins.isinstance, builtins.any = saved\n"
+                          "    [sys.modules['__main__'].__dict__.pop(name) for name in ('isinstance', 'any')]\n"),
+    "a path that changes its answer": ("class Flip:\n    calls = 0\n    def __fspath__(self):\n"
+                                       "        Flip.calls += 1\n"
+                                       "        return {target!r} if Flip.calls == 1 else 'harmless'\n"
+                                       "open(Flip(), 'w').write('overwritten')"),
+    "a str that lies": ("class Liar(str):\n    def startswith(self, *a):\n        return True\n"
+                        "    def split(self, *a):\n        return ['harmless']\n"
+                        "open(Liar({target!r}), 'w').write('overwritten')"),
+    "dot-dot through a dir_fd": ("import os\nwork = os.open('.', os.O_RDONLY)\nos.makedirs('a/b/c/d/e/f/g/h/i/j')\n"
+                                 "os.chdir('a/b/c/d/e/f/g/h/i/j')\n"
+                                 "up = '../' * (os.getcwd().count('/') - 10)\n"
+                                 "fd = os.open(up + {target!r}.lstrip('/'), os.O_WRONLY | os.O_TRUNC, dir_fd=work)\n"
+                                 "os.write(fd, b'overwritten')"),
+    "sqlite URI": ("import sqlite3\ndb = sqlite3.connect('file:' + {new!r} + '?mode=rwc', uri=True)\n"
+                   "db.execute('create table t (x)')\ndb.commit()"),
+    "the hook's code replaced": ("import gc\nfor thing in gc.get_objects():\n"
+                                 "    if getattr(thing, '__name__', '') == 'hook':\n"
+                                 "        thing.__code__ = (lambda event, args: None).__code__\n"
+                                 "open({target!r}, 'w').write('overwritten')"),
+    "a tracer rewrites the hook's variables": (
+        "import sys\ndef tracer(frame, event, arg):\n"
+        "    if frame.f_code.co_name == 'hook':\n        frame.f_locals['refused'] = frozenset()\n"
+        "    return tracer\nsys.settrace(tracer)\nimport os\nos.system('echo overwritten > {target}')"),
+    "a symbolic link swapped after the check": ("import os\nos.symlink({target!r}, 'link')\n"
+                                                "open('link', 'w').write('overwritten')"),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(GUARD_ATTACKS))
+def test_the_guard_cannot_be_switched_off_from_inside(attack, nobody_home):
+    """The target lies where any user may write it (pytest's tmp_path is root's alone, which would let the
+    sandbox user's permissions, not the guard, stop the attack)."""
+    folder = nobody_home / "outside"
+    folder.mkdir()
+    target = folder / "keep.txt"
+    target.write_text("original")
+    for path, mode in ((folder, 0o777), (target, 0o666)):
+        os.chmod(path, mode)
+    program = GUARD_ATTACKS[attack].format(target=str(target), new=str(folder / "new.txt"))
+    verdict = codetask.check(program, PASSES, limits("guard"))
+    # as root the sandbox user cannot read the interpreter's folder: subprocess.py is not found before its import
+    # of _posixsubprocess is refused
+    refused = "PermissionError" in verdict.reason or (ROOT and attack == "fork_exec through subprocess"
+                                                      and "No module named 'subprocess'" in verdict.reason)
+    assert not verdict.passed and refused, verdict
+    assert target.read_text() == "original"
+    assert sorted(p.name for p in folder.iterdir()) == ["keep.txt"]
+
+
+def test_the_fork_exec_attack_is_real_outside_the_sandbox(tmp_path):
+    """The fork_exec call above does start a process where nothing refuses it (so the test above is not passing
+    on a typo): in a plain interpreter it runs /bin/sh, which creates a file."""
+    import subprocess
+    import sys
+    marker = tmp_path / "ran"
+    program = GUARD_ATTACKS["fork_exec"].replace("[b'/bin/sh'], [b'/bin/sh']",
+                                                 f"[b'/bin/sh', b'-c', b'touch {marker}'], [b'/bin/sh']")
+    subprocess.run([sys.executable, "-c", program + "import time\ntime.sleep(1)\n"], check=True, timeout=30)
+    assert marker.exists()
+
+
+def test_the_hook_reads_no_global_name():
+    """Every name the hook reads at run time is its own (bound before the program starts): the program can rebind
+    any global or built-in name, so a LOAD_GLOBAL in the hook would be a switch the program holds."""
+    import dis
+    hook = codetask.audit_hook("/nowhere/", os.getcwd, os.stat, {})
+    codes, seen = [hook.__code__], []
+    while codes:
+        code = codes.pop()
+        seen.append(code.co_name)
+        assert not [i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")], code
+        codes += [c for c in code.co_consts if hasattr(c, "co_code")]
+    assert "hook" in seen and [c.cell_contents for c in hook.__closure__ if c.cell_contents is codetask.REFUSED_EVENTS]
+
+
+def test_the_guard_still_lets_a_program_work_inside_its_folder():
+    program = ("import os, sqlite3, json, collections\nos.makedirs('a/b')\nopen('a/b/x.txt', 'w').write('12')\n"
+               "os.rename('a/b/x.txt', 'a/y.txt')\ndb = sqlite3.connect('db.sqlite')\ndb.execute('create table t (x)')\n"
+               "db.commit()\nmem = sqlite3.connect(':memory:')\nPoint = collections.namedtuple('Point', 'x y')\n"
+               "def value():\n    return int(open(os.path.abspath('a/y.txt')).read()) + Point(1, 2).y\n")
+    assert codetask.check(program, {"asserts": ["assert value() == 14"]}) == codetask.Verdict(True, 1.0, "passed")
+
+
+@UNPRIVILEGED
+def test_without_root_or_namespaces_a_program_cannot_forge_its_verdict_through_proc(nobody_home):
+    """#33 item 2: with no user namespaces (Limits(namespaces=False)) and the guard off, a failing program run as
+    the checker's own user opens every pipe and socket it finds under /proc/*/fd for writing, writes a passing
+    report into each, and kills the judge. The checker's end of the results is a socket, which /proc cannot open
+    again; the supervisor and the judge are not dumpable."""
+    forge = ("import os, signal\nline = b'{\"unit\": 0, \"ok\": true}\\n{\"unit\": 1, \"ok\": true}\\n{\"done\": true}\\n'\n"
+             "me, parent = os.getpid(), os.getppid()\nwritten = 0\n"
+             "for pid in [p for p in os.listdir('/proc') if p.isdigit() and int(p) != me]:\n"
+             "    try:\n        fds = os.listdir(f'/proc/{pid}/fd')\n    except OSError:\n        continue\n"
+             "    for fd in fds:\n        try:\n"
+             "            if os.readlink(f'/proc/{pid}/fd/{fd}').startswith(('pipe:', 'socket:')):\n"
+             "                with open(f'/proc/{pid}/fd/{fd}', 'wb', buffering=0) as handle:\n"
+             "                    handle.write(line)\n                    written += 1\n"
+             "        except OSError:\n            pass\n"
+             "for pid in [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) not in (me, parent)]:\n"
+             "    try:\n        if b'codetask' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
+             "            os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass\n")
+    verdicts = run_as_nobody([("def add(a, b):\n    return a - b\n" + forge, RIGGED)], nobody_home,
+                             limits={"python_guard": False, "namespaces": False})
+    assert not verdicts[0]["passed"] and verdicts[0]["fraction"] == 0.0, verdicts[0]
+
+
+@UNPRIVILEGED
+def test_without_root_the_realpath_patch_writes_nothing_outside(nobody_home):
+    """#33 item 1 as the issue found it: as nobody, with the guard on, the realpath patch overwrote the user's
+    own file and the verdict was passed."""
+    outside = nobody_home / "outside"
+    outside.mkdir()
+    target = outside / "keep.txt"
+    target.write_text("original")
+    for path in (outside, target):
+        os.chown(path, 65534, 65534)
+    program = GUARD_ATTACKS["patched realpath"].format(target=str(target))
+    verdicts = run_as_nobody([(program, PASSES)], nobody_home)
+    assert not verdicts[0]["passed"] and "PermissionError" in verdicts[0]["reason"], verdicts[0]
+    assert target.read_text() == "original"
