@@ -148,8 +148,8 @@ def test_a_server_sending_more_choices_than_asked_gets_no_extra_votes(serve):
     assert teacher.n_per_request   # more is not less: n is still honoured
 
 
-def echo_run(url, out, steps=2):
-    return omniopd.main([*toyworld.world_args("stories"), "--teacher", "openai:echo", "--teacher-base-url", url,
+def echo_run(url, out, steps=2, model="echo"):
+    return omniopd.main([*toyworld.world_args("stories"), "--teacher", f"openai:{model}", "--teacher-base-url", url,
                          "--teacher-mode", "completion", "--steps", str(steps), "--batch-size", "4", "--eval-size", "2",
                          "--no-eval-teacher", "--similarity", "lexical", "--out", str(out)])
 
@@ -174,16 +174,21 @@ def test_the_teachers_requests_are_in_flight_while_the_student_drafts(serve, tmp
         assert step["time/teacher"] >= 0.2 and step["time/teacher_wait"] >= 0   # the teacher's own time; the wait
 
 
-def test_the_overlap_changes_no_result(serve, tmp_path, monkeypatch):
+def test_the_overlap_changes_no_result_and_a_sampling_teacher_repeats_by_seed(serve, tmp_path, monkeypatch):
+    """A sampling server (the story world's teacher, in this process, on its own thread): two identical runs, and
+    a third whose requests go out in turn instead of while the student drafts, log the same figures. Before #33
+    item 19 the server sampled from torch's global random state, which the trainer draws from at the same time,
+    and two identical runs differed at step 1."""
     monkeypatch.setenv("OPENAI_API_KEY", "loopback-no-key-needed")
-    assert echo_run(serve("echo")[1], tmp_path / "overlapped") == 0
+    assert echo_run(serve("stories")[1], tmp_path / "overlapped", model="stories") == 0
+    assert echo_run(serve("stories")[1], tmp_path / "again", model="stories") == 0   # a fresh server each run
     monkeypatch.setattr(OpenAITeacher, "overlaps", False)
-    assert echo_run(serve("echo")[1], tmp_path / "in_turn") == 0   # a fresh server: its prefix cache empty too
+    assert echo_run(serve("stories")[1], tmp_path / "in_turn", model="stories") == 0
     figures = []
-    for name in ("overlapped", "in_turn"):
+    for name in ("overlapped", "again", "in_turn"):
         steps = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         figures.append([{k: v for k, v in step.items() if not k.startswith(("time/", "throughput/"))} for step in steps])
-    assert figures[0] == figures[1] and sum("loss/total" in step for step in figures[0]) == 2
+    assert figures[0] == figures[1] == figures[2] and sum("loss/total" in step for step in figures[0]) == 2
 
 
 def test_a_local_teacher_answers_only_when_waited_for():

@@ -24,6 +24,7 @@ without any model (a fixed text per prompt), for measuring a client alone.
 import argparse
 import collections
 import concurrent.futures
+import hashlib
 import json
 import queue
 import random
@@ -55,6 +56,22 @@ class FaultPlan:
     seed: int = 0
 
 
+class GumbelSampler:
+    """A logits processor that turns greedy decoding into sampling from softmax(logits / τ) with generators of
+    its own: argmax(logits / τ + g), g ~ Gumbel(0, 1) drawn per token, is such a sample (the Gumbel-max trick).
+    Each request's rows draw from that request's generator, seeded by ModelServer.request_seed."""
+
+    def __init__(self, seeds: list[int], rows_per_seed: list[int], temperature: float):
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.rows_per_seed, self.temperature = rows_per_seed, temperature
+
+    def __call__(self, input_ids, scores):
+        shares = [torch.rand((rows, scores.shape[1]), generator=generator, dtype=torch.float64)
+                  for generator, rows in zip(self.generators, self.rows_per_seed)]
+        gumbel = -torch.log(-torch.log(torch.cat(shares).clamp(1e-300, 1.0 - 1e-16)))
+        return scores.float() / self.temperature + gumbel.to(scores.device, torch.float32)
+
+
 class ModelServer(ThreadingHTTPServer):
     """Serves one model. Requests that arrive together are generated together: a worker thread takes
     every waiting request with the same sampling settings and runs them as one batched generate call.
@@ -63,7 +80,7 @@ class ModelServer(ThreadingHTTPServer):
     request_queue_size = 256  # a burst of concurrent clients must not be refused at connect
 
     def __init__(self, address, model_name, device="cpu", max_batch=256, faults=None, latency=0.0,
-                 api_key=None, served_models=None, n_policy="honour", reply=None):
+                 api_key=None, served_models=None, n_policy="honour", reply=None, sampling_seed=0):
         super().__init__(address, Handler)
         self.reply = reply   # echo: this fixed text as every answer (None: " and so on after <the prompt's last word>")
         # like a real provider: a wrong key gets 401 (its message quoting the key), an unknown model 404
@@ -82,6 +99,7 @@ class ModelServer(ThreadingHTTPServer):
         self.usage = collections.Counter()
         # a prefix cache as providers report it: the longest token prefix shared with an earlier prompt is "cached"
         self.prompts_seen = collections.deque(maxlen=512)
+        self.sampling_seed, self.requests_seen = sampling_seed, collections.Counter()
         self.model = self.tokenizer = None
         if model_name != "echo":
             self.model, self.tokenizer = models.load_model(model_name, "teacher", torch.device(device))
@@ -99,6 +117,16 @@ class ModelServer(ThreadingHTTPServer):
             self.faults_injected[kind] += 1
             return kind
 
+    def request_seed(self, prompt: str, settings: tuple, n: int) -> int:
+        """The seed of one request's sampling: the server's seed, the request itself, and how many identical
+        requests came before it. A run's answers then do not depend on which requests arrive together, on
+        their order, or on the trainer's own random state (issue #33 item 19)."""
+        key = json.dumps([self.sampling_seed, prompt, settings, n])
+        with self.lock:
+            self.requests_seen[key] += 1
+            occurrence = self.requests_seen[key]
+        return int.from_bytes(hashlib.sha256(f"{key}#{occurrence}".encode()).digest()[:8], "little")
+
     def complete(self, prompt: str, max_tokens: int, temperature: float, n: int, templated=False):
         """n continuations of prompt, the tokens each used, whether each ended on a stop token, and the
         prompt's length in tokens. A templated prompt already holds its special tokens (BOS); a raw one gets them."""
@@ -109,7 +137,8 @@ class ModelServer(ThreadingHTTPServer):
                 self.requests_served += 1
             return [text] * n, [len(text.split())] * n, [True] * n, len(prompt.split())
         done = concurrent.futures.Future()
-        self.waiting.put(((max_tokens, temperature, templated), prompt, n, done))
+        settings = (max_tokens, temperature, templated)
+        self.waiting.put((settings, prompt, n, done, self.request_seed(prompt, settings, n)))
         return done.result()
 
     def generate_batches(self):
@@ -124,22 +153,26 @@ class ModelServer(ThreadingHTTPServer):
                     results = self.generate_group(settings, group)
                 except Exception as error:  # reported to each waiting request as a 500
                     results = [error] * len(group)
-                for (_, _, _, done), result in zip(group, results):
+                for (_, _, _, done, _), result in zip(group, results):
                     done.set_exception(result) if isinstance(result, Exception) else done.set_result(result)
 
     def generate_group(self, settings, group):
         max_tokens, temperature, templated = settings
-        prompts = [prompt for _, prompt, n, _ in group for _ in range(n)]
+        prompts = [prompt for _, prompt, n, _, _ in group for _ in range(n)]
         encoded = [self.tokenizer(p, add_special_tokens=not templated)["input_ids"] for p in prompts]
         batch = omniopd.left_pad(encoded, self.tokenizer.pad_token_id, self.model.device)
+        # sampled with the requests' own generators (GumbelSampler), never torch's global random state, which
+        # the trainer in the same process draws from on its own thread
+        sampler = GumbelSampler([seed for *_, seed in group], [n for _, _, n, _, _ in group], temperature) \
+            if temperature > 0 else None
         new_ids = omniopd.generate(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"],
-                                   max_tokens, temperature)
+                                   max_tokens, 0.0, watch=sampler)
         texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
         used = (new_ids != self.tokenizer.pad_token_id).sum(1).tolist()
         stops = torch.tensor(omniopd.stop_token_ids(self.model, self.tokenizer), device=new_ids.device)
         stopped = torch.isin(new_ids, stops).any(1).tolist()   # else it ran out of max_tokens
         results, start = [], 0
-        for _, _, n, _ in group:
+        for _, _, n, _, _ in group:
             results.append((texts[start:start + n], used[start:start + n], stopped[start:start + n],
                             len(encoded[start])))
             start += n
@@ -316,8 +349,11 @@ def main():
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--fault-rate", type=float, default=0.0, help="share of requests that misbehave")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed: each request's answers follow from it and "
+                        "the request alone, whatever arrives with it")
     args = parser.parse_args()
-    server = ModelServer((args.host, args.port), args.model, faults=FaultPlan(args.fault_rate), latency=args.latency)
+    server = ModelServer((args.host, args.port), args.model, faults=FaultPlan(args.fault_rate), latency=args.latency,
+                         sampling_seed=args.seed)
     print(f"serving {args.model} on http://{args.host}:{server.server_address[1]}/v1", flush=True)
     server.serve_forever()
 
