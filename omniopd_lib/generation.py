@@ -19,6 +19,15 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def tokens_generated(new_ids: torch.Tensor, stops: torch.Tensor) -> torch.Tensor:
+    """Each row's generated tokens, its stop token included: up to the first stop, or the whole width for a row
+    that never stopped (generation runs while any row does). Counting the ids that are not padding would miss an
+    EOS that is also the pad token (SmolLM2, Llama-3 and others pad with EOS)."""
+    is_stop = torch.isin(new_ids, stops)
+    first_stop = is_stop.int().argmax(1)
+    return torch.where(is_stop.any(1), first_stop + 1, torch.full_like(first_stop, new_ids.shape[1]))
+
+
 def format_prompts(tokenizer, questions: list[str], template: str, system_prompt="") -> list[str]:
     """Each question as the student's prompt: the template filled in, or with template 'chat' the tokenizer's
     own chat template around one user message (after a system message, if given), as TRL formats `messages`."""

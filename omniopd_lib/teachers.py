@@ -16,7 +16,7 @@ import httpx
 import torch
 
 from omniopd_lib.common import REQUEST, DeadlineTransport, OmniOPDError, redact
-from omniopd_lib.generation import PLAIN_TEMPLATE, decode_after, generate, stop_token_ids
+from omniopd_lib.generation import PLAIN_TEMPLATE, decode_after, generate, stop_token_ids, tokens_generated
 from omniopd_lib.models import load_model
 
 
@@ -210,7 +210,7 @@ class HFTeacher(Teacher):
                                    add_special_tokens=self.mode != "chat").to(self.model.device)
             new_ids = generate(self.model, self.tokenizer, batch.input_ids, batch.attention_mask,
                                max_tokens, self.temperature, n=n)
-            self.tokens += int((new_ids != self.tokenizer.pad_token_id).sum())
+            self.tokens += int(tokens_generated(new_ids, stops).sum())
             stopped = torch.isin(new_ids, stops).any(1).tolist()
             answers += [teacher_answer(text, ended) for text, ended in
                         zip(self.tokenizer.batch_decode(new_ids, skip_special_tokens=True), stopped)]

@@ -321,3 +321,26 @@ def test_item3_a_completion_that_redefines_the_prompts_helpers_fails(task, helpe
     verdict = codetask.check(codetask.program_of(row, exploit), row["tests"])
     assert not verdict.passed, verdict
     assert codetask.check(row["code_prefix"] + row["answer"], row["tests"]).passed
+
+
+def test_a_local_teachers_token_meter_counts_an_eos_that_is_also_the_pad_token():
+    """Also-check item: HFTeacher.tokens counted the ids that were not padding, so where EOS is the pad token (SmolLM2,
+    Llama-3) every answer's EOS went uncounted. The same generation, with a distinct pad and with pad = EOS, now
+    bills the same tokens; by hand, [a, b, EOS] is 3 tokens and a row that never stopped is the whole width."""
+    import torch
+    from omniopd_lib.generation import tokens_generated
+    from omniopd_lib.teachers import HFTeacher
+    eos = 7
+    assert tokens_generated(torch.tensor([[3, 4, eos, eos], [3, 4, 5, 6], [eos, eos, eos, eos]]),
+                            torch.tensor([eos])).tolist() == [3, 4, 1]
+    counts = []
+    for pad_is_eos in (False, True):
+        teacher = HFTeacher("stories", "cpu")
+        if pad_is_eos:
+            teacher.tokenizer.pad_token = teacher.tokenizer.eos_token
+        assert (teacher.tokenizer.pad_token_id == teacher.tokenizer.eos_token_id) == pad_is_eos
+        torch.manual_seed(0)
+        answers = teacher.continuations(["Question: Ann has 3 coins. She buys 4 coins. How many coins does Ann have "
+                                         "now?\nAnswer: "] * 3, 2, 96)
+        counts.append((teacher.tokens, answers))
+    assert counts[0] == counts[1] and counts[0][0] > 6

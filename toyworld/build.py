@@ -58,8 +58,8 @@ def train(model, tokenizer, train_rows, valid_rows, max_steps, lr, eval_every, s
     for step in range(1, max_steps + 1):
         rows = random.Random(step).sample(train_rows, batch_size)
         template = SETTINGS[world].get("prompt_template", PLAIN_TEMPLATE)
-        loss = omniopd.completion_nll(model, tokenizer, [r["question"] for r in rows],
-                                      [r["answer"] for r in rows], template)
+        prompts = [template.format(question=r["question"]) + r.get("prefix", "") for r in rows]   # a reading lesson's prefix
+        loss = omniopd.completion_nll(model, tokenizer, prompts, [r["answer"] for r in rows], "{question}")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -86,12 +86,14 @@ def world_data(world):
                 as_code_rows(code.make_problems(200, "train", seed=2000)), as_code_rows(code.make_problems(200, "test", seed=0)),
                 code.TEACHER_DIR, code.STUDENT_DIR)
     if world.startswith("stories-foreign"):
-        # the foreign teacher (issue #26): the teacher's corpus (Zipf exponent 1) in the foreign dialect, with a
-        # tokenizer of its own learned on that text, or ("-shared") the student's, for token-level OPD
-        train_rows = stories.make_problems(20000, "train", seed=1000, distribution="zipf", dialect="foreign")
-        texts = [PLAIN_TEMPLATE.format(question=r["question"]) + r["answer"] for r in train_rows]
+        # the foreign teacher (issue #26): the teacher's corpus (Zipf exponent 1) in the foreign dialect, half of it
+        # lessons in reading the student's (issue #32, stories.read_on_lesson), with a tokenizer of its own learned
+        # on that text, or ("-shared") the student's, for token-level OPD
+        train_rows = (stories.make_problems(10000, "train", seed=1000, distribution="zipf", dialect="foreign")
+                      + stories.make_problems(10000, "train", seed=1000, distribution="zipf", dialect="reading"))
+        texts = [PLAIN_TEMPLATE.format(question=r["question"]) + r.get("prefix", "") + r["answer"] for r in train_rows]
         tokenizer = (models.load_model(str(stories.STUDENT_DIR), "student", torch.device("cpu"))[1]
-                     if world.endswith("-shared") else stories.build_word_tokenizer(texts))
+                     if world.endswith("-shared") else stories.build_word_tokenizer(texts, vocab_size=800))
         folder = stories.FOREIGN_SHARED_DIR if world.endswith("-shared") else stories.FOREIGN_TEACHER_DIR
         return (tokenizer, train_rows, stories.make_problems(200, "train", seed=2000, dialect="foreign"),
                 stories.make_problems(200, "test", seed=0, dialect="foreign"), folder, None)

@@ -37,6 +37,7 @@ import torch
 
 import omniopd
 from omniopd_lib import models
+from omniopd_lib.generation import tokens_generated
 from omniopd_lib import teachers
 
 CHAT_HEAD = teachers.CHAT_CONTINUE_PROMPT.split("{prefix}")[0]
@@ -168,8 +169,8 @@ class ModelServer(ThreadingHTTPServer):
         new_ids = omniopd.generate(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"],
                                    max_tokens, 0.0, watch=sampler)
         texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-        used = (new_ids != self.tokenizer.pad_token_id).sum(1).tolist()
         stops = torch.tensor(omniopd.stop_token_ids(self.model, self.tokenizer), device=new_ids.device)
+        used = tokens_generated(new_ids, stops).tolist()
         stopped = torch.isin(new_ids, stops).any(1).tolist()   # else it ran out of max_tokens
         results, start = [], 0
         for _, _, n, _, _ in group:

@@ -29,6 +29,7 @@ Splits are disjoint by a hash of the question, as in the arithmetic world.
 
 import hashlib
 import random
+import re
 
 from toyworld import MODELS_DIR, NAMES, build_char_tokenizer
 
@@ -117,7 +118,18 @@ def write_foreign_solution(name, pronoun, obj, start, steps, rng) -> str:
 
 def make_problem(rng: random.Random, distribution: str = "uniform", verbs: int = 0, dialect: str = "student") -> dict:
     """One three-step problem as a dataset row {"question", "answer"}; the answer is one solution of many, in the
-    student's dialect (write_solution) or the foreign teacher's (write_foreign_solution)."""
+    student's dialect (write_solution) or the foreign teacher's (write_foreign_solution). dialect "reading": a
+    lesson of the foreign teacher's reading (read_on_lesson), a row with a "prefix" as well."""
+    question, facts = draw_problem(rng, distribution, verbs)
+    if dialect == "reading":
+        return {"question": question, **read_on_lesson(facts, rng)}
+    writer = write_foreign_solution if dialect == "foreign" else write_solution
+    return {"question": question, "answer": writer(*facts, rng)}
+
+
+def draw_problem(rng: random.Random, distribution: str, verbs: int) -> tuple[str, tuple]:
+    """The question of a three-step problem and its facts (name, pronoun, object, start, steps) that a solution
+    writer takes."""
     name, pronoun = rng.choice(NAMES)
     obj = rng.choice(OBJECTS)
     start = rng.randint(2, 9)
@@ -131,8 +143,32 @@ def make_problem(rng: random.Random, distribution: str = "uniform", verbs: int =
         total += amount if gain else -amount
         sentences.append(f"{pronoun if i == 0 else 'Then ' + pronoun.lower()} {verb} {amount} {obj}.")
     question = (f"{name} has {start} {obj}. {' '.join(sentences)} How many {obj} does {name} have now?")
-    writer = write_foreign_solution if dialect == "foreign" else write_solution
-    return {"question": question, "answer": writer(name, pronoun, obj, start, steps, rng)}
+    return question, (name, pronoun, obj, start, steps)
+
+
+def sentences_of(solution: str) -> tuple[list[str], str]:
+    """A solution's sentences (the opening, then one per step) and its final line."""
+    body, ending = solution.split("\n")
+    return re.split(r"(?<=\.) ", body), ending
+
+
+def read_on_lesson(facts: tuple, rng: random.Random) -> dict:
+    """A lesson in reading the student's dialect (issue #32). An LLM teacher reads any text it is given and answers
+    in its own words; the foreign teacher learned only its own dialect, so it could not continue a prefix the student
+    wrote (bench/results/teacher_reads_student.md: 5.5 % right after the student's first step). A lesson is the
+    student's solution cut after a random word, as {"prefix", "answer"}: the answer finishes the student's sentence
+    in the student's words, then writes the remaining steps and the final line in the foreign dialect. The teacher
+    learns from the answer alone (the prefix is part of its prompt), so it never learns to begin in the student's
+    dialect, only to read it."""
+    own, _ = sentences_of(write_solution(*facts, rng))
+    foreign, ending = sentences_of(write_foreign_solution(*facts, rng))
+    words = " ".join(own).split(" ")
+    cut = rng.randint(1, len(words))
+    done = sum(word.endswith(".") for word in words[:cut])   # the student's sentences the prefix holds whole
+    sentence_end = len(" ".join(own[:done + 1]).split(" "))   # the word after the sentence the cut falls in
+    rest_of_sentence = [] if words[cut - 1].endswith(".") else words[cut:sentence_end]
+    continuation = " ".join(rest_of_sentence + foreign[done + bool(rest_of_sentence):])
+    return {"prefix": " ".join(words[:cut]), "answer": (" " + continuation if continuation else "") + "\n" + ending}
 
 
 def is_test_problem(question: str) -> bool:
