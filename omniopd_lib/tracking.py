@@ -132,7 +132,8 @@ def audit_metrics(batch, anchors: int, phi_F_N, pi_bar_F, chunk_len: int) -> dic
     continuations, each φ, k_sem, π̄ and π̂, enough to recompute the target by hand."""
     target_F, generated = batch.target_F_K[:, 0], max(int(batch.rollout.response_mask_B_T.sum()), 1)
     metrics = {"audit/chunks": len(target_F), "audit/dropped": anchors - len(target_F),
-               "audit/fraction": len(target_F) * chunk_len / generated}
+               "audit/fraction": len(target_F) * chunk_len / generated,
+               "audit/tokens": len(target_F) * chunk_len, "audit/generated": generated}
     if len(target_F):
         metrics.update({"audit/k_sem": phi_F_N.sum(1).mean().item(), "audit/pi_bar": pi_bar_F.mean().item(),
                         "audit/pi_hat": target_F.mean().item()})

@@ -166,7 +166,7 @@ class GatheredTeacher(Teacher):
         return texts
 
     def meter(self) -> dict:
-        return self.pool_meter or super().meter()
+        return self.pool_meter or (self.pool.meter() if self.pool is not None else super().meter())
 
 
 def make_pool_teacher(cfg, rank, world):
@@ -240,21 +240,58 @@ def distributed_step(run, batch, cfg) -> tuple[float, dict]:
     return total, metrics
 
 
-def combine_metrics(metrics: dict) -> dict:
-    """Counts and loss parts add up over ranks; everything else is averaged over the ranks that report it."""
+def combine_metrics(metrics: dict, rollouts_here: int) -> dict:
+    """Counts and loss parts add up over ranks; everything else is averaged over the ranks that report it, but
+    audit/fraction, which is the summed audited tokens over the summed generated ones. Records (audit/records)
+    are every rank's, in rank order, each rollout numbered in the whole batch (rank r's first rollout follows
+    ranks 0..r-1's)."""
     everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, metrics, group=CONTROL)
+    dist.all_gather_object(everyone, (metrics, rollouts_here), group=CONTROL)
     combined = {}
-    for key in sorted({k for m in everyone for k in m}):
-        values = [m[key] for m in everyone if key in m]
+    for key in sorted({k for m, _ in everyone for k in m}):
+        values = [(m[key], sum(n for _, n in everyone[:rank])) for rank, (m, _) in enumerate(everyone) if key in m]
         adds_up = key.startswith(("loss/", "forks/count", "forks/skipped", "forks/no_match", "audit/chunks",
-                                  "audit/dropped")) and key != "loss/total"
-        if isinstance(values[0], list):   # records (audit/records): every rank's, in rank order
-            combined[key] = [record for value in values for record in value]
+                                  "audit/dropped", "audit/tokens", "audit/generated")) and key != "loss/total"
+        if isinstance(values[0][0], list):
+            combined[key] = [{**record, "rollout": record["rollout"] + first} if "rollout" in record else record
+                             for value, first in values for record in value]
         else:
-            combined[key] = sum(values) if adds_up else sum(values) / len(values)
+            combined[key] = sum(v for v, _ in values) / (1 if adds_up else len(values))
+    if "audit/generated" in combined:
+        combined["audit/fraction"] = combined["audit/tokens"] / max(combined["audit/generated"], 1)
     combined["loss/total"] = metrics["loss/total"]  # already the global loss
     return combined
+
+
+def global_figures(figures: dict, teacher) -> dict:
+    """step_figures over the whole run: a pool's meter is global already (every rank holds rank 0's), while
+    local teachers, one per rank, each count their own work, which adds up."""
+    if teacher is None or isinstance(teacher, GatheredTeacher):
+        return figures
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, {k: v for k, v in figures.items() if k.startswith(("teacher/", "bill/"))},
+                           group=CONTROL)
+    return {**figures, **{key: sum(meter[key] for meter in everyone) for key in everyone[0]}}
+
+
+POOL_COUNTERS = checkpoint.TEACHER_COUNTERS + ("cached", "retried")
+
+
+def counter_holder(teacher):
+    """What counts this rank's teacher work: rank 0's pool behind a GatheredTeacher (other ranks hold none), else
+    the rank's own teacher (a local model on every rank)."""
+    if isinstance(teacher, GatheredTeacher):
+        return teacher.pool if teacher.rank == 0 else None
+    return teacher
+
+
+def restore_counters(teacher, counters: dict) -> None:
+    """The saved counters, each a count (and the pool's dollars a finite amount of 0 or more); nothing else."""
+    holder = counter_holder(teacher)
+    for name, value in counters.items():
+        fits = checkpoint.is_count(value) or (name == "dollars" and type(value) is float and 0 <= value < math.inf)
+        if holder is not None and name in (*POOL_COUNTERS, "dollars") and hasattr(holder, name) and fits:
+            setattr(holder, name, value)
 
 
 # ----------------------------------------------------------------------------
@@ -271,6 +308,9 @@ def save_checkpoint(run, cfg, rank, world) -> Path:
     model_state, optimizer_state = get_state_dict(run.student, run.optimizer)
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(partial))
     torch.save(common.rng_state(), partial / f"rng-rank{rank}.pt")
+    holder = counter_holder(run.teacher)   # the bill goes on after a resume
+    (partial / f"teacher-rank{rank}.json").write_text(json.dumps(
+        {name: getattr(holder, name) for name in (*POOL_COUNTERS, "dollars") if hasattr(holder, name)}))
     dist.barrier()
     if rank == 0:
         run.tokenizer.save_pretrained(partial)
@@ -279,6 +319,24 @@ def save_checkpoint(run, cfg, rank, world) -> Path:
         checkpoint.publish_step_folder(partial, final, cfg.keep_checkpoints)
     dist.barrier()
     return final
+
+
+def saved_counters(path: Path, saved_world: int, rank: int, world: int) -> dict:
+    """This rank's teacher counters from a checkpoint: its own where the world size is the same, else rank 0 takes
+    every rank's sum (older checkpoints have none: the bill then starts again from zero)."""
+    def read(r):
+        try:
+            counters = json.loads((path / f"teacher-rank{r}.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return counters if isinstance(counters, dict) else {}
+    if saved_world == world:
+        return read(rank)
+    if rank != 0:
+        return {}
+    every = [read(r) for r in range(saved_world)]
+    return {name: sum(c.get(name, 0) for c in every if type(c.get(name, 0)) in (int, float))
+            for name in {n for c in every for n in c}}
 
 
 def load_checkpoint(run, cfg, rank, world):
@@ -296,6 +354,9 @@ def load_checkpoint(run, cfg, rank, world):
     for group in run.optimizer.param_groups:   # the saved groups carry the old run's settings
         group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
     run.step = saved["step"]
+    restore_counters(run.teacher, saved_counters(path, saved["world_size"], rank, world))
+    if run.teacher is not None:   # the first step after the resume is billed from the restored meter
+        run.teacher.meter_at_last_step = run.teacher.meter()
     if saved["world_size"] == world:
         common.set_rng_state(common.load_plain_state(path / f"rng-rank{rank}.pt"))
     else:
@@ -382,9 +443,9 @@ def train_in(cfg: ScaleConfig, out: Path, rank: int, world: int) -> dict:
         _, metrics = distributed_step(run, batch, cfg)
         metrics.update(run.clock.take())
         run.step += 1
-        metrics = combine_metrics(metrics)
+        metrics = combine_metrics(metrics, len(rows))
         stops.count(metrics)
-        metrics.update(step_figures(run.step, started, run.teacher))
+        metrics.update(global_figures(step_figures(run.step, started, run.teacher), run.teacher))
         if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
             metrics.update(run_eval(run, eval_rows, cfg, f"step-{run.step:06d}", rank, world))
             if log:

@@ -121,3 +121,28 @@ def test_scale_stops_when_the_teacher_stops_answering_with_progress_saved(tmp_pa
     assert done.returncode != 0 and lines and "no usable answer 3 steps in a row" in lines[0], done.stderr[-2000:]
     assert (tmp_path / "run/checkpoints/step-000003/trainer.json").exists()
     assert [m["step"] for m in metrics(tmp_path / "run") if "loss/total" in m] == [1, 2, 3]
+
+
+def test_two_ranks_log_a_global_audit_and_bill_that_a_resume_continues(tmp_path):
+    """#33, also-check: at world size 2 with the audit reading, audit/records number each rollout in the whole batch
+    (rank 1's follow rank 0's), audit/fraction is the summed audited tokens over the summed generated tokens (not
+    the ranks' mean), the local teachers' meters add up over ranks (rank 0's alone is about half the bill), and a
+    resumed run's meter continues from the checkpoint's instead of starting again at zero."""
+    options = [*TOY, "--similarity", "lexical", "--objective", "audit", "--teacher-samples", "3"]
+    torchrun(2, ROOT / "scale/train.py", *options, "--steps", "2", "--save-every", "1", "--out", str(tmp_path / "two"))
+    steps = [m for m in metrics(tmp_path / "two") if "loss/total" in m]
+    for step in steps:
+        rollouts = [record["rollout"] for record in step["audit/records"]]
+        assert len(rollouts) == step["audit/chunks"] and all(0 <= r < 8 for r in rollouts)
+        assert max(rollouts) >= 4   # rank 1's rollouts are 4..7
+        assert step["audit/fraction"] == pytest.approx(step["audit/tokens"] / step["audit/generated"])
+        # every chunk asked for its 3 answers, on whichever rank it was drafted
+        assert step["bill/tokens"] > 0 and step["teacher/calls"] - (steps[0]["teacher/calls"] if step is steps[1]
+                                                                     else 0) == 3 * (step["audit/chunks"] + step["audit/dropped"])
+    torchrun(2, ROOT / "scale/train.py", *options, "--steps", "3", "--resume",
+             str(tmp_path / "two/checkpoints/step-000002"), "--out", str(tmp_path / "resumed"))
+    resumed = [m for m in metrics(tmp_path / "resumed") if "loss/total" in m]
+    assert [m["step"] for m in resumed] == [3]
+    assert resumed[0]["teacher/tokens"] == steps[1]["teacher/tokens"] + resumed[0]["bill/tokens"]
+    assert resumed[0]["teacher/calls"] == steps[1]["teacher/calls"] + 3 * (resumed[0]["audit/chunks"]
+                                                                            + resumed[0]["audit/dropped"])
