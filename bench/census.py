@@ -17,7 +17,9 @@ forks (right and wrong drafts both present) the table gives p̂'s mass on the ri
 and against q (the student's own distribution over the same drafts), how often the highest-S draft is right, the
 mean S of right and of wrong drafts, the teacher's completion tokens per fork, and the step's time (collect, loss
 and backward, no update) as a ratio to token-level OPD's on the same batch (its teacher: the world's twin in the
-student's tokenizer).
+student's tokenizer). Two columns say what the signal would teach past the solution's opening sentence, where
+most informative forks are not: how often the teacher's own continuations reach the right answer there (a teacher
+that cannot read the student's solution leads a content similarity to wrong numbers), and p̂ − uniform there.
 """
 
 import argparse
@@ -37,7 +39,7 @@ import torch  # noqa: E402
 
 import omniopd  # noqa: E402
 import toyworld  # noqa: E402
-from omniopd_lib import data  # noqa: E402
+from omniopd_lib import data, grading  # noqa: E402
 from omniopd_lib.similarity import Similarity  # noqa: E402
 from omniopd_lib.teachers import HFTeacher  # noqa: E402
 from diagnose import drafts_reach_answer  # noqa: E402  (bench/ is on the path: this script's folder)
@@ -144,7 +146,14 @@ def census(world, candidates, batches, seed=0):
                 labels.update({keys[f]: verdicts for f, verdicts in zip(unlabelled, found)})
             for f, (draft_texts, teacher_texts, similarity_K_M) in enumerate(batch.fork_texts):
                 right = labels[keys[f]]
+                row = batch_rows[batch.drafts.forks[f][0]]
+                solution_so_far = run.tokenizer.decode(batch.drafts.prefix_ids[f], skip_special_tokens=True
+                                                       ).split("Answer:", 1)[-1]
+                gold = grading.gold_answer(row["answer"])
                 out[name]["forks"].append({
+                    "teacher_right": [grading.answers_match(grading.extract_answer(solution_so_far + text), gold)
+                                      for text in teacher_texts],
+                    "past_opening": "." in solution_so_far,
                     "right": right, "target": batch.target_F_K[f].tolist(), "q": q_F_K[f].tolist(),
                     "similarity": similarity_K_M.mean(1).tolist(), "drafts": draft_texts, "teacher": teacher_texts,
                     "compared": batch.horizon_texts[f], "ends": [not text.strip() for text in draft_texts]})
@@ -174,15 +183,23 @@ def summary(result: dict) -> dict:
             "s_wrong": mean(s for f in informative for s, r in zip(f["similarity"], f["right"]) if not r),
             "tokens_per_fork": result["tokens"] / max(len(forks), 1),
             "time_vs_opd": sum(result["seconds"]) / sum(result["opd_seconds"]),
-            "stop_forks": sum(any(f["ends"]) and not all(f["ends"]) for f in forks)}
+            "stop_forks": sum(any(f["ends"]) and not all(f["ends"]) for f in forks),
+            # what a content similarity teaches: where the teacher's own continuations lead (only a horizon that
+            # reaches the answer says), over every fork and over those past the solution's opening sentence
+            "teacher_right": mean(r for f in forks for r in f["teacher_right"]),
+            "teacher_right_later": mean(r for f in forks if f["past_opening"] for r in f["teacher_right"]),
+            "informative_later": sum(f["past_opening"] for f in informative),
+            "p_hat_minus_uniform_later": mean(mass(f, "target") - sum(f["right"]) / len(f["right"])
+                                              for f in informative if f["past_opening"])}
 
 
 def compact(results, args) -> dict:
     """What <name>.json keeps: each candidate's summary and, per fork, its labels, p̂, q and S (the texts stay in
     the run: they would make the file megabytes)."""
-    keep = ("right", "target", "q", "similarity", "ends")
+    keep = ("right", "target", "q", "similarity", "ends", "teacher_right")
     return {"args": vars(args), "summary": {name: summary(result) for name, result in results.items()},
-            "forks": {name: [{k: rounded(fork[k]) for k in keep} for fork in result["forks"]]
+            "forks": {name: [{**{k: rounded(fork[k]) for k in keep}, "past_opening": fork["past_opening"]}
+                             for fork in result["forks"]]
                       for name, result in results.items()}}
 
 
@@ -198,17 +215,23 @@ def report(results, cfg, args) -> list[str]:
              f"rollouts of {cfg.max_new_tokens} tokens. Every candidate sees the same forks and drafts. A draft is "
              "right when the student's-dialect teacher, continuing prefix + draft greedily, reaches the right "
              "answer. Mass columns are means over the informative forks (right and wrong drafts both present). "
+             "Teacher's answer right: the share of the teacher's continuations whose final answer (read from the "
+             "student's solution so far + the continuation) is right; a horizon that stops short of the answer "
+             "scores low by construction; past the opening: forks after the solution's first sentence. "
              "Time: collect + loss + backward per step (no update) over OPD's on the same batches, "
              f"{args.load}.", "",
              "| candidate (horizon:similarity[:R]) | informative / forks | uniform | q | p̂ | p̂ − uniform | "
              "highest-S right | S right / wrong | teacher tokens per fork | step time / OPD | forks with a "
-             "stopping draft |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "stopping draft | teacher's answer right (all / past the opening) | p̂ − uniform past the opening "
+             "(informative forks) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, result in results.items():
         s = summary(result)
         lines.append(f"| {name} | {s['informative']} / {s['forks']} | {s['uniform']:.3f} | {s['q']:.3f} | "
                      f"{s['p_hat']:.3f} | {s['p_hat_minus_uniform']:+.3f} | {s['favourite_right']:.1%} | "
                      f"{s['s_right']:.3f} / {s['s_wrong']:.3f} | {s['tokens_per_fork']:.1f} | "
-                     f"{s['time_vs_opd']:.1f}× | {s['stop_forks']} |")
+                     f"{s['time_vs_opd']:.1f}× | {s['stop_forks']} | {s['teacher_right']:.1%} / "
+                     f"{s['teacher_right_later']:.1%} | {s['p_hat_minus_uniform_later']:+.3f} "
+                     f"({s['informative_later']}) |")
     best = max(results, key=lambda name: summary(results[name])["p_hat_minus_uniform"])
     example = next((f for f in results[best]["forks"] if any(f["right"]) and not all(f["right"])), None)
     if example:
