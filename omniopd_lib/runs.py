@@ -20,7 +20,7 @@ from omniopd_lib.generation import PLAIN_TEMPLATE
 from omniopd_lib.grading import evaluate
 from omniopd_lib.models import load_reference, load_student
 from omniopd_lib.similarity import Similarity
-from omniopd_lib.teachers import HFTeacher, cancel_every_teacher, make_teacher, ready_teacher
+from omniopd_lib.teachers import HFTeacher, cancel_every_teacher, keep_ledger, make_teacher, ready_teacher
 from omniopd_lib.tracking import TEACHER_COUNTERS
 
 
@@ -44,8 +44,11 @@ def setup(cfg, teacher=None) -> RunState:
     run = RunState(student, tokenizer, reference, teacher, similarity, optimizer, lora=lora)
     if state is not None:
         restore(run, state, cfg)
-    if teacher is not None:   # a resumed run's first step is billed from the restored meter
-        teacher.meter_at_last_step = teacher.meter()
+    if teacher is not None:
+        # a resumed run's first step is billed from the checkpoint's meter; an API teacher's ledger puts what a
+        # killed step spent on the meter as well, so it shows in that first step's bill
+        checkpointed = keep_ledger(teacher, cfg.out, cfg.resume or None) or {}
+        teacher.meter_at_last_step = {**teacher.meter(), **checkpointed}
     return run
 
 

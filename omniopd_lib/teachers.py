@@ -4,6 +4,7 @@ reply (teacher_answer) and one prompt (teacher_message)."""
 
 import concurrent.futures
 import contextlib
+import json
 import os
 import string
 import sys
@@ -259,7 +260,17 @@ class OpenAITeacher(Teacher):
         self.mode = "chat" if mode == "auto" else mode
         self.calls = self.failures = self.tokens = self.requests = self.prompt_tokens = self.cached_tokens = 0
         self.n_per_request, self.lock, self.cancelled = True, threading.Lock(), threading.Event()
+        self.ledger = None   # the run folder's spending ledger, once the run attaches one (attach_ledger)
         LIVE_API_TEACHERS.add(self)
+
+    def attach_ledger(self, path) -> None:
+        """Write every request and every reply's usage to an append-only ledger as it happens, so that what a
+        killed step spent is on the bill after a resume (the checkpoint's counters predate that step)."""
+        self.ledger = open(path, "a", buffering=1)
+
+    def spent(self, **amounts) -> None:
+        if self.ledger is not None:
+            self.ledger.write(json.dumps(amounts) + "\n")
 
     def count_request(self, request) -> None:
         """The meter's `requests`: every HTTP request that leaves, the client's retries included; none leaves once
@@ -269,6 +280,7 @@ class OpenAITeacher(Teacher):
             raise Cancelled("the run was interrupted: no more teacher requests")
         with self.lock:
             self.requests += 1
+            self.spent(requests=1)
 
     def cancel(self) -> None:
         """Stop at once: no request is sent from now on, and those in flight are cut (their connections closed)."""
@@ -326,6 +338,8 @@ class OpenAITeacher(Teacher):
             self.prompt_tokens += prompt
             self.cached_tokens += min(tokens(details, "cached_tokens"), prompt)
             self.tokens += tokens(usage, "completion_tokens")
+            self.spent(prompt_tokens=prompt, cached_tokens=min(tokens(details, "cached_tokens"), prompt),
+                       tokens=tokens(usage, "completion_tokens"))
 
     def log_failure(self, error) -> None:
         reason = redact(error, [self.client.api_key])[:120]   # a server may echo the key back: blank, then cut
@@ -459,6 +473,52 @@ def first_tokens(text: str, tokenizer, count: int) -> str:
     text = text[:count * CHARACTERS_PER_TOKEN_AT_MOST]
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return text if len(ids) <= count else tokenizer.decode(ids[:count])
+
+
+LEDGER = "teacher_ledger.jsonl"
+LEDGER_COUNTERS = ("requests", "prompt_tokens", "cached_tokens", "tokens")
+
+
+def ledger_totals(path) -> dict:
+    """What a ledger says was spent: each counter summed over its lines. The file is untrusted (it sits in a run
+    folder): a line that is not a JSON object of whole numbers of 0 or more, as a killed write's last line, is
+    skipped; a missing file is nothing spent."""
+    totals = dict.fromkeys(LEDGER_COUNTERS, 0)
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return totals
+    for line in lines:
+        try:
+            amounts = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(amounts, dict) and all(k in totals and type(v) is int and v >= 0 for k, v in amounts.items()):
+            for name, value in amounts.items():
+                totals[name] += value
+    return totals
+
+
+def keep_ledger(teacher, out, resumed_from=None) -> dict | None:
+    """An API teacher's ledger in the run folder <out>. A fresh run starts it empty; a resumed run reads what the
+    checkpoint's run folder spent (the step that was killed included), carries it on (a new folder's ledger begins
+    with those totals) and puts the teacher's counters there. Returns the counters as the checkpoint had them
+    (the first resumed step's bill is measured from there), or None for a teacher that keeps no ledger."""
+    if not hasattr(teacher, "attach_ledger"):
+        return None
+    path, before = Path(out) / LEDGER, {name: getattr(teacher, name) for name in LEDGER_COUNTERS}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if resumed_from is None:
+        path.write_text("")
+    else:
+        spent = ledger_totals(Path(resumed_from).parent.parent / LEDGER)
+        spent = {name: max(spent[name], before[name]) for name in LEDGER_COUNTERS}
+        if Path(resumed_from).parent.parent.resolve() != Path(out).resolve():
+            path.write_text(json.dumps(spent) + "\n")
+        for name, value in spent.items():
+            setattr(teacher, name, value)
+    teacher.attach_ledger(path)
+    return before
 
 
 def ready_teacher(teacher, cfg, tokenizer):

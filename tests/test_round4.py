@@ -344,3 +344,43 @@ def test_a_local_teachers_token_meter_counts_an_eos_that_is_also_the_pad_token()
                                          "now?\nAnswer: "] * 3, 2, 96)
         counts.append((teacher.tokens, answers))
     assert counts[0] == counts[1] and counts[0][0] > 6
+
+
+def test_what_a_killed_step_spent_is_on_the_bill_after_resume(serve, tmp_path, monkeypatch):
+    """Item 18's last part: a run killed in the middle of step 3 (SIGKILL, no handler runs) had sent requests the
+    step-2 checkpoint does not know of; resumed, the meter must still equal the server's own count, and the bill's
+    steps add up to it (before: server 27, meter 25). The ledger (teacher_ledger.jsonl) is written as requests go."""
+    server, url = serve("echo", latency=0.3)
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    options = [*TOY, "--steps", "4", "--save-every", "2", "--teacher", "openai:echo", "--teacher-base-url", url,
+               "--teacher-mode", "completion", "--similarity", "lexical", "--no-eval-teacher", "--teacher-concurrency", "1"]
+    out = tmp_path / "run"
+    run = subprocess.Popen([sys.executable, str(ROOT / "omniopd.py"), *options, "--out", str(out)], cwd=ROOT,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}, stderr=subprocess.PIPE)
+    checkpoint_2 = out / "checkpoints" / "step-000002"
+    deadline = time.monotonic() + 300
+    while not checkpoint_2.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    at_checkpoint = server.requests_received
+    while server.requests_received < at_checkpoint + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.kill()
+    run.wait()
+    assert checkpoint_2.exists() and server.requests_received >= at_checkpoint + 2
+    assert omniopd.main([*options, "--resume", str(checkpoint_2), "--out", str(out)]) == 0
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [s for s in steps if "bill/requests" in s]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]
+    assert steps[-1]["teacher/requests"] == server.requests_received
+    assert sum(s["bill/requests"] for s in steps) == server.requests_received
+
+
+def test_a_ledger_is_read_as_untrusted_data(tmp_path):
+    """A run folder's ledger counts only lines that are objects of whole numbers of 0 or more under its counters:
+    a killed write's half line, negative, fractional or boolean amounts, unknown names and deep nesting are skipped."""
+    path = tmp_path / "teacher_ledger.jsonl"
+    path.write_text("\n".join(['{"requests": 1}', '{"prompt_tokens": 10, "cached_tokens": 4, "tokens": 3}',
+                               '{"requests": -5}', '{"requests": 1.5}', '{"requests": true}', '{"model": 1}',
+                               '[1]', "[" * 100_000, '{"requests": 2}', '{"requ']))
+    assert teachers.ledger_totals(path) == {"requests": 3, "prompt_tokens": 10, "cached_tokens": 4, "tokens": 3}
+    assert teachers.ledger_totals(tmp_path / "missing") == dict.fromkeys(teachers.LEDGER_COUNTERS, 0)
