@@ -33,6 +33,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -57,12 +58,23 @@ from omniopd_lib.tracking import MetricsLog, audit_metrics, fork_metrics, keep_m
 # ── Configuration: every default of docs/method.md is a field; its help text is --help. ───────────────────────────
 
 METHOD_NAMES = ["omniopd", "opd", "sft", "grpo"]
-# What --objective sets where an option is left unset (None). audit: the public implementation's defaults; on
-# the offline worlds' short responses C = 8 and M = 4, the rest unchanged (docs/method.md says why).
-OBJECTIVE_DEFAULTS = {
-    ("drafts", "any"): dict(audit_budget=4, chunk_len=16, teacher_samples=4, kl_beta=0.05, similarity="embed"),
-    ("audit", "any"): dict(audit_budget=10, chunk_len=50, teacher_samples=10, kl_beta=0.1, similarity="ned"),
-    ("audit", "offline"): dict(audit_budget=4, chunk_len=8, teacher_samples=10, kl_beta=0.1, similarity="ned")}
+@dataclass(frozen=True)
+class Objective:
+    """One reading of OmniOPD, registered once in OBJECTIVES: its step's collect (no gradient) and loss; the fields
+    it sets where the command line leaves them unset (None), `defaults`, or on an offline world's short responses
+    `offline` where given; the rules its settings must keep, (holds(cfg), why not) pairs; and its own metrics
+    that add up over ranks in scale/ (counts: every other metric is averaged)."""
+    collect: Callable
+    loss: Callable
+    defaults: dict
+    offline: dict | None = None
+    rules: tuple = ()
+    summed: tuple = ()
+
+
+# --objective NAME: the readings, registered at the end of this file (drafts, the default; audit). A reading of
+# your own is one more line there, or in your script before omniopd.main(): OBJECTIVES["mine"] = Objective(...)
+OBJECTIVES: dict[str, Objective] = {}
 
 
 @dataclass
@@ -72,7 +84,8 @@ class Config(RunOptions):
     which this extends, as TRL's GKDConfig extends SFTConfig."""
     method: str = option("omniopd", "omniopd, or a baseline: opd (white-box token-level), sft, grpo", METHOD_NAMES)
     objective: str = option("drafts", "omniopd's reading: drafts (K drafts per fork trained toward p̂) or audit (the "
-                                      "student's own chunks weighted by π̂); docs/method.md", ["drafts", "audit"])
+                                      "student's own chunks weighted by π̂), or one registered in OBJECTIVES; "
+                                      "docs/method.md", OBJECTIVES)
     # step 1: on-policy rollout
     steps: int = option(200, "optimizer steps")
     batch_size: int = option(16, "prompts per step")
@@ -133,9 +146,12 @@ class Config(RunOptions):
 
     # computed at runtime
     def __post_init__(self):
-        """The fields each reading sets its own way, where left unset (None): OBJECTIVE_DEFAULTS."""
-        scale = "offline" if self.world and self.objective == "audit" else "any"
-        for name, value in OBJECTIVE_DEFAULTS[self.objective, scale].items():
+        """The fields each reading sets its own way, where left unset (None): its Objective's defaults."""
+        objective = OBJECTIVES.get(self.objective)
+        if objective is None:   # check_config names it
+            return
+        defaults = objective.offline if self.world and objective.offline else objective.defaults
+        for name, value in defaults.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
 
@@ -151,11 +167,10 @@ class Config(RunOptions):
 def check_config(cfg) -> None:
     """Settings that cannot work are stopped before anything loads, each with the reason: the method's here,
     the run's in RunOptions.check."""
+    if cfg.objective not in OBJECTIVES:
+        raise OmniOPDError(f"unknown objective '{cfg.objective}': {', '.join(OBJECTIVES)}")
     rules = [(cfg.method in METHOD_NAMES, f"unknown method '{cfg.method}': omniopd, opd, sft or grpo"),
-             (cfg.num_drafts >= 2 or cfg.objective == "audit",
-              "--num-drafts (K) must be at least 2: one draft leaves nothing to prefer"),
-             (cfg.anchor == "full" or cfg.objective == "drafts",
-              "--objective audit anchors with the exact KL(π_ref ‖ π_θ); --anchor k3 is the drafts reading's"),
+             *[(holds(cfg), why) for holds, why in OBJECTIVES[cfg.objective].rules],
              (cfg.chunk_len >= 1 and cfg.audit_budget >= 1, "--chunk-len (L) must be at least 1, --audit-budget too"),
              (cfg.teacher_samples >= 1, "--teacher-samples (M) must be at least 1"),
              (cfg.draft_rollouts >= 1, "--draft-rollouts (R) must be at least 1"),
@@ -463,6 +478,7 @@ class StepBatch:
     num_forks: int = 0
     num_rollouts: int = 0
     metrics: dict = field(default_factory=dict)
+    objective: str = ""   # omniopd: the reading that made it (tracking shows its forks by it)
 
 
 def rollouts_with_entropy(run, rows, cfg) -> tuple[Rollout, torch.Tensor]:
@@ -525,7 +541,7 @@ def omniopd_collect(run, rows, cfg) -> StepBatch:
                       torch.stack([targets[f] for f in voted]) if voted else torch.zeros(0, cfg.num_drafts),
                       num_tokens=int(mask_B_T.sum()), num_forks=len(voted),
                       fork_texts=[(candidate_texts[f], teacher_texts[answered[f]], similarities[f]) for f in voted],
-                      horizon_texts=[compared_texts[answered[f]] for f in voted])
+                      horizon_texts=[compared_texts[answered[f]] for f in voted], objective="drafts")
     batch.metrics = {**fork_metrics(forks, len(answered), entropy_B_T, mask_B_T, similarities, batch.target_F_K),
                      **rollout_metrics(rollout, entropy_B_T)}
     return batch
@@ -612,7 +628,7 @@ def audit_collect(run, rows, cfg) -> StepBatch:
     target_F, pi_bar_F = audit_target(phi_F_N.sum(1), mean_logprob_F, num_samples, cfg.dirichlet_alpha)   # step 6
     fork_texts = [([text], answers[c], phi_F_N[f:f + 1]) for f, (text, c) in enumerate(zip(own_texts, kept))]
     batch = StepBatch(rollout, own, target_F[:, None], fork_texts=fork_texts, num_forks=len(kept),
-                      num_rollouts=len(rows), horizon_texts=[compared_texts[c] for c in kept])
+                      num_rollouts=len(rows), horizon_texts=[compared_texts[c] for c in kept], objective="audit")
     batch.metrics = {**audit_metrics(batch, len(anchors), phi_F_N, pi_bar_F, cfg.chunk_len),
                      **rollout_metrics(rollout, entropy_B_T)}
     return batch
@@ -728,14 +744,31 @@ def grpo_loss(run, batch, cfg):
         **rollout_metrics(rollout, entropy_B_T)}
 
 
-# each method: (collect without gradient, loss on what was collected); omniopd by its --objective
-METHODS = {"omniopd": (omniopd_collect, omniopd_loss), "omniopd-audit": (audit_collect, audit_loss),
-           "opd": (rollout_collect, opd_loss), "sft": (sft_collect, sft_loss), "grpo": (grpo_collect, grpo_loss)}
+# OmniOPD's readings, each registered once: what it collects, its loss, the defaults it sets (where an option is
+# left unset), the rules its settings keep, and its counts that add up over ranks. audit: the public
+# implementation's defaults; on the offline worlds' short responses C = 8 and M = 4 (docs/method.md says why).
+OBJECTIVES["drafts"] = Objective(
+    omniopd_collect, omniopd_loss,
+    defaults=dict(audit_budget=4, chunk_len=16, teacher_samples=4, kl_beta=0.05, similarity="embed"),
+    rules=((lambda cfg: cfg.num_drafts >= 2, "--num-drafts (K) must be at least 2: one draft leaves nothing to prefer"),),
+    summed=("forks/count", "forks/skipped", "forks/no_match"))
+OBJECTIVES["audit"] = Objective(
+    audit_collect, audit_loss,
+    defaults=dict(audit_budget=10, chunk_len=50, teacher_samples=10, kl_beta=0.1, similarity="ned"),
+    offline=dict(audit_budget=4, chunk_len=8, teacher_samples=10, kl_beta=0.1, similarity="ned"),
+    rules=((lambda cfg: cfg.anchor == "full",
+            "--objective audit anchors with the exact KL(π_ref ‖ π_θ); --anchor k3 is the drafts reading's"),),
+    summed=("audit/chunks", "audit/dropped", "audit/tokens", "audit/generated"))
+
+# the baselines: (collect without gradient, loss on what was collected)
+METHODS = {"opd": (rollout_collect, opd_loss), "sft": (sft_collect, sft_loss), "grpo": (grpo_collect, grpo_loss)}
 
 
 def method_functions(cfg):
-    """(collect, loss) of cfg's method, and for omniopd of its reading."""
-    return METHODS["omniopd-audit" if cfg.method == "omniopd" and cfg.objective == "audit" else cfg.method]
+    """(collect, loss) of cfg's method; for omniopd, of its reading (--objective)."""
+    if cfg.method == "omniopd":
+        return OBJECTIVES[cfg.objective].collect, OBJECTIVES[cfg.objective].loss
+    return METHODS[cfg.method]
 
 
 def update(run, loss, grad_clip) -> float:

@@ -347,7 +347,7 @@ def train_control(world, name, steps, eval_rows, method=None, similarity=None, s
     run, rows, cfg = world_run(world, seed=seed, method=method or "omniopd", **options)
     if similarity is not None:
         run.similarity = Similarity(similarity)
-    collect, loss_fn = omniopd.METHODS[cfg.method]
+    collect, loss_fn = omniopd.method_functions(cfg)
     if name.startswith("reference solutions"):
         collect, loss_fn = reference_collect, omniopd.sft_loss
     if name == "rejection sampling":

@@ -204,7 +204,7 @@ def toy_run(device, **options):
 
 def step_seconds(run, rows, cfg, repeats):
     """(min, median) of whole steps (collect, loss, backward, update) and the median stage profile."""
-    collect, loss_fn = omniopd.METHODS[cfg.method]
+    collect, loss_fn = omniopd.method_functions(cfg)
     profiles = []
 
     def one_step():

@@ -51,7 +51,7 @@ class MetricsLog:
         rows = fork_table(batch, limit)
         if not rows or not (self.tensorboard or self.wandb):
             return
-        weight = "π̂ (own chunk), φ (teacher)" if batch.target_F_K.shape[1] == 1 else "p̂"   # the audit reading: K = 1
+        weight = "π̂ (own chunk), φ (teacher)" if batch.objective == "audit" else "p̂"
         if self.tensorboard:
             cell = lambda text: str(text).replace("|", "\\|").replace("\n", "⏎")  # noqa: E731  (one table row each)
             lines = [f"| fork | who | text | {weight} |", "|---|---|---|---|"]
@@ -78,7 +78,7 @@ def fork_table(batch, limit: int) -> list[tuple]:
     rows = []
     if batch is None or batch.target_F_K is None:
         return rows
-    audit = batch.target_F_K.shape[1] == 1
+    audit = batch.objective == "audit"
     for f, (drafts, teacher_texts, similarity_K_M) in enumerate(batch.fork_texts[:limit], start=1):
         rows += [(f, "own chunk" if audit else f"draft {k}", text, round(float(p), 4)) for k, (text, p) in
                  enumerate(zip(drafts, batch.target_F_K[f - 1].tolist()), start=1)]

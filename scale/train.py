@@ -240,8 +240,9 @@ def distributed_step(run, batch, cfg) -> tuple[float, dict]:
     return total, metrics
 
 
-def combine_metrics(metrics: dict, rollouts_here: int) -> dict:
-    """Counts and loss parts add up over ranks; everything else is averaged over the ranks that report it, but
+def combine_metrics(metrics: dict, rollouts_here: int, summed: tuple = ()) -> dict:
+    """Loss parts and the counts a reading declares (its Objective's `summed`) add up over ranks; everything else
+    is averaged over the ranks that report it, but
     audit/fraction, which is the summed audited tokens over the summed generated ones. Records (audit/records)
     are every rank's, in rank order, each rollout numbered in the whole batch (rank r's first rollout follows
     ranks 0..r-1's)."""
@@ -250,8 +251,7 @@ def combine_metrics(metrics: dict, rollouts_here: int) -> dict:
     combined = {}
     for key in sorted({k for m, _ in everyone for k in m}):
         values = [(m[key], sum(n for _, n in everyone[:rank])) for rank, (m, _) in enumerate(everyone) if key in m]
-        adds_up = key.startswith(("loss/", "forks/count", "forks/skipped", "forks/no_match", "audit/chunks",
-                                  "audit/dropped", "audit/tokens", "audit/generated")) and key != "loss/total"
+        adds_up = key.startswith(("loss/", *summed)) and key != "loss/total"
         if isinstance(values[0][0], list):
             combined[key] = [{**record, "rollout": record["rollout"] + first} if "rollout" in record else record
                              for value, first in values for record in value]
@@ -443,7 +443,8 @@ def train_in(cfg: ScaleConfig, out: Path, rank: int, world: int) -> dict:
         _, metrics = distributed_step(run, batch, cfg)
         metrics.update(run.clock.take())
         run.step += 1
-        metrics = combine_metrics(metrics, len(rows))
+        metrics = combine_metrics(metrics, len(rows),
+                                  omniopd.OBJECTIVES[cfg.objective].summed if cfg.method == "omniopd" else ())
         stops.count(metrics)
         metrics.update(global_figures(step_figures(run.step, started, run.teacher), run.teacher))
         if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:

@@ -268,6 +268,7 @@ def test_a_chunk_without_n_answers_is_dropped_and_counted(serve, tmp_path, monke
 
 def test_the_fork_table_shows_the_own_chunk_with_pi_hat_and_each_continuation_with_phi():
     class Batch:
+        objective = "audit"
         target_F_K = torch.tensor([[0.625]])
         fork_texts = [(["Tom has 12"], ["Tom has 12", "Tom has 13"], torch.tensor([[1.0, 0.9]]))]
     assert fork_table(Batch, 3) == [(1, "own chunk", "Tom has 12", 0.625), (1, "teacher 1", "Tom has 12", 1.0),

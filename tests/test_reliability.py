@@ -3,6 +3,7 @@
 Every teacher here is a real OpenAI-compatible HTTP server on 127.0.0.1 (toyworld/serve.py)
 serving the toy teacher, misbehaving on purpose where a test says so."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -198,12 +199,12 @@ def test_a_batch_with_no_forks_is_logged_and_training_goes_on(tmp_path):
 def test_non_finite_losses_are_skipped_and_three_in_a_row_stop_the_run(tmp_path, capsys, monkeypatch, poison):
     """Steps 3, 4, 5 get a non-finite loss (injected into the real loss): none is applied, the run
     stops after the third, and the last checkpoint holds the weights of step 2."""
-    collect, real_loss = omniopd.METHODS["omniopd"]
+    collect, real_loss = omniopd.method_functions(omniopd.Config())
 
     def poisoned_loss(run, batch, cfg):
         loss, metrics = real_loss(run, batch, cfg)
         return (loss * poison if run.step in (2, 3, 4) else loss), metrics
-    monkeypatch.setitem(omniopd.METHODS, "omniopd", (collect, poisoned_loss))
+    monkeypatch.setitem(omniopd.OBJECTIVES, "drafts", dataclasses.replace(omniopd.OBJECTIVES["drafts"], loss=poisoned_loss))
     out = tmp_path / "run"
     line = error_line(capsys, [*SMALL, *LOCAL_TEACHER, "--steps", "10", "--save-every", "1", "--similarity", "lexical", "--out", str(out)])
     assert "not finite 3 steps in a row" in line and "step-000002" in line

@@ -49,8 +49,8 @@ def test_scale_exchanges_go_through_when_the_default_group_refuses_cpu_tensors(s
             dist.all_reduce(torch.zeros(1, dtype=torch.float64))      # what the old all_reduce did
         scale_train.init_control_group(wait_minutes=1)
         assert scale_train.all_reduce([3.0, 4.0]) == [3.0, 4.0]
-        assert scale_train.combine_metrics({"loss/total": 1.5, "forks/count": 2}) == {"loss/total": 1.5,
-                                                                                       "forks/count": 2}
+        assert scale_train.combine_metrics({"loss/total": 1.5, "forks/count": 2}, 8, ("forks/count",)) == {
+            "loss/total": 1.5, "forks/count": 2}
         teacher = scale_train.GatheredTeacher(TeacherPool(["openai:echo"], url, KEY_ENV, "completion"), 0, 1)
         assert teacher.continuations(["a b c"], n=2, max_tokens=4) == [[" and so on after c"] * 2]
     finally:
