@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from omniopd_lib import codetask
+from omniopd_lib import codetask, sandbox
 
 ROOT = os.geteuid() == 0
 LAYERS = ["guard", pytest.param("kernel", marks=pytest.mark.skipif(
@@ -31,7 +31,7 @@ def leftover_processes() -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
-                if b"codetask.py" in (entry / "cmdline").read_bytes():
+                if b"omniopd_lib/sandbox.py" in (entry / "cmdline").read_bytes():
                     found.append(int(entry.name))
             except OSError:
                 pass
@@ -274,13 +274,13 @@ def test_values_cross_as_plain_data_only():
     values = [None, True, 3, -2 ** 80, 1.5, float("inf"), "é", b"\x00\xff", 1 + 2j, [1, (2, 3)], {4, 5},
               frozenset({6}), {"a": [1], (1, 2): {"b": None}}, ()]
     for value in values:
-        assert codetask.decode(codetask.encode(value)) == value and type(codetask.decode(codetask.encode(value))) is type(value)
+        assert sandbox.decode(sandbox.encode(value)) == value and type(sandbox.decode(sandbox.encode(value))) is type(value)
     for refused in (object(), lambda: 1, iter([1]), type("Int", (int,), {})(3)):
         with pytest.raises(TypeError):
-            codetask.encode(refused)
+            sandbox.encode(refused)
     for malformed in ([1, 2], {"list": 1}, {"evil": []}, {"int": "1", "x": 2}):
         with pytest.raises((TypeError, ValueError)):
-            codetask.decode(malformed)
+            sandbox.decode(malformed)
 
 
 def test_tests_may_use_the_programs_helpers_values_and_modules():
@@ -350,14 +350,14 @@ def run_as_nobody(checks: list, home: Path, limits: dict | None = None) -> list[
     import json
     import shutil
     import subprocess
-    shutil.copy(Path(codetask.__file__), home / "codetask.py")
+    shutil.copy(Path(sandbox.__file__), home / "sandbox.py")
     (home / "checks.json").write_text(json.dumps(checks))
     (home / "driver.py").write_text(
-        "import dataclasses, json, sys\nsys.path.insert(0, sys.argv[1])\nimport codetask\n"
+        "import dataclasses, json, sys\nsys.path.insert(0, sys.argv[1])\nimport sandbox as codetask\n"
         "checks = json.load(open(sys.argv[1] + '/checks.json'))\n"
         "limits = codetask.Limits(**{'seconds': 3.0, **json.loads(sys.argv[2])})\n"
         "print(json.dumps([dataclasses.asdict(codetask.check(p, t, limits)) for p, t in checks]))\n")
-    for name in ("codetask.py", "checks.json", "driver.py"):
+    for name in ("sandbox.py", "checks.json", "driver.py"):
         os.chmod(home / name, 0o644)
 
     def become_nobody():
@@ -488,14 +488,14 @@ def test_the_hook_reads_no_global_name():
     """Every name the hook reads at run time is its own (bound before the program starts): the program can rebind
     any global or built-in name, so a LOAD_GLOBAL in the hook would be a switch the program holds."""
     import dis
-    hook = codetask.audit_hook("/nowhere/", os.getcwd, os.stat, {})
+    hook = sandbox.audit_hook("/nowhere/", os.getcwd, os.stat, {})
     codes, seen = [hook.__code__], []
     while codes:
         code = codes.pop()
         seen.append(code.co_name)
         assert not [i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")], code
         codes += [c for c in code.co_consts if hasattr(c, "co_code")]
-    assert "hook" in seen and [c.cell_contents for c in hook.__closure__ if c.cell_contents is codetask.REFUSED_EVENTS]
+    assert "hook" in seen and [c.cell_contents for c in hook.__closure__ if c.cell_contents is sandbox.REFUSED_EVENTS]
 
 
 def test_the_guard_still_lets_a_program_work_inside_its_folder():
@@ -522,7 +522,7 @@ def test_without_root_or_namespaces_a_program_cannot_forge_its_verdict_through_p
              "                    handle.write(line)\n                    written += 1\n"
              "        except OSError:\n            pass\n"
              "for pid in [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) not in (me, parent)]:\n"
-             "    try:\n        if b'codetask' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
+             "    try:\n        if b'sandbox.py' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
              "            os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass\n")
     verdicts = run_as_nobody([("def add(a, b):\n    return a - b\n" + forge, RIGGED)], nobody_home,
                              limits={"python_guard": False, "namespaces": False})
