@@ -147,3 +147,21 @@ def test_the_sweep_tries_past_an_edge_where_a_methods_best_rate_lands(monkeypatc
                                                                         4e-4, 8e-4]
     assert sorted(lr for name, lr in asked if name == "SFT") == args.lrs
     assert compare.best_rate({1e-4: 0.5, 2e-4: 0.5, 4e-4: 0.5}) == 2e-4   # a tie: the middle of what was tried
+
+
+def test_the_foreign_teacher_reads_a_solution_the_student_began():
+    """Issue #32: an LLM teacher reads whatever prefix it is given; the foreign teacher learned to (stories.
+    read_on_lesson), so continuing the student's-dialect reference solution cut after k sentences it reaches the
+    right answer (the teacher that never read the student's dialect: 27 % at k = 1, 5.5 % at k = 2, 4 % at k = 3),
+    and from a bare "Answer:" it still writes its own dialect."""
+    from teacher_reads_student import continued_right
+    from omniopd_lib.teachers import HFTeacher
+    teacher = HFTeacher("stories-foreign", "cpu")
+    rows = stories.make_problems(48, "test", 0)
+    template = omniopd.Config().resolved().prompt_template
+    shares = [continued_right(teacher, rows, k, template) for k in (1, 2, 3)]
+    assert min(shares) >= 0.8, shares
+    model, tokenizer = teacher.model, teacher.tokenizer
+    cfg = omniopd.Config(**toyworld.world_options("stories-foreign")).resolved()
+    _, records = grading.evaluate(model, tokenizer, rows[:16], cfg)
+    assert not any("####" in r["output"] or " we add " in r["output"] for r in records)
