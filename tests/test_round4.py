@@ -291,7 +291,8 @@ def test_item18_requests_on_the_meter_equal_the_servers_count_with_retries(serve
     no `requests`)."""
     from toyworld.serve import FaultPlan
     monkeypatch.setenv("POOL_TEST_KEY", "k")
-    server, url = serve("echo", faults=FaultPlan(rate=0.5, kinds=("500",), seed=3))
+    # 500s (retried by the client) and malformed replies (a per-choice parse that raises: counted once, not twice)
+    server, url = serve("echo", faults=FaultPlan(rate=0.5, kinds=("500", "malformed"), seed=3))
     if pooled:
         from scale.teachers import TeacherPool
         teacher = TeacherPool(["openai:echo"], url, "POOL_TEST_KEY", mode="completion", retries=3, timeout=10,
@@ -300,7 +301,7 @@ def test_item18_requests_on_the_meter_equal_the_servers_count_with_retries(serve
         monkeypatch.setenv("OPENAI_API_KEY", "k")
         teacher = teachers.OpenAITeacher("echo", url, mode="completion", retries=3, timeout=10)
     teacher.continuations([f"prefix {i}" for i in range(8)], 1, 8)
-    assert server.faults_injected["500"] > 0
+    assert server.faults_injected["500"] > 0 and server.faults_injected["malformed"] > 0
     assert teacher.meter()["requests"] == server.requests_received
 
 
