@@ -750,7 +750,8 @@ def grpo_loss(run, batch, cfg):
 OBJECTIVES["drafts"] = Objective(
     omniopd_collect, omniopd_loss,
     defaults=dict(audit_budget=4, chunk_len=16, teacher_samples=4, kl_beta=0.05, similarity="embed"),
-    rules=((lambda cfg: cfg.num_drafts >= 2, "--num-drafts (K) must be at least 2: one draft leaves nothing to prefer"),),
+    rules=((lambda cfg: cfg.num_drafts >= 2,
+            "--num-drafts (K) must be at least 2: one draft leaves nothing to prefer"),),
     summed=("forks/count", "forks/skipped", "forks/no_match"))
 OBJECTIVES["audit"] = Objective(
     audit_collect, audit_loss,

@@ -44,11 +44,8 @@ def setup(cfg, teacher=None) -> RunState:
     run = RunState(student, tokenizer, reference, teacher, similarity, optimizer, lora=lora)
     if state is not None:
         restore(run, state, cfg)
-    if teacher is not None:
-        # a resumed run's first step is billed from the checkpoint's meter; an API teacher's ledger puts what a
-        # killed step spent on the meter as well, so it shows in that first step's bill
-        checkpointed = keep_ledger(teacher, cfg.out, cfg.resume or None) or {}
-        teacher.meter_at_last_step = {**teacher.meter(), **checkpointed}
+    if teacher is not None:   # billed from the checkpoint's meter; a ledger adds what a killed step spent
+        teacher.meter_at_last_step = {**teacher.meter(), **(keep_ledger(teacher, cfg.out, cfg.resume or None) or {})}
     return run
 
 
