@@ -286,11 +286,11 @@ def counter_holder(teacher):
 
 
 def restore_counters(teacher, counters: dict) -> None:
-    """The saved counters, each a count (and the pool's dollars a finite amount of 0 or more); nothing else."""
+    """The saved counters, each a count; nothing else (a pool's dollars follow from its tokens)."""
     holder = counter_holder(teacher)
     for name, value in counters.items():
-        fits = checkpoint.is_count(value) or (name == "dollars" and type(value) is float and 0 <= value < math.inf)
-        if holder is not None and name in (*POOL_COUNTERS, "dollars") and hasattr(holder, name) and fits:
+        if holder is not None and name in POOL_COUNTERS and type(getattr(holder, name, None)) is int \
+                and checkpoint.is_count(value):
             setattr(holder, name, value)
 
 
@@ -310,7 +310,7 @@ def save_checkpoint(run, cfg, rank, world) -> Path:
     torch.save(common.rng_state(), partial / f"rng-rank{rank}.pt")
     holder = counter_holder(run.teacher)   # the bill goes on after a resume
     (partial / f"teacher-rank{rank}.json").write_text(json.dumps(
-        {name: getattr(holder, name) for name in (*POOL_COUNTERS, "dollars") if hasattr(holder, name)}))
+        {name: getattr(holder, name) for name in POOL_COUNTERS if type(getattr(holder, name, None)) is int}))
     dist.barrier()
     if rank == 0:
         run.tokenizer.save_pretrained(partial)

@@ -114,8 +114,10 @@ def test_training_survives_a_teacher_failing_30_percent_and_never_pays_twice(tea
     failed_3 = steps[2]["teacher/failures"] - steps[1]["teacher/failures"]
     scale_run("--steps", "3", "--resume", str(tmp_path / "run/checkpoints/step-000002"), "--out", str(tmp_path / "run"))
     redone = [m for m in metrics_of(tmp_path / "run") if "loss/total" in m][-1]
-    assert redone["step"] == 3 and redone["teacher/cached"] == requests_3 - failed_3
-    assert server.requests_received - received == redone["teacher/calls"]  # only the ones that had failed
+    # the meter goes on from the checkpoint's (step 2's) counters, and this step's bill is what it sent
+    assert redone["step"] == 3 and redone["teacher/cached"] - steps[1]["teacher/cached"] == requests_3 - failed_3
+    assert server.requests_received - received == redone["teacher/calls"] - steps[1]["teacher/calls"] \
+        == redone["bill/requests"]   # only the ones that had failed
 
 
 # ----------------------------------------------------------------------------
