@@ -371,16 +371,22 @@ def run_as_nobody(checks: list, home: Path, limits: dict | None = None) -> list[
     return json.loads(done.stdout)
 
 
-@UNPRIVILEGED
-def test_without_root_a_program_still_cannot_pass_its_own_tests_or_write_outside(nobody_home):
-    """As nobody, every file of the check and the targets belong to the same user, so only the judge's
-    separation (pipes, non-dumpable processes) and the audit hook stand in the way."""
-    outside = nobody_home / "outside"
+def nobodys_own_target(home: Path) -> tuple[Path, Path]:
+    """A folder outside the check and a file in it ("original"), both user nobody's: only the guard protects them."""
+    outside = home / "outside"
     outside.mkdir()
     target = outside / "keep.txt"
     target.write_text("original")
     for path in (outside, target):
         os.chown(path, 65534, 65534)
+    return outside, target
+
+
+@UNPRIVILEGED
+def test_without_root_a_program_still_cannot_pass_its_own_tests_or_write_outside(nobody_home):
+    """As nobody, every file of the check and the targets belong to the same user, so only the judge's
+    separation (pipes, non-dumpable processes) and the audit hook stand in the way."""
+    outside, target = nobodys_own_target(nobody_home)
     good = [("def add(a, b):\n    return a + b\n", {"asserts": ["assert add(1, 2) == 3"]})]
     checks = [("def add(a, b):\n    return a + b\n" + SELF_PASSING[name], RIGGED) for name in sorted(SELF_PASSING)]
     writes = ["dir_fd truncate", "dir_fd create", "hard link", "overwrite", "append"]
@@ -533,12 +539,7 @@ def test_without_root_or_namespaces_a_program_cannot_forge_its_verdict_through_p
 def test_without_root_the_realpath_patch_writes_nothing_outside(nobody_home):
     """#33 item 1 as the issue found it: as nobody, with the guard on, the realpath patch overwrote the user's
     own file and the verdict was passed."""
-    outside = nobody_home / "outside"
-    outside.mkdir()
-    target = outside / "keep.txt"
-    target.write_text("original")
-    for path in (outside, target):
-        os.chown(path, 65534, 65534)
+    outside, target = nobodys_own_target(nobody_home)
     program = GUARD_ATTACKS["patched realpath"].format(target=str(target))
     verdicts = run_as_nobody([(program, PASSES)], nobody_home)
     assert not verdicts[0]["passed"] and "PermissionError" in verdicts[0]["reason"], verdicts[0]
