@@ -327,7 +327,7 @@ def saved_counters(path: Path, saved_world: int, rank: int, world: int) -> dict:
     def read(r):
         try:
             counters = json.loads((path / f"teacher-rank{r}.json").read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):   # untrusted, like the rest of a checkpoint
             return {}
         return counters if isinstance(counters, dict) else {}
     if saved_world == world:

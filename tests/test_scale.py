@@ -146,3 +146,22 @@ def test_two_ranks_log_a_global_audit_and_bill_that_a_resume_continues(tmp_path)
     assert resumed[0]["teacher/tokens"] == steps[1]["teacher/tokens"] + resumed[0]["bill/tokens"]
     assert resumed[0]["teacher/calls"] == steps[1]["teacher/calls"] + 3 * (resumed[0]["audit/chunks"]
                                                                             + resumed[0]["audit/dropped"])
+
+
+def test_a_tampered_checkpoints_teacher_counters_restore_only_counts(tmp_path):
+    """teacher-rank{r}.json is untrusted: deep nesting, a list, negative, fractional or boolean amounts and settings
+    that are not counters change nothing; at another world size rank 0 takes the sum of what is well formed."""
+    from scale import train as scale_train
+    (tmp_path / "teacher-rank0.json").write_text('{"calls": 5, "tokens": -3, "model": "o1-pro", "failures": true}')
+    (tmp_path / "teacher-rank1.json").write_text("[" * 100_000)
+    (tmp_path / "teacher-rank2.json").write_text('{"calls": 2.5, "requests": 4}')
+
+    class Teacher:
+        calls = failures = tokens = requests = 0
+        model = "mine"
+    teacher = Teacher()
+    scale_train.restore_counters(teacher, scale_train.saved_counters(tmp_path, 3, 0, 1))
+    assert (teacher.calls, teacher.failures, teacher.tokens, teacher.requests, teacher.model) == (0, 0, 0, 4, "mine")
+    scale_train.restore_counters(teacher, scale_train.saved_counters(tmp_path, 3, 0, 3))
+    assert (teacher.calls, teacher.tokens, teacher.model) == (5, 0, "mine")
+    assert scale_train.saved_counters(tmp_path, 3, 1, 3) == {}
