@@ -349,8 +349,9 @@ def test_a_local_teachers_token_meter_counts_an_eos_that_is_also_the_pad_token()
 
 def test_what_a_killed_step_spent_is_on_the_bill_after_resume(serve, tmp_path, monkeypatch):
     """Item 18's last part: a run killed in the middle of step 3 (SIGKILL, no handler runs) had sent requests the
-    step-2 checkpoint does not know of; resumed, the meter must still equal the server's own count, and the bill's
-    steps add up to it (before: server 27, meter 25). The ledger (teacher_ledger.jsonl) is written as requests go."""
+    step-2 checkpoint does not know of; resumed, the meter must still hold the server's own count (at most the one
+    request in flight above it), and the bill's steps add up to it (before: server 27, meter 25). The ledger
+    (teacher_ledger.jsonl) is written as requests go."""
     server, url = serve("echo", latency=0.3)
     monkeypatch.setenv("OPENAI_API_KEY", "k")
     options = [*TOY, "--steps", "4", "--save-every", "2", "--teacher", "openai:echo", "--teacher-base-url", url,
@@ -372,8 +373,10 @@ def test_what_a_killed_step_spent_is_on_the_bill_after_resume(serve, tmp_path, m
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [s for s in steps if "bill/requests" in s]
     assert [s["step"] for s in steps] == [1, 2, 3, 4]
-    assert steps[-1]["teacher/requests"] == server.requests_received
-    assert sum(s["bill/requests"] for s in steps) == server.requests_received
+    # The ledger writes a request as it leaves: a kill that cut the one in flight before the server read it (one at
+    # concurrency 1) bills it anyway. Never below the server's count, at most one above (CI once saw 24 for 23).
+    assert server.requests_received <= steps[-1]["teacher/requests"] <= server.requests_received + 1
+    assert sum(s["bill/requests"] for s in steps) == steps[-1]["teacher/requests"]
 
 
 def test_a_ledger_is_read_as_untrusted_data(tmp_path):
