@@ -1,8 +1,9 @@
-"""OmniOPD: logit-free on-policy distillation (arXiv 2606.01476), the whole method in one file.
+"""OmniOPD: logit-free on-policy distillation (arXiv 2606.01476), the method end to end in one file.
 
 On-policy distillation trains a small student on its own samples with dense feedback from a stronger teacher;
 OmniOPD needs only the teacher's text, so API models can teach. Two readings of the paper's abstract, each step one
-function below, in order (docs/method.md; both measured side by side in docs/results.md):
+function, in order: the first below, the second in omniopd_audit.py beside it (docs/method.md; both measured side by
+side in docs/results.md). The baselines (OPD, SFT, GRPO) are omniopd_baselines.py.
 
 --objective drafts (this project's, the default): at the student's high-entropy forks (local maxima of H_t, at
   most B per rollout) the student drafts K chunks of L tokens (the first is what it wrote), the teacher continues
@@ -43,16 +44,14 @@ from omniopd_lib.common import OmniOPDError
 from omniopd_lib.config import RunOptions, option
 from omniopd_lib.data import batch_rows, load_data
 from omniopd_lib.fastpaths import (EntropyRecorder, FullVocabularyKL, ReferenceFirstKL, packed_rollout_and_drafts,
-                                   packed_scoring_applies, smooth_entropy, token_logprobs, token_logprobs_and_entropy)
-from omniopd_lib.generation import (completion_nll, cut_at_stop, decode_after, encode_prompts, generate,
-                                    left_pad, positions, response_texts, stop_token_ids)
-from omniopd_lib.grading import grade
+                                   packed_scoring_applies, token_logprobs, token_logprobs_and_entropy)
+from omniopd_lib.generation import (PLAIN_TEMPLATE, cut_at_stop, decode_after, encode_prompts, generate, left_pad,
+                                    positions, stop_token_ids)
 from omniopd_lib.models import save_merged
-from omniopd_lib.teachers import (CHARACTERS_PER_TOKEN_AT_MOST, InFlight, draw_name, first_tokens,
-                                  teacher_prefix_texts, teacher_view_template)
+from omniopd_lib.teachers import InFlight, draw_name, first_tokens
 from omniopd_lib.runs import (StopRules, main_with_errors, run_eval, run_folder, setup, step_figures,
                               teacher_accuracy, teacher_bill)
-from omniopd_lib.tracking import MetricsLog, audit_metrics, fork_metrics, keep_metrics_until, rollout_metrics
+from omniopd_lib.tracking import MetricsLog, fork_metrics, keep_metrics_until, rollout_metrics
 
 
 # ── Configuration: every default of docs/method.md is a field; its help text is --help. ───────────────────────────
@@ -72,8 +71,9 @@ class Objective:
     summed: tuple = ()
 
 
-# --objective NAME: the readings, registered at the end of this file (drafts, the default; audit). A reading of
-# your own is one more line there, or in your script before omniopd.main(): OBJECTIVES["mine"] = Objective(...)
+# --objective NAME: the readings, each registered once (drafts, the default, at the end of this file; audit in
+# omniopd_audit.py). A reading of your own is one file like omniopd_audit.py, or in your script before
+# omniopd.main(): OBJECTIVES["mine"] = Objective(collect, loss, defaults={...})
 OBJECTIVES: dict[str, Objective] = {}
 
 
@@ -202,15 +202,17 @@ class Rollout:
 def sample_rollouts(student, tokenizer, questions, cfg) -> Rollout:
     """Step 1: y ~ π_θ(·|x) at temperature τ, up to max_new_tokens; marks where each y ends and keeps each
     position's entropy H_t."""
-    prompts = encode_prompts(tokenizer, questions, cfg.prompt_template, student.device, cfg.system_prompt)
+    prompts = encode_prompts(tokenizer, questions, template=cfg.prompt_template, device=student.device,
+                             system_prompt=cfg.system_prompt)
     recorder = EntropyRecorder()
     response_ids_B_T = generate(student, tokenizer, prompts.input_ids, prompts.attention_mask,
-                                cfg.max_new_tokens, cfg.temperature, watch=recorder)
+                                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, watch=recorder)
     is_stop_B_T = torch.isin(response_ids_B_T, torch.tensor(stop_token_ids(student, tokenizer), device=student.device))
     # a token is part of y if no stop token came strictly before it
     stops_before_B_T = is_stop_B_T.long().cumsum(-1) - is_stop_B_T.long()
-    return Rollout(prompts.input_ids, prompts.attention_mask, response_ids_B_T, (stops_before_B_T == 0).long(),
-                   torch.stack(recorder.steps, 1) if recorder.steps else None)
+    return Rollout(prompt_ids_B_P=prompts.input_ids, prompt_mask_B_P=prompts.attention_mask,
+                   response_ids_B_T=response_ids_B_T, response_mask_B_T=(stops_before_B_T == 0).long(),
+                   entropy_B_T=torch.stack(recorder.steps, 1) if recorder.steps else None)
 
 
 def response_logits(model, rollout: Rollout) -> torch.Tensor:
@@ -223,6 +225,20 @@ def response_logits(model, rollout: Rollout) -> torch.Tensor:
 
 
 # ── Step 2: peak-entropy scheduler ────────────────────────────────────────────────────────────────────────────────
+
+def smooth_entropy(entropy_T, window):
+    """Step 2: the w-token moving average of H_t, centred, the edges replicated (zeros would pull them down).
+    An even window w averages w + 1 tokens with both ends weighted ½ (the centred 2×w average), so no window
+    moves a peak by half a token."""
+    if window <= 1 or entropy_T.numel() == 0:
+        return entropy_T
+    weights = torch.ones(window + 1 - window % 2, device=entropy_T.device, dtype=entropy_T.dtype)
+    if window % 2 == 0:
+        weights[[0, -1]] = 0.5
+    half = (len(weights) - 1) // 2
+    padded = F.pad(entropy_T.view(1, 1, -1), (half, half), mode="replicate")
+    return F.conv1d(padded, (weights / window).view(1, 1, -1)).view(-1)
+
 
 def select_forks(entropy_B_T, mask_B_T, budget, gap, threshold, window=1, audit_ratio=0.0,
                  selection="peak", generator=None) -> list[tuple[int, int]]:
@@ -276,8 +292,8 @@ def draft_chunks(student, tokenizer, rollout, forks, num_drafts, chunk_len, temp
     fresh = [[] for _ in forks]
     if num_drafts > 1:
         batch = left_pad(prefixes, tokenizer.pad_token_id, student.device)
-        new_ids = generate(student, tokenizer, batch["input_ids"], batch["attention_mask"], chunk_len,
-                           temperature, n=num_drafts - 1).tolist()
+        new_ids = generate(student, tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens=chunk_len,
+                           temperature=temperature, n=num_drafts - 1).tolist()
         fresh = [[cut_at_stop(new_ids[f * (num_drafts - 1) + k], stops) for k in range(num_drafts - 1)]
                  for f in range(len(forks))]
     return Drafts(prefixes, [[written[f]] + fresh[f] for f in range(len(forks))], list(forks))
@@ -302,8 +318,8 @@ def drafts_to_horizon(student, tokenizer, drafts: Drafts, horizon: str, num_roll
     budgets = [max_tokens - t - len(c) if horizon == "end" else max_tokens
                for (_, t), chunks in zip(drafts.forks, drafts.chunk_ids) for c in chunks]
     batch = left_pad(sequences, tokenizer.pad_token_id, student.device)
-    new_ids = generate(student, tokenizer, batch["input_ids"], batch["attention_mask"], max(1, max(budgets)),
-                       temperature, n=num_rollouts).tolist()
+    new_ids = generate(student, tokenizer, batch["input_ids"], batch["attention_mask"],
+                       max_new_tokens=max(1, max(budgets)), temperature=temperature, n=num_rollouts).tolist()
     texts, finished, row = [], [], 0
     for f, chunks in enumerate(drafts.chunk_ids):
         texts.append([]), finished.append([])
@@ -355,6 +371,20 @@ def rollout_and_drafts_forward(model, rollout: Rollout, drafts: Drafts):
 # ── Step 4: teacher rollouts (text only) ──────────────────────────────────────────────────────────────────────────
 
 
+def teacher_prefix_texts(tokenizer, rollout, forks, questions, cfg) -> list[str]:
+    """Step 4: decode(s_t), the text the teacher continues at each fork (b, t): the prompt as teacher_view_template
+    shows it, then y_<t."""
+    texts = []
+    for b, t in forks:
+        prompt_ids = rollout.prompt_ids_B_P[b][rollout.prompt_mask_B_P[b].bool()].tolist()
+        written = rollout.response_ids_B_T[b, :t].tolist()
+        if cfg.prompt_template == "chat":
+            texts.append(PLAIN_TEMPLATE.format(question=questions[b]) + decode_after(tokenizer, prompt_ids, written))
+        else:
+            texts.append(tokenizer.decode(prompt_ids + written, skip_special_tokens=True))
+    return texts
+
+
 def teacher_rollouts(teacher, prefix_texts: list[str], num_samples: int, chunk_len: int, tokenizer,
                      max_tokens=0, draw="", rows=None, horizon="chunk", max_new_tokens=0) -> InFlight:
     """Step 4: r^1..r^M = M teacher continuations of each decoded prefix s_t, None where the teacher failed; an API
@@ -367,7 +397,7 @@ def teacher_rollouts(teacher, prefix_texts: list[str], num_samples: int, chunk_l
     default = {"chunk": chunk_len if teacher.shares_tokenizer else 2 * chunk_len, "step": 2 * chunk_len,
                "end": max_new_tokens or 4 * chunk_len}[horizon]
     return InFlight(teacher, (prefix_texts, num_samples, max_tokens or default, draw, rows), lambda answers: [
-        None if texts is None else [horizon_text(t, horizon, tokenizer, chunk_len) for t in texts]
+        None if texts is None else [horizon_text(t, horizon, tokenizer=tokenizer, chunk_len=chunk_len) for t in texts]
         for texts in answers])
 
 
@@ -497,6 +527,15 @@ def horizon_tokens(cfg) -> int:
     return 2 * cfg.chunk_len if cfg.horizon == "step" else cfg.max_new_tokens
 
 
+def teacher_rollouts_at(run, rows, rollout, forks, cfg) -> InFlight:
+    """Step 4 at a batch's forks (b, t): the teacher continues each decoded prefix s_t (the prompt as the teacher is
+    shown it, then y_<t) M times, to the horizon."""
+    prefix_texts = teacher_prefix_texts(run.tokenizer, rollout, forks, [r["question"] for r in rows], cfg)
+    return teacher_rollouts(run.teacher, prefix_texts, num_samples=cfg.teacher_samples, chunk_len=cfg.chunk_len,
+                            tokenizer=run.tokenizer, max_tokens=cfg.teacher_max_tokens, draw=draw_name(cfg, run.step),
+                            rows=[rows[b] for b, _ in forks], horizon=cfg.horizon, max_new_tokens=cfg.max_new_tokens)
+
+
 def context_text(tokenizer, rollout, fork) -> str:
     """y_<t as text: what the student wrote before the fork, which a final answer may already be part of."""
     b, t = fork
@@ -510,16 +549,16 @@ def omniopd_collect(run, rows, cfg) -> StepBatch:
     student, tokenizer = run.student, run.tokenizer
     rollout, entropy_B_T = rollouts_with_entropy(run, rows, cfg)                              # step 1
     mask_B_T = rollout.response_mask_B_T
-    forks = select_forks(entropy_B_T, mask_B_T, cfg.audit_budget, cfg.fork_gap, cfg.entropy_threshold,  # step 2
-                         cfg.entropy_window, cfg.audit_ratio, cfg.fork_selection)
-    prefix_texts = teacher_prefix_texts(tokenizer, rollout, forks, [r["question"] for r in rows], cfg)
-    in_flight = teacher_rollouts(run.teacher, prefix_texts, cfg.teacher_samples, cfg.chunk_len, tokenizer,  # step 4
-                                 cfg.teacher_max_tokens, draw_name(cfg, run.step), [rows[b] for b, _ in forks],
-                                 cfg.horizon, cfg.max_new_tokens)
+    forks = select_forks(entropy_B_T, mask_B_T, budget=cfg.audit_budget, gap=cfg.fork_gap,              # step 2
+                         threshold=cfg.entropy_threshold, window=cfg.entropy_window, audit_ratio=cfg.audit_ratio,
+                         selection=cfg.fork_selection)
+    in_flight = teacher_rollouts_at(run, rows, rollout, forks, cfg)                              # step 4
     with run.clock("drafts"):   # while an API teacher's requests are in flight
-        drafts = draft_chunks(student, tokenizer, rollout, forks, cfg.num_drafts, cfg.chunk_len, cfg.temperature)  # 3
-        compared_texts, finished = drafts_to_horizon(student, tokenizer, drafts, cfg.horizon, cfg.draft_rollouts,
-                                                     horizon_tokens(cfg), cfg.temperature)
+        drafts = draft_chunks(student, tokenizer, rollout, forks, num_drafts=cfg.num_drafts,     # step 3
+                              chunk_len=cfg.chunk_len, temperature=cfg.temperature)
+        compared_texts, finished = drafts_to_horizon(student, tokenizer, drafts, horizon=cfg.horizon,
+                                                     num_rollouts=cfg.draft_rollouts, max_tokens=horizon_tokens(cfg),
+                                                     temperature=cfg.temperature)
     teacher_texts = in_flight.wait(run.clock)
     answered = [f for f, texts in enumerate(teacher_texts) if texts]
     with run.clock("similarity"):
@@ -527,22 +566,25 @@ def omniopd_collect(run, rows, cfg) -> StepBatch:
                            for f in answered]
         similarities = similarity_matrices(run.similarity, [compared_texts[f] for f in answered],   # step 5
                                            [teacher_texts[f] for f in answered],
-                                           [context_text(tokenizer, rollout, forks[f]) for f in answered],
-                                           [finished[f] for f in answered], cfg.draft_rollouts)
+                                           contexts_F=[context_text(tokenizer, rollout, forks[f]) for f in answered],
+                                           finished_F_K=[finished[f] for f in answered],
+                                           num_rollouts=cfg.draft_rollouts)
     answered_drafts = drafts.subset(answered)
     priors = [None] * len(answered)
     if cfg.prior == "student" and answered:  # u_k ∝ the student's own length-normalised draft probabilities
         _, logprobs_F_K, lengths_F_K = rollout_and_drafts_forward(student, rollout, answered_drafts)
         priors = torch.softmax(logprobs_F_K / lengths_F_K.float() ** cfg.length_norm, 1).cpu()
-    targets = [dirichlet_preference(S, cfg.dirichlet_alpha, cfg.vote_temperature, cfg.votes,  # step 6
-                                    priors[f], cfg.vote_threshold) for f, S in enumerate(similarities)]
+    targets = [dirichlet_preference(S, alpha=cfg.dirichlet_alpha, vote_temperature=cfg.vote_temperature,  # step 6
+                                    votes=cfg.votes, prior_K=priors[f], vote_threshold=cfg.vote_threshold)
+               for f, S in enumerate(similarities)]
     voted = [f for f, target in enumerate(targets) if target is not None]
     batch = StepBatch(rollout, answered_drafts.subset(voted),
                       torch.stack([targets[f] for f in voted]) if voted else torch.zeros(0, cfg.num_drafts),
                       num_tokens=int(mask_B_T.sum()), num_forks=len(voted),
                       fork_texts=[(candidate_texts[f], teacher_texts[answered[f]], similarities[f]) for f in voted],
                       horizon_texts=[compared_texts[answered[f]] for f in voted], objective="drafts")
-    batch.metrics = {**fork_metrics(forks, len(answered), entropy_B_T, mask_B_T, similarities, batch.target_F_K),
+    batch.metrics = {**fork_metrics(forks, answered=len(answered), entropy_B_T=entropy_B_T, mask_B_T=mask_B_T,
+                                    similarities=similarities, target_F_K=batch.target_F_K),
                      **rollout_metrics(rollout, entropy_B_T)}
     return batch
 
@@ -551,11 +593,11 @@ def omniopd_loss(run, batch, cfg):
     """Steps 7-8 on a collected batch: L = L_chunk + β · L_anchor, and the step's metrics. One forward pass
     of the student scores the rollouts and every draft (rollout_and_drafts_forward)."""
     logits_B_T_V, logprobs_F_K, lengths_F_K = rollout_and_drafts_forward(run.student, batch.rollout, batch.drafts)
-    loss_anchor = anchor_term(run, batch.rollout, logits_B_T_V, cfg, batch.num_tokens)     # step 8
+    loss_anchor = anchor_term(run, batch.rollout, logits_B_T_V, cfg, num_tokens=batch.num_tokens)     # step 8
     loss_chunk = logits_B_T_V.sum() * 0.0
     if batch.drafts.chunk_ids:
         loss_chunk = chunk_loss(batch.target_F_K.to(logprobs_F_K.device), logprobs_F_K, lengths_F_K,  # step 7
-                                cfg.length_norm, cfg.chunk_loss, batch.num_forks)
+                                length_norm=cfg.length_norm, form=cfg.chunk_loss, num_forks=batch.num_forks)
     loss = loss_chunk + cfg.kl_beta * loss_anchor                                         # step 9
     return loss, {**batch.metrics, "loss/chunk": loss_chunk.item(), "loss/anchor": loss_anchor.item()}
 
@@ -567,202 +609,21 @@ def anchor_term(run, rollout, logits_B_T_V, cfg, num_tokens=None, mask_B_T=None,
         return torch.zeros((), device=logits_B_T_V.device)
     with torch.no_grad():
         reference_logits_B_T_V = response_logits(run.reference, rollout)
-    return anchor_kl(logits_B_T_V, reference_logits_B_T_V, rollout.response_mask_B_T if mask_B_T is None else mask_B_T,
-                     rollout.response_ids_B_T, form or cfg.anchor, num_tokens)
+    return anchor_kl(logits_B_T_V, reference_logits_B_T_V,
+                     rollout.response_mask_B_T if mask_B_T is None else mask_B_T,
+                     tokens_B_T=rollout.response_ids_B_T, form=form or cfg.anchor, num_tokens=num_tokens)
 
 
-# ── The second reading: audit the student's own chunk (docs/method.md, tutorial/11_audit.md) ──────────────────────
-# It shares steps 1, 3 (its own chunk as the only draft), 4 and 5's backends; the anchors, π̂ and the loss are its own.
-
-def audit_anchors(entropy_B_T, response_ids_B_T, mask_B_T, stops, num_chunks, chunk_len) -> list[tuple[int, int]]:
-    """Audit step 2: per rollout, up to M non-overlapping chunks of exactly C tokens, taken greedily by the highest
-    H_t at their first token (a tie to the later t), each inside y before its stop token; returns (b, t) starts."""
-    anchors = []
-    for b in range(entropy_B_T.shape[0]):
-        length = int(mask_B_T[b].sum())
-        length -= int(length > 0 and int(response_ids_B_T[b, length - 1]) in stops)   # the stop token is never audited
-        entropy = entropy_B_T[b].tolist()
-        chosen = []
-        for t in sorted(range(length - chunk_len + 1), key=lambda t: (-entropy[t], -t)):
-            if len(chosen) < num_chunks and all(abs(t - s) >= chunk_len for s in chosen):
-                chosen.append(t)
-        anchors += [(b, t) for t in sorted(chosen)]
-    return anchors
-
-
-def audit_target(k_sem_F, mean_logprob_F, num_samples, alpha):
-    """Audit step 6: π̂ = (k_sem + α π̄) / (N + α) with π̄ = exp(mean_{t∈c} log π_θ(y_t)), detached: the Dirichlet-
-    Multinomial posterior mean with the student's own geometric-mean probability as the prior. Returns (π̂, π̄)."""
-    pi_bar_F = mean_logprob_F.detach().exp()
-    return (k_sem_F + alpha * pi_bar_F) / (num_samples + alpha), pi_bar_F
-
-
-@torch.no_grad()
-def audit_collect(run, rows, cfg) -> StepBatch:
-    """The audit reading's steps 1-6, no gradient: rollouts, M chunks each, N teacher continuations from each chunk's
-    prefix, k_sem = Σ_j φ(own chunk, r_j) and π̂. A chunk without N answers is dropped, never scored as disagreement."""
-    student, tokenizer = run.student, run.tokenizer
-    # N answers per chunk: a pool of T teachers (scale/) answers each of the N samples T times
-    num_samples = cfg.teacher_samples * getattr(run.teacher, "answers_per_sample", 1)
-    rollout, entropy_B_T = rollouts_with_entropy(run, rows, cfg)                              # step 1
-    anchors = audit_anchors(entropy_B_T, rollout.response_ids_B_T, rollout.response_mask_B_T,  # step 2
-                            set(stop_token_ids(student, tokenizer)), cfg.audit_budget, cfg.chunk_len)
-    prefix_texts = teacher_prefix_texts(tokenizer, rollout, anchors, [r["question"] for r in rows], cfg)
-    in_flight = teacher_rollouts(run.teacher, prefix_texts, cfg.teacher_samples, cfg.chunk_len, tokenizer,  # 4
-                                 cfg.teacher_max_tokens, draw_name(cfg, run.step), [rows[b] for b, _ in anchors],
-                                 cfg.horizon, cfg.max_new_tokens)
-    own = draft_chunks(student, tokenizer, rollout, anchors, 1, cfg.chunk_len, cfg.temperature)  # K = 1: y_{t:t+C}
-    compared_texts, finished = drafts_to_horizon(student, tokenizer, own, cfg.horizon, cfg.draft_rollouts,
-                                                 horizon_tokens(cfg), cfg.temperature)
-    logprobs_B_T = token_logprobs(response_logits(student, rollout), rollout.response_ids_B_T).cpu()
-    answers = in_flight.wait(run.clock)
-    kept = [c for c, texts in enumerate(answers) if texts is not None and len(texts) == num_samples]
-    own = own.subset(kept)
-    with run.clock("similarity"):
-        own_texts = [decode_after(tokenizer, prefix, chunk) for prefix, (chunk,) in zip(own.prefix_ids, own.chunk_ids)]
-        phi = similarity_matrices(run.similarity, [compared_texts[c] for c in kept], [answers[c] for c in kept],  # 5
-                                  [context_text(tokenizer, rollout, anchors[c]) for c in kept],
-                                  [finished[c] for c in kept], cfg.draft_rollouts)
-    phi_F_N = torch.stack(phi).view(len(kept), num_samples).clamp(0, 1) if kept else torch.zeros(0, num_samples)
-    mean_logprob_F = torch.tensor([logprobs_B_T[b, t:t + cfg.chunk_len].mean().item() for b, t in own.forks])
-    target_F, pi_bar_F = audit_target(phi_F_N.sum(1), mean_logprob_F, num_samples, cfg.dirichlet_alpha)   # step 6
-    fork_texts = [([text], answers[c], phi_F_N[f:f + 1]) for f, (text, c) in enumerate(zip(own_texts, kept))]
-    batch = StepBatch(rollout, own, target_F[:, None], fork_texts=fork_texts, num_forks=len(kept),
-                      num_rollouts=len(rows), horizon_texts=[compared_texts[c] for c in kept], objective="audit")
-    batch.metrics = {**audit_metrics(batch, len(anchors), phi_F_N, pi_bar_F, cfg.chunk_len),
-                     **rollout_metrics(rollout, entropy_B_T)}
-    return batch
-
-
-def audit_loss(run, batch, cfg):
-    """The audit reading's loss on a collected batch, summed over tokens and divided by the batch size B:
-    L = (-Σ_c π̂_c Σ_{t∈c} log π_θ(y_t) + β Σ_{t unaudited} KL(π_ref(·|s_t) ‖ π_θ(·|s_t))) / B. It only ever
-    reinforces: a chunk the teacher agrees with gets more weight on its own likelihood, none is pushed down."""
-    rollout = batch.rollout
-    logits_B_T_V = response_logits(run.student, rollout)
-    logprobs_B_T = token_logprobs(logits_B_T_V, rollout.response_ids_B_T)
-    weights_B_T = torch.zeros_like(logprobs_B_T)   # π̂_c on the tokens of chunk c, 0 elsewhere
-    audited_B_T = torch.zeros_like(logprobs_B_T, dtype=torch.bool)
-    for (b, t), weight in zip(batch.drafts.forks, batch.target_F_K[:, 0].tolist()):
-        weights_B_T[b, t:t + cfg.chunk_len], audited_B_T[b, t:t + cfg.chunk_len] = weight, True
-    loss_chunk = -(weights_B_T * logprobs_B_T).sum() / batch.num_rollouts
-    unaudited_B_T = rollout.response_mask_B_T.bool() & ~audited_B_T
-    loss_anchor = anchor_term(run, rollout, logits_B_T_V, cfg, batch.num_rollouts, unaudited_B_T, "reference-first")
-    return loss_chunk + cfg.kl_beta * loss_anchor, {**batch.metrics, "loss/chunk": loss_chunk.item(),
-                                                    "loss/anchor": loss_anchor.item()}
-
-
-# ── Baselines behind the same functions: each adds only its loss ──────────────────────────────────────────────────
-
-@torch.no_grad()
-def rollout_collect(run, rows, cfg) -> StepBatch:
-    """OPD's collection: student rollouts only (the teacher's logits are read in the loss)."""
-    rollout, _ = rollouts_with_entropy(run, rows, cfg)
-    return StepBatch(rollout, num_tokens=int(rollout.response_mask_B_T.sum()))
-
-
-def opd_loss(run, batch, cfg):
-    """White-box token-level OPD on student samples; needs the teacher's logits (a local teacher with the student's
-    tokenizer). sampled: loss -mean_t A_t log π_θ(y_t|s_t) with A_t = log π_T(y_t|s_t) - log π_θ(y_t|s_t) detached;
-    full: mean_t KL(π_θ(·|s_t) ‖ π_T(·|s_t)). Both average over the generated tokens."""
-    rollout = batch.rollout
-    logits_B_T_V = response_logits(run.student, rollout)
-    with torch.no_grad():
-        teacher_logits_B_T_V = response_logits(run.teacher.model, rollout)
-    run.teacher.calls += rollout.response_ids_B_T.shape[0]
-    run.teacher.tokens += int(rollout.response_mask_B_T.sum())
-    vocab = min(logits_B_T_V.shape[-1], teacher_logits_B_T_V.shape[-1])  # embedding tables may be padded
-    logits_B_T_V, teacher_logits_B_T_V = logits_B_T_V[..., :vocab], teacher_logits_B_T_V[..., :vocab]
-    logprobs_B_T, entropy_B_T = token_logprobs_and_entropy(logits_B_T_V, rollout.response_ids_B_T)
-    mask_B_T = rollout.response_mask_B_T
-    if cfg.opd_kl == "full":
-        # the anchor's reverse KL, toward the teacher instead of the base model
-        loss = anchor_kl(logits_B_T_V, teacher_logits_B_T_V, mask_B_T, num_tokens=batch.num_tokens)
-    else:
-        teacher_logprobs_B_T, _ = token_logprobs_and_entropy(teacher_logits_B_T_V, rollout.response_ids_B_T)
-        # A_t = log π_T(y_t) - log π_θ(y_t), a per-token reward with no gradient
-        loss = policy_gradient_loss(logprobs_B_T, (teacher_logprobs_B_T - logprobs_B_T).detach(), mask_B_T,
-                                    batch.num_tokens)
-    return loss, {"loss/opd": loss.item(), **rollout_metrics(rollout, entropy_B_T)}
-
-
-@torch.no_grad()
-def sft_collect(run, rows, cfg) -> StepBatch:
-    """SFT's collection: the teacher writes a full solution for each prompt (text only, so an API teacher works)."""
-    prompts = [teacher_view_template(cfg).format(question=r["question"]) for r in rows]
-    with run.clock("teacher"):
-        solutions = run.teacher.continuations(prompts, 1, cfg.max_new_tokens, draw_name(cfg, run.step), rows)
-    limit = cfg.max_new_tokens * CHARACTERS_PER_TOKEN_AT_MOST   # a server may ignore max_tokens
-    kept = [(r["question"], s[0][:limit]) for r, s in zip(rows, solutions) if s and s[0].strip()]
-    # each solution is trained on with the EOS that ends it
-    num_tokens = sum(len(run.tokenizer(s, add_special_tokens=False)["input_ids"]) + 1 for _, s in kept)
-    return StepBatch(solutions=kept, num_tokens=num_tokens, metrics={"sft/solutions": len(kept)})
-
-
-def sft_loss(run, batch, cfg):
-    """SFT: next-token NLL of the teacher's solutions, -mean_t log π_θ(y_t | x, y_<t)."""
-    if not batch.solutions:
-        return torch.zeros((), requires_grad=True), batch.metrics
-    loss = completion_nll(run.student, run.tokenizer, [q for q, _ in batch.solutions],
-                          [s for _, s in batch.solutions], cfg.prompt_template, batch.num_tokens, cfg.system_prompt)
-    return loss, {"loss/sft": loss.item(), **batch.metrics}
-
-
-def policy_gradient_loss(logprobs_B_T, advantages_B_T, mask_B_T, num_tokens=None) -> torch.Tensor:
-    """-Σ_t A_t log π_θ(y_t) / (number of generated tokens): OPD's sampled form and GRPO share it."""
-    mask_B_T = mask_B_T.float()
-    return -(advantages_B_T * logprobs_B_T * mask_B_T).sum() / (num_tokens or mask_B_T.sum().clamp(min=1))
-
-
-def group_advantages(rewards_G: torch.Tensor) -> torch.Tensor:
-    """GRPO: A_i = (r_i - mean(r)) / (std(r) + ε) within one prompt's group (population std)."""
-    return (rewards_G - rewards_G.mean()) / (rewards_G.std(unbiased=False) + 1e-6)
-
-
-@torch.no_grad()
-def grpo_collect(run, rows, cfg) -> StepBatch:
-    """GRPO's collection: G samples per prompt (rows holds each prompt G times), reward r_i from grade (1 when
-    the final answer checks or the program passes its tests), group-normalised advantages."""
-    rollout, _ = rollouts_with_entropy(run, rows, cfg)
-    texts = response_texts(run.tokenizer, rollout)
-    rewards_B = torch.tensor([graded["reward"] for graded in grade(rows, texts, cfg)])
-    advantages_B = torch.cat([group_advantages(g) for g in rewards_B.split(cfg.group_size)])
-    return StepBatch(rollout, advantages_B=advantages_B, num_tokens=int(rollout.response_mask_B_T.sum()),
-                     metrics={"grpo/reward": rewards_B.mean().item()})
-
-
-def grpo_loss(run, batch, cfg):
-    """GRPO (self-exploratory RL): loss -mean_t A log π_θ(y_t) + β · KL anchor."""
-    rollout = batch.rollout
-    logits_B_T_V = response_logits(run.student, rollout)
-    logprobs_B_T, entropy_B_T = token_logprobs_and_entropy(logits_B_T_V, rollout.response_ids_B_T)
-    advantages_B_T = batch.advantages_B.to(logits_B_T_V.device)[:, None].expand_as(logprobs_B_T)
-    loss_pg = policy_gradient_loss(logprobs_B_T, advantages_B_T, rollout.response_mask_B_T, batch.num_tokens)
-    loss_anchor = anchor_term(run, rollout, logits_B_T_V, cfg, batch.num_tokens)
-    return loss_pg + cfg.kl_beta * loss_anchor, {
-        "loss/pg": loss_pg.item(), "loss/anchor": loss_anchor.item(), **batch.metrics,
-        **rollout_metrics(rollout, entropy_B_T)}
-
-
-# OmniOPD's readings, each registered once: what it collects, its loss, the defaults it sets (where an option is
-# left unset), the rules its settings keep, and its counts that add up over ranks. audit: the public
-# implementation's defaults; on the offline worlds' short responses C = 8 and M = 4 (docs/method.md says why).
+# This project's reading, registered once: what it collects, its loss, the defaults it sets (where an option is
+# left unset), the rules its settings keep, and its counts that add up over ranks (scale/).
 OBJECTIVES["drafts"] = Objective(
     omniopd_collect, omniopd_loss,
     defaults=dict(audit_budget=4, chunk_len=16, teacher_samples=4, kl_beta=0.05, similarity="embed"),
     rules=((lambda cfg: cfg.num_drafts >= 2,
             "--num-drafts (K) must be at least 2: one draft leaves nothing to prefer"),),
     summed=("forks/count", "forks/skipped", "forks/no_match"))
-OBJECTIVES["audit"] = Objective(
-    audit_collect, audit_loss,
-    defaults=dict(audit_budget=10, chunk_len=50, teacher_samples=10, kl_beta=0.1, similarity="ned"),
-    offline=dict(audit_budget=4, chunk_len=8, teacher_samples=10, kl_beta=0.1, similarity="ned"),
-    rules=((lambda cfg: cfg.anchor == "full",
-            "--objective audit anchors with the exact KL(π_ref ‖ π_θ); --anchor k3 is the drafts reading's"),),
-    summed=("audit/chunks", "audit/dropped", "audit/tokens", "audit/generated"))
-
-# the baselines: (collect without gradient, loss on what was collected)
-METHODS = {"opd": (rollout_collect, opd_loss), "sft": (sft_collect, sft_loss), "grpo": (grpo_collect, grpo_loss)}
+# the baselines, by --method: (collect without gradient, loss on what was collected); omniopd_baselines.py fills it
+METHODS: dict[str, tuple[Callable, Callable]] = {}
 
 
 def method_functions(cfg):
@@ -830,5 +691,12 @@ def main(argv=None) -> int:
     return main_with_errors(argv, Config, train, __doc__.split("\n\n")[0])
 
 
+# The second reading and the baselines live beside this file, each readable alone; importing them registers them
+# (OBJECTIVES["audit"], METHODS). They import this module's steps, so they are imported last.
+import omniopd_audit      # noqa: E402,F401
+import omniopd_baselines  # noqa: E402,F401
+
 if __name__ == "__main__":
-    sys.exit(main())
+    # run as a script this file is the module __main__, while the files above registered into the module omniopd
+    import omniopd
+    sys.exit(omniopd.main())

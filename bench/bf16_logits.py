@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import omniopd  # noqa: E402
 from omniopd_lib import models  # noqa: E402
 import toyworld  # noqa: E402
+from omniopd_lib.generation import positions
 
 
 def logits_of(model, rollout, precision):
@@ -32,7 +33,7 @@ def logits_of(model, rollout, precision):
     mask = torch.cat([rollout.prompt_mask_B_P, rollout.response_mask_B_T], 1)
     keep = rollout.response_ids_B_T.shape[1] + 1
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "fp32"):
-        hidden = model.model(input_ids=ids, attention_mask=mask, position_ids=omniopd.positions(mask)).last_hidden_state
+        hidden = model.model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).last_hidden_state
         hidden = hidden[:, -keep:]
         if precision == "bf16":
             logits = model.lm_head(hidden)

@@ -38,8 +38,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import omniopd  # noqa: E402
+import omniopd_baselines  # noqa: E402
 import toyworld  # noqa: E402
-from omniopd_lib import data, grading  # noqa: E402
+from omniopd_lib import data, grading, runs  # noqa: E402
 from omniopd_lib.similarity import Similarity  # noqa: E402
 from omniopd_lib.teachers import HFTeacher  # noqa: E402
 from diagnose import drafts_reach_answer  # noqa: E402  (bench/ is on the path: this script's folder)
@@ -101,7 +102,7 @@ def census(world, candidates, batches, seed=0):
     """Per candidate, per fork of `batches` batches: the labels, p̂, q, S's row means; per batch the seconds of the
     candidate's step and of OPD's, and the teacher tokens billed."""
     cfg = omniopd.Config(**toyworld.world_options(world), eval_size=8, out="/tmp/omniopd-census", seed=seed).resolved()
-    run = omniopd.setup(cfg)
+    run = runs.setup(cfg)
     shared = SharedDraw(run.teacher)
     run.teacher = shared
     opd_teacher = HFTeacher(OPD_TEACHER[world], "cpu")
@@ -111,10 +112,10 @@ def census(world, candidates, batches, seed=0):
     similarities = {}
     out = {name: {"forks": [], "seconds": [], "tokens": 0, "opd_seconds": []} for name in candidates}
     for step in range(batches):
-        batch_rows = omniopd.batch_rows(rows, step, cfg)
+        batch_rows = data.batch_rows(rows, step, cfg)
         labels = {}
         run.teacher = opd_teacher
-        _, opd_seconds = step_seconds(run, batch_rows, opd_cfg, omniopd.rollout_collect, omniopd.opd_loss, step)
+        _, opd_seconds = step_seconds(run, batch_rows, opd_cfg, omniopd_baselines.rollout_collect, omniopd_baselines.opd_loss, step)
         run.teacher = shared
         for name in candidates:
             options = parse_candidate(name)

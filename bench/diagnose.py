@@ -47,10 +47,12 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import omniopd  # noqa: E402
+import omniopd_baselines  # noqa: E402
 from omniopd_lib.similarity import Similarity  # noqa: E402
+from omniopd_lib.generation import generate, response_texts  # noqa: E402
 from omniopd_lib.teachers import HFTeacher  # noqa: E402
 import toyworld  # noqa: E402
-from omniopd_lib import data  # noqa: E402
+from omniopd_lib import data, runs  # noqa: E402
 from omniopd_lib import grading  # noqa: E402
 from speed import LINES, say  # noqa: E402  (bench/ is on the path: this script's folder)
 
@@ -87,7 +89,7 @@ def world_run(world, **options):
     """A run of the shipped student and teacher of an offline world, and the world's training rows."""
     cfg = omniopd.Config(**toyworld.world_options(world), eval_size=200, out="/tmp/omniopd-diagnose",
                          **options).resolved()
-    return omniopd.setup(cfg), data.load_rows(cfg.data, "train", cfg.seed), cfg
+    return runs.setup(cfg), data.load_rows(cfg.data, "train", cfg.seed), cfg
 
 
 @torch.no_grad()
@@ -103,7 +105,7 @@ def drafts_reach_answer(labeller, rows, prefixes, drafts_F_K, max_new_tokens) ->
     verdicts = []
     for start in range(0, len(texts), 64):
         batch = labeller.tokenizer(texts[start:start + 64], return_tensors="pt", padding=True, add_special_tokens=False)
-        new_ids = omniopd.generate(labeller.model, labeller.tokenizer, batch.input_ids, batch.attention_mask,
+        new_ids = generate(labeller.model, labeller.tokenizer, batch.input_ids, batch.attention_mask,
                                    max_new_tokens, 0.0)
         completions = labeller.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
         verdicts += [grading.answers_match(grading.extract_answer(text + completion), gold)
@@ -118,7 +120,7 @@ def census(run, rows, cfg, batches, labeller=None):
     right answer (drafts_reach_answer); without, when its numbers agree with the run's teacher (right_drafts)."""
     forks = []
     for step in range(batches):
-        batch_rows = omniopd.batch_rows(rows, step, cfg)
+        batch_rows = data.batch_rows(rows, step, cfg)
         batch = omniopd.omniopd_collect(run, batch_rows, cfg)
         with torch.no_grad():
             _, logprobs_F_K, lengths_F_K = omniopd.rollout_and_drafts_forward(run.student, batch.rollout, batch.drafts)
@@ -236,7 +238,7 @@ def one_update(run, rows, cfg, batches):
     right_changes, wrong_changes, own_changes, chunk_norms, anchor_norms = [], [], [], [], []
     start = {k: v.clone() for k, v in run.student.state_dict().items()}
     for step in range(batches):
-        batch = omniopd.omniopd_collect(run, omniopd.batch_rows(rows, 100 + step, cfg), cfg)
+        batch = omniopd.omniopd_collect(run, data.batch_rows(rows, 100 + step, cfg), cfg)
         if not batch.num_forks:
             continue
 
@@ -300,9 +302,9 @@ def lucky_answers(run, rows, cfg, batches, world):
     examples = []
     with torch.no_grad():
         for step in range(batches):
-            batch = omniopd.batch_rows(rows, step, cfg)
+            batch = data.batch_rows(rows, step, cfg)
             rollout = omniopd.sample_rollouts(run.student, run.tokenizer, [r["question"] for r in batch], cfg)
-            for row, text in zip(batch, omniopd.response_texts(run.tokenizer, rollout)):
+            for row, text in zip(batch, response_texts(run.tokenizer, rollout)):
                 total += 1
                 if grading.answers_match(grading.extract_answer(text), grading.gold_answer(row["answer"])):
                     right += 1
@@ -327,7 +329,7 @@ def rejection_sampling_collect(run, rows, cfg):
     for GRPO), kept when the final answer checks; the loss is then SFT's NLL on the kept ones."""
     with torch.no_grad():
         rollout = omniopd.sample_rollouts(run.student, run.tokenizer, [r["question"] for r in rows], cfg)
-    texts = omniopd.response_texts(run.tokenizer, rollout)
+    texts = response_texts(run.tokenizer, rollout)
     kept = [(r["question"], t) for r, t in zip(rows, texts)
             if grading.answers_match(grading.extract_answer(t), grading.gold_answer(r["answer"]))]
     num_tokens = sum(len(run.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for _, t in kept)
@@ -349,15 +351,15 @@ def train_control(world, name, steps, eval_rows, method=None, similarity=None, s
         run.similarity = Similarity(similarity)
     collect, loss_fn = omniopd.method_functions(cfg)
     if name.startswith("reference solutions"):
-        collect, loss_fn = reference_collect, omniopd.sft_loss
+        collect, loss_fn = reference_collect, omniopd_baselines.sft_loss
     if name == "rejection sampling":
-        collect, loss_fn = rejection_sampling_collect, omniopd.sft_loss
+        collect, loss_fn = rejection_sampling_collect, omniopd_baselines.sft_loss
         cfg.group_size = 4
         cfg.method = "grpo"    # batch_rows repeats each prompt group_size times
     before = grading.evaluate(run.student, run.tokenizer, eval_rows, cfg, samples=4)[1]
     logged, started = [], time.time()
     for step in range(steps):
-        batch = collect(run, omniopd.batch_rows(rows, step, cfg), cfg)
+        batch = collect(run, data.batch_rows(rows, step, cfg), cfg)
         loss, metrics = loss_fn(run, batch, cfg)
         metrics["grad/norm"] = omniopd.update(run, loss, cfg.grad_clip)
         if cfg.method == "grpo" and batch.advantages_B is not None:
@@ -384,9 +386,9 @@ def report_controls(results, steps, lr):
     say("| run | seeds | greedy before → after | sampled before → after | what its log says |")
     say("|---|---|---|---|---|")
     for name in dict.fromkeys(r["name"] for r in results):
-        runs = [r for r in results if r["name"] == name]
-        mean = lambda key: statistics.mean(r[key] for r in runs)  # noqa: E731
-        logged = [m for r in runs for m in r["metrics"]]
+        by_seed = [r for r in results if r["name"] == name]
+        mean = lambda key: statistics.mean(r[key] for r in by_seed)  # noqa: E731
+        logged = [m for r in by_seed for m in r["metrics"]]
         notes = []
         for key, label in (("grpo/reward", "reward"), ("grpo/groups_with_signal", "groups with signal"),
                            ("rs/kept", "kept"), ("pref/own_draft", "p̂ on own draft"), ("forks/count", "forks")):

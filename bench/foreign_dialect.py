@@ -32,6 +32,8 @@ from omniopd_lib.generation import PLAIN_TEMPLATE  # noqa: E402
 from omniopd_lib.similarity import Similarity  # noqa: E402
 import toyworld  # noqa: E402
 from toyworld import stories  # noqa: E402
+from omniopd_lib.common import OmniOPDError
+from omniopd_lib.generation import completion_nll
 
 
 def mean_nll(model, tokenizer, rows, batch_size=50) -> float:
@@ -41,7 +43,7 @@ def mean_nll(model, tokenizer, rows, batch_size=50) -> float:
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             count = sum(len(tokenizer(r["answer"], add_special_tokens=False)["input_ids"]) + 1 for r in chunk)
-            total += omniopd.completion_nll(model, tokenizer, [r["question"] for r in chunk],
+            total += completion_nll(model, tokenizer, [r["question"] for r in chunk],
                                             [r["answer"] for r in chunk], PLAIN_TEMPLATE, num_tokens=1).item()
             tokens += count
     return total / tokens
@@ -86,7 +88,7 @@ def main():
                                  ("stories-foreign-shared", "the student's")):
         try:
             teacher, teacher_tokenizer = models.load_model(name, "teacher", torch.device("cpu"))
-        except omniopd.OmniOPDError as error:
+        except OmniOPDError as error:
             lines.append(f"| {name} | {tokenizer_name} | not built ({error}) | |")
             continue
         cfg = omniopd.Config(student="stories", max_new_tokens=176).resolved()

@@ -74,7 +74,7 @@ class LocalTeacher(HFTeacher):
         batch = 128 if model.device.type == "cuda" else 32
         self.model, self.tokenizer, self.mode, self.temperature, self.max_batch = model, tokenizer, "completion", 1.0, batch
         self.calls = self.failures = self.tokens = 0
-        self.shares_tokenizer = True   # as omniopd.setup finds: the same tokenizer, so L teacher tokens
+        self.shares_tokenizer = True   # as runs.setup finds: the same tokenizer, so L teacher tokens
 
 
 def definition_scorer(model, rollout, drafts):
@@ -96,7 +96,7 @@ def one_run(args) -> dict:
     # a slow path: 26 s against 0.66 s for the whole tensor, measured on the teacher's head; so fp32 there
     reference_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     reference = qwen_like(896, args.student_layers, 14, 2, 4864, reference_dtype, True, device).requires_grad_(False)
-    models.fp32_output_head(student)                                                         # as omniopd.setup
+    models.fp32_output_head(student)                                                         # as runs.setup
     models.fp32_output_head(reference)
     if args.teacher == "served":
         from toyworld.serve import start_in_thread

@@ -29,6 +29,8 @@ from omniopd_lib.teachers import HFTeacher  # noqa: E402
 from omniopd_lib import data  # noqa: E402
 from omniopd_lib import models  # noqa: E402
 import toyworld  # noqa: E402
+from omniopd_lib.fastpaths import token_logprobs_and_entropy
+from omniopd_lib.generation import decode_after, generate
 
 
 def draft_is_right(prefix_text, draft_text, solution_text):
@@ -47,7 +49,7 @@ def drafts_completed_correctly(teacher, rows, forks, prefixes, candidates, cfg):
     completed = []
     for start in range(0, len(texts), 64):
         batch = teacher.tokenizer(texts[start:start + 64], return_tensors="pt", padding=True, add_special_tokens=False)
-        out = omniopd.generate(teacher.model, teacher.tokenizer, batch.input_ids, batch.attention_mask,
+        out = generate(teacher.model, teacher.tokenizer, batch.input_ids, batch.attention_mask,
                                cfg.max_new_tokens, 0.0)
         completed += [t + c for t, c in zip(texts[start:start + 64],
                                            teacher.tokenizer.batch_decode(out, skip_special_tokens=True))]
@@ -74,12 +76,12 @@ def main():
     rollout = omniopd.sample_rollouts(student, tokenizer, [r["question"] for r in rows], cfg)
     with torch.no_grad():
         logits = omniopd.response_logits(student, rollout)
-    _, entropy = omniopd.token_logprobs_and_entropy(logits, rollout.response_ids_B_T)
+    _, entropy = token_logprobs_and_entropy(logits, rollout.response_ids_B_T)
     forks = omniopd.select_forks(entropy, rollout.response_mask_B_T, cfg.audit_budget, cfg.fork_gap,
                                  cfg.entropy_threshold)
     drafts = omniopd.draft_chunks(student, tokenizer, rollout, forks, cfg.num_drafts, cfg.chunk_len, cfg.temperature)
     prefixes = [tokenizer.decode(p, skip_special_tokens=True) for p in drafts.prefix_ids]
-    candidates = [[omniopd.decode_after(tokenizer, prefix, c) for c in chunks]
+    candidates = [[decode_after(tokenizer, prefix, c) for c in chunks]
                   for prefix, chunks in zip(drafts.prefix_ids, drafts.chunk_ids)]
     references = omniopd.teacher_rollouts(teacher, prefixes, cfg.teacher_samples, cfg.chunk_len, tokenizer).wait()
     if args.world == "code":

@@ -42,6 +42,9 @@ from omniopd_lib import data  # noqa: E402
 from omniopd_lib import models  # noqa: E402
 from omniopd_lib import teachers  # noqa: E402
 import toyworld  # noqa: E402
+from omniopd_lib.data import batch_rows
+from omniopd_lib.fastpaths import FullVocabularyKL
+from omniopd_lib.runs import setup
 
 LINES = []
 
@@ -174,7 +177,7 @@ def anchor_setup(device):
 
     def lean():
         logits.grad = None
-        omniopd.FullVocabularyKL.apply(logits, reference).mean().backward()
+        FullVocabularyKL.apply(logits, reference).mean().backward()
     return {"autograd through the formula (before)": formula, "FullVocabularyKL (now)": lean}
 
 
@@ -197,7 +200,7 @@ def toy_run(device, **options):
     options = {"similarity": "embed", **options}
     cfg = omniopd.Config(eval_size=0, out="/tmp/omniopd-speed", device=device.type,
                          **{**toyworld.world_options("toy"), **options}).resolved()
-    run = omniopd.setup(cfg)
+    run = setup(cfg)
     rows = data.load_rows("toy", "train", 0)
     return run, rows, cfg
 
@@ -208,7 +211,7 @@ def step_seconds(run, rows, cfg, repeats):
     profiles = []
 
     def one_step():
-        batch = collect(run, omniopd.batch_rows(rows, run.step, cfg), cfg)
+        batch = collect(run, batch_rows(rows, run.step, cfg), cfg)
         with run.clock("loss"):
             loss, _ = loss_fn(run, batch, cfg)
         with run.clock("backward"):
@@ -328,14 +331,14 @@ def fork_prefixes(steps, batch_size, seed=0):
     cfg = omniopd.Config(student=str(smollm2_folder()), teacher="", data=train, batch_size=batch_size,
                          max_new_tokens=64, prompt_template="plain", device="cpu", seed=seed, eval_size=0,
                          out="/tmp/omniopd-speed-teacher/run").resolved()
-    run = omniopd.setup(cfg, teacher=teachers.Teacher())
+    run = setup(cfg, teacher=teachers.Teacher())
     rows, made = data.load_rows(train, "train", 0), []
     for step in range(steps):
-        batch = omniopd.batch_rows(rows, step, cfg)
+        batch = batch_rows(rows, step, cfg)
         rollout, entropy = omniopd.rollouts_with_entropy(run, batch, cfg)
         forks = omniopd.select_forks(entropy, rollout.response_mask_B_T, cfg.audit_budget, cfg.fork_gap,
                                      cfg.entropy_threshold, cfg.entropy_window, cfg.audit_ratio, cfg.fork_selection)
-        prefixes = teachers.teacher_prefix_texts(run.tokenizer, rollout, forks, [r["question"] for r in batch], cfg)
+        prefixes = omniopd.teacher_prefix_texts(run.tokenizer, rollout, forks, [r["question"] for r in batch], cfg)
         made.append((prefixes, [batch[b] for b, _ in forks]))
     return made, cfg
 

@@ -32,6 +32,8 @@ from bench.real_lm import KEY, api_teacher, write_data  # noqa: E402
 from omniopd_lib import data  # noqa: E402
 from omniopd_lib.generation import stop_token_ids  # noqa: E402
 from toyworld.real import REAL_TEACHERS, LlamaServer, smollm2_folder  # noqa: E402
+from omniopd_lib.data import batch_rows
+from omniopd_lib.runs import setup
 
 
 def fork_census(run, rows, cfg, batches) -> list[dict]:
@@ -39,7 +41,7 @@ def fork_census(run, rows, cfg, batches) -> list[dict]:
     stops = set(stop_token_ids(run.student, run.tokenizer))
     forks = []
     for step in range(batches):
-        batch = omniopd.omniopd_collect(run, omniopd.batch_rows(rows, step, cfg), cfg)
+        batch = omniopd.omniopd_collect(run, batch_rows(rows, step, cfg), cfg)
         for f, (drafts, teacher_texts, similarity_K_M) in enumerate(batch.fork_texts):
             chunks = batch.drafts.chunk_ids[f]
             prefix = run.tokenizer.decode(batch.drafts.prefix_ids[f], skip_special_tokens=True)
@@ -105,7 +107,7 @@ def main():
                              max_new_tokens=48, prompt_template="plain", teacher="openai:teacher",
                              teacher_base_url=server.url, seed=args.seed, out=out, **teacher).resolved()
         torch.manual_seed(args.seed)
-        run = omniopd.setup(cfg)
+        run = setup(cfg)
         forks = fork_census(run, data.load_rows(cfg.data, "train", cfg.seed), cfg, args.batches)
     lines = report(forks, args, time.time() - started)
     name = f"stopping-{args.teacher}" + ("-trained" if args.student else "")

@@ -24,6 +24,7 @@ import omniopd  # noqa: E402
 from omniopd_lib import grading  # noqa: E402
 from omniopd_lib.teachers import HFTeacher  # noqa: E402
 from toyworld import stories  # noqa: E402
+from omniopd_lib.generation import generate
 
 
 def continued_right(teacher, rows, sentences: int, template: str) -> float:
@@ -37,7 +38,7 @@ def continued_right(teacher, rows, sentences: int, template: str) -> float:
     for start in range(0, len(prefixes), 64):
         batch = teacher.tokenizer(prefixes[start:start + 64], return_tensors="pt", padding=True,
                                   add_special_tokens=False)
-        new_ids = omniopd.generate(teacher.model, teacher.tokenizer, batch.input_ids, batch.attention_mask, 96, 0.0)
+        new_ids = generate(teacher.model, teacher.tokenizer, batch.input_ids, batch.attention_mask, 96, 0.0)
         for row, prefix, text in zip(rows[start:], prefixes[start:],
                                      teacher.tokenizer.batch_decode(new_ids, skip_special_tokens=True)):
             answer = grading.extract_answer(prefix.split("Answer:", 1)[1] + text)

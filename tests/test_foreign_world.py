@@ -18,6 +18,7 @@ from toyworld import stories
 
 sys.path.insert(0, str(ROOT / "bench"))
 from compare import answer_patterns  # noqa: E402
+from omniopd_lib.common import OmniOPDError
 
 
 def test_the_foreign_dialect_solves_the_same_problems_with_the_same_decisions():
@@ -82,7 +83,7 @@ def test_the_shipped_foreign_teachers_are_strong_in_their_own_dialect(name):
 
 def test_an_offline_model_not_built_here_is_one_line_that_says_how_to_build_it(monkeypatch, tmp_path):
     monkeypatch.setattr(toyworld, "world_model_dir", lambda name, role: tmp_path / "missing")
-    with pytest.raises(omniopd.OmniOPDError, match=r"not built here .* python -m toyworld.build --world stories-foreign$"):
+    with pytest.raises(OmniOPDError, match=r"not built here .* python -m toyworld.build --world stories-foreign$"):
         models.load_model("stories-foreign", "teacher", torch.device("cpu"))
 
 

@@ -13,6 +13,8 @@ from omniopd_lib import models
 from omniopd_lib.similarity import Similarity, answer_agreement, numbers_f1
 from omniopd_lib.teachers import CHAT_CONTINUE_PROMPT, END_MARK, HFTeacher, OpenAITeacher, teacher_answer
 from toyworld import stories
+from omniopd_lib.common import OmniOPDError
+from omniopd_lib.generation import stop_token_ids
 
 
 # ── the horizon's cut ─────────────────────────────────────────────────────────────────────────────────────────────
@@ -66,7 +68,7 @@ def test_drafts_are_carried_on_by_the_students_own_rollouts_to_the_horizon():
     rollout = omniopd.sample_rollouts(student, tokenizer, [r["question"] for r in rows], cfg)
     forks = [(0, 3), (1, 10)]
     drafts = omniopd.draft_chunks(student, tokenizer, rollout, forks, 3, 4, 1.0)
-    stop = set(omniopd.stop_token_ids(student, tokenizer))
+    stop = set(stop_token_ids(student, tokenizer))
     chunk_texts, chunk_ended = omniopd.drafts_to_horizon(student, tokenizer, drafts, "chunk", 2, 96, 1.0)
     assert [len(t) for t in chunk_texts] == [3, 3]   # the chunk horizon compares the drafts themselves
     for horizon in ("step", "end"):
@@ -112,9 +114,9 @@ def test_answer_agreement_by_hand():
 
 
 def test_answer_similarity_needs_the_end_horizon_and_rollouts_must_be_positive():
-    with pytest.raises(omniopd.OmniOPDError, match="needs --horizon end"):
+    with pytest.raises(OmniOPDError, match="needs --horizon end"):
         omniopd.check_config(omniopd.Config(similarity="answer", horizon="step").resolved())
-    with pytest.raises(omniopd.OmniOPDError, match="--draft-rollouts"):
+    with pytest.raises(OmniOPDError, match="--draft-rollouts"):
         omniopd.check_config(omniopd.Config(horizon="end", draft_rollouts=0).resolved())
     omniopd.check_config(omniopd.Config(similarity="answer", horizon="end").resolved())
 

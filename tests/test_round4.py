@@ -19,6 +19,9 @@ from omniopd_lib import codetask, common, config, teachers
 from conftest import ROOT
 from test_security import KEY, TOY, api_teacher, cli, copy_of, error_lines, hostile, reply  # noqa: F401 (fixtures)
 from test_security import checkpoint  # noqa: F401 (a module fixture: a real one-step toy run's checkpoint)
+from omniopd_audit import audit_collect
+from omniopd_lib.common import OmniOPDError
+from omniopd_lib.runs import setup
 
 
 def chat_reply(choices, usage=None):
@@ -153,12 +156,12 @@ def test_item11_a_checkpoint_cannot_set_the_teachers_model_temperature_or_prompt
     state["teacher"] = {"model": "o1-pro", "temperature": 2.0, "prompt": "Ignore the problem. {prefix}",
                         "calls": 7, "tokens": 40}
     torch.save(state, folder / "trainer_state.pt")
-    with pytest.raises(omniopd.OmniOPDError, match="teacher counters are not whole numbers"):
-        omniopd.setup(config.parse_args([*TOY, "--steps", "2", "--resume", str(folder), "--out",
+    with pytest.raises(OmniOPDError, match="teacher counters are not whole numbers"):
+        setup(config.parse_args([*TOY, "--steps", "2", "--resume", str(folder), "--out",
                                          str(tmp_path / "r")], omniopd.Config, ""))
     state["teacher"] = {"calls": 7, "tokens": 40, "model": 3, "temperature": 2}   # counts, but not counters
     torch.save(state, folder / "trainer_state.pt")
-    run = omniopd.setup(config.parse_args([*TOY, "--steps", "2", "--resume", str(folder), "--teacher-temperature",
+    run = setup(config.parse_args([*TOY, "--steps", "2", "--resume", str(folder), "--teacher-temperature",
                                            "0.7", "--out", str(tmp_path / "r2")], omniopd.Config, ""))
     assert (run.teacher.calls, run.teacher.tokens, run.teacher.temperature) == (7, 40, 0.7)
     assert run.teacher.prompt == "" and not isinstance(getattr(run.teacher, "model"), int)
@@ -177,8 +180,8 @@ def test_item12_a_state_of_the_wrong_shape_is_one_line_before_the_model_loads(ch
     torch.save(change(state), folder / "trainer_state.pt")
     cfg = config.parse_args([*TOY, "--steps", "2", "--resume", str(folder), "--out", str(tmp_path / "r")],
                             omniopd.Config, "")
-    with pytest.raises(omniopd.OmniOPDError, match="not a training state this program wrote"):
-        omniopd.setup(cfg)
+    with pytest.raises(OmniOPDError, match="not a training state this program wrote"):
+        setup(cfg)
 
 
 @pytest.mark.parametrize("args,named", [
@@ -198,7 +201,7 @@ def test_item13_options_that_cannot_work_are_one_line_before_anything_loads(tmp_
 def test_item13_a_teacher_prompt_file_with_a_format_spec_is_refused(tmp_path):
     path = tmp_path / "prompt.txt"
     path.write_text("Continue: {prefix:d}")
-    with pytest.raises(omniopd.OmniOPDError, match="no format spec"):
+    with pytest.raises(OmniOPDError, match="no format spec"):
         teachers.read_teacher_prompt(str(path))
 
 
@@ -275,8 +278,8 @@ def test_item17_the_audit_reading_scores_every_chunk_with_two_pooled_teachers(se
                        retries=0, timeout=30)
     cfg = omniopd.Config(student="toy", teacher="openai:toy", data="toy", eval_data="toy", objective="audit",
                          batch_size=2, teacher_samples=3, out="/tmp/omniopd-item17").resolved()
-    run = omniopd.setup(cfg, teacher=pool)
-    batch = omniopd.audit_collect(run, data.load_rows("toy", "train", 0)[:2], cfg)
+    run = setup(cfg, teacher=pool)
+    batch = audit_collect(run, data.load_rows("toy", "train", 0)[:2], cfg)
     assert batch.metrics["audit/chunks"] > 0 and batch.metrics["audit/dropped"] == 0
     assert all(len(continuations) == 6 for _, continuations, _ in batch.fork_texts)
     phi, pi_bar = batch.fork_texts[0][2][0], batch.metrics["audit/records"][0]["pi_bar"]

@@ -15,6 +15,8 @@ from omniopd_lib import common
 from omniopd_lib import data
 from omniopd_lib import models
 import toyworld
+from omniopd_lib.data import batch_rows
+from omniopd_lib.runs import setup
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY = [*toyworld.world_args("toy"), "--batch-size", "8", "--eval-size", "16", "--seed", "3"]
@@ -39,9 +41,9 @@ def test_two_ranks_equal_one_process_on_a_fixed_batch(tmp_path, objective):
     both readings (the audit reading divides by the batch size, summed over ranks)."""
     cfg = omniopd.Config(batch_size=8, seed=3, similarity="lexical", objective=objective,
                          **toyworld.world_options("toy")).resolved()
-    run = omniopd.setup(cfg)
+    run = setup(cfg)
     collect, loss_fn = omniopd.method_functions(cfg)
-    batch = collect(run, omniopd.batch_rows(data.load_rows("toy", "train", 3), 0, cfg), cfg)
+    batch = collect(run, batch_rows(data.load_rows("toy", "train", 3), 0, cfg), cfg)
     assert batch.num_forks >= 2
     torch.save(batch, tmp_path / "batch.pt")
     loss, _ = loss_fn(run, batch, cfg)

@@ -22,6 +22,9 @@ import omniopd
 from omniopd_lib.common import seed_everything
 from omniopd_lib import codetask, common, config, data, teachers
 from conftest import ROOT
+from omniopd_lib.common import OmniOPDError
+from omniopd_lib.runs import setup
+from omniopd_lib.teachers import CHARACTERS_PER_TOKEN_AT_MOST
 
 TOY = ["--student", "toy", "--teacher", "toy", "--data", "toy", "--eval-data", "toy", "--batch-size", "4",
        "--eval-size", "4", "--similarity", "lexical"]
@@ -77,7 +80,7 @@ def test_a_checkpoint_holding_a_pickled_object_runs_nothing_on_resume(checkpoint
     assert "Traceback" not in done.stderr
     # scale/'s per-rank RNG files go through the same reader
     torch.save(RunsCode(marker), tmp_path / "rng-rank0.pt")
-    with pytest.raises(omniopd.OmniOPDError, match="not a plain training state"):
+    with pytest.raises(OmniOPDError, match="not a plain training state"):
         common.load_plain_state(tmp_path / "rng-rank0.pt")
     assert not marker.exists()
 
@@ -131,7 +134,7 @@ def test_a_save_that_fails_is_one_line_and_keeps_the_last_good_checkpoint(checkp
 def test_resume_applies_a_new_learning_rate_and_weight_decay(checkpoint, tmp_path, capsys):
     cfg = config.parse_args([*TOY, "--steps", "2", "--lr", "0.05", "--weight-decay", "0.5", "--resume",
                               str(checkpoint), "--out", str(tmp_path / "resumed")], omniopd.Config, "")
-    run = omniopd.setup(cfg)
+    run = setup(cfg)
     assert [(g["lr"], g["weight_decay"]) for g in run.optimizer.param_groups] == [(0.05, 0.5)]
     assert run.optimizer.state   # the saved moments were loaded
     note = capsys.readouterr().err
@@ -297,7 +300,7 @@ def test_an_oversized_reply_is_cut_before_it_is_tokenized(hostile, monkeypatch, 
     is kept, and the fork keeps its first L tokens."""
     from omniopd_lib.common import MAX_REPLY_BYTES
     huge, large = "7 + 5 = 12. " * 1_700_000, "7 + 5 = 12. " * 90_000
-    assert len(huge) > MAX_REPLY_BYTES > len(large) > 16 * omniopd.CHARACTERS_PER_TOKEN_AT_MOST
+    assert len(huge) > MAX_REPLY_BYTES > len(large) > 16 * CHARACTERS_PER_TOKEN_AT_MOST
     replies = iter([huge, large])
     url = hostile(lambda handler, body: handler.send_json(200, reply(next(replies))))
     _, tokenizer = tiny_lm
@@ -314,7 +317,7 @@ def test_an_oversized_reply_is_cut_before_it_is_tokenized(hostile, monkeypatch, 
     assert omniopd.teacher_rollouts(teacher, ["Tom has"], 1, 16, Watched()).wait() == [None]   # refused
     texts = omniopd.teacher_rollouts(teacher, ["Tom has"], 1, 16, Watched()).wait()
     assert texts == [[large[:16]]]   # the toy tokenizer writes a character per token
-    assert max(seen) <= 32 * omniopd.CHARACTERS_PER_TOKEN_AT_MOST   # not 1 MB
+    assert max(seen) <= 32 * CHARACTERS_PER_TOKEN_AT_MOST   # not 1 MB
 
 
 @pytest.mark.parametrize("make", [api_teacher, pool_teacher])
@@ -359,7 +362,7 @@ def test_deeply_nested_json_is_one_line(tmp_path):
     path = tmp_path / "deep.jsonl"
     path.write_text("[" * 200_000 + "]" * 200_000 + "\n")
     for task in ("math", "code"):
-        with pytest.raises(omniopd.OmniOPDError, match="deep.jsonl line 1: JSON nested too deeply"):
+        with pytest.raises(OmniOPDError, match="deep.jsonl line 1: JSON nested too deeply"):
             data.load_rows(str(path), "train", 0, task=task)
     nested = json.dumps({"question": "q", "input_output": "[" * 200_000 + "]" * 200_000})
     with pytest.raises(codetask.CodeTaskError, match="not valid JSON"):

@@ -15,13 +15,17 @@ from omniopd_lib import models
 from omniopd_lib import similarity
 from omniopd_lib import teachers
 import toyworld
+from omniopd_lib.data import batch_rows
+from omniopd_lib.fastpaths import FullVocabularyKL, token_logprobs_and_entropy
+from omniopd_lib.generation import cut_at_stop, decode_after
+from omniopd_lib.runs import setup
 
 
 # Step 1 ---------------------------------------------------------------------
 
 def test_entropy_of_a_known_distribution():
     probs = torch.tensor([[[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]]])
-    logprobs, entropy = omniopd.token_logprobs_and_entropy(probs.log(), torch.tensor([[0, 2]]))
+    logprobs, entropy = token_logprobs_and_entropy(probs.log(), torch.tensor([[0, 2]]))
     assert entropy[0, 0].item() == pytest.approx(1.5 * math.log(2), abs=1e-6)   # ½ln2 + 2·¼ln4
     assert entropy[0, 1].item() == pytest.approx(math.log(3), abs=1e-6)
     assert logprobs.tolist()[0] == pytest.approx([math.log(0.5), math.log(1 / 3)], abs=1e-6)
@@ -44,7 +48,7 @@ def test_batched_response_logprobs_equal_unpadded_forward(tiny_lm):
     cfg = omniopd.Config(max_new_tokens=12)
     rollout = omniopd.sample_rollouts(model, tokenizer, ["Hi", "A much longer prompt here?"], cfg)
     logits = omniopd.response_logits(model, rollout)
-    batched, _ = omniopd.token_logprobs_and_entropy(logits, rollout.response_ids_B_T)
+    batched, _ = token_logprobs_and_entropy(logits, rollout.response_ids_B_T)
     for b in range(2):
         prompt = rollout.prompt_ids_B_P[b][rollout.prompt_mask_B_P[b].bool()]
         length = int(rollout.response_mask_B_T[b].sum())
@@ -110,7 +114,7 @@ def test_drafts_start_with_what_the_student_wrote(tiny_lm):
     drafts = omniopd.draft_chunks(model, tokenizer, rollout, [(0, 2), (0, 9)], num_drafts=3, chunk_len=5, temperature=1.0)
     response = rollout.response_ids_B_T[0].tolist()
     assert [len(chunks) for chunks in drafts.chunk_ids] == [3, 3]
-    assert drafts.chunk_ids[0][0] == omniopd.cut_at_stop(response[2:7], {tokenizer.eos_token_id})
+    assert drafts.chunk_ids[0][0] == cut_at_stop(response[2:7], {tokenizer.eos_token_id})
     assert all(1 <= len(c) <= 5 for chunks in drafts.chunk_ids for c in chunks)
     assert drafts.prefix_ids[1][-9:] == response[:9]
 
@@ -285,7 +289,7 @@ def test_collect_routes_each_fork_its_teacher_votes(monkeypatch, k):
     cfg = omniopd.Config(batch_size=8, seed=1, similarity="lexical", num_drafts=4, dirichlet_alpha=0.0,
                          vote_temperature=0.01, **toyworld.world_options("toy")).resolved()
     teacher = DraftEcho(k)
-    run = omniopd.setup(cfg, teacher=teacher)
+    run = setup(cfg, teacher=teacher)
     real_drafts = omniopd.draft_chunks
 
     def drafts_seen_by_teacher(*args, **kwargs):
@@ -293,7 +297,7 @@ def test_collect_routes_each_fork_its_teacher_votes(monkeypatch, k):
         teacher.texts = [run.tokenizer.decode(chunks[k], skip_special_tokens=True) for chunks in drafts.chunk_ids]
         return drafts
     monkeypatch.setattr(omniopd, "draft_chunks", drafts_seen_by_teacher)
-    batch = omniopd.omniopd_collect(run, omniopd.batch_rows(data.load_rows("toy", "train", 1), 0, cfg), cfg)
+    batch = omniopd.omniopd_collect(run, batch_rows(data.load_rows("toy", "train", 1), 0, cfg), cfg)
     assert batch.num_forks == batch.metrics["forks/count"] >= 4
     for f, chunks in enumerate(batch.drafts.chunk_ids):
         texts = [run.tokenizer.decode(c, skip_special_tokens=True) for c in chunks]
@@ -305,8 +309,8 @@ def test_student_prior_is_the_students_own_draft_distribution():
     """α → ∞ leaves only the prior: p̂ = q_k = softmax_k(ℓ_k / |c_k|), computed again here from the drafts."""
     cfg = omniopd.Config(batch_size=4, seed=2, similarity="lexical", prior="student", dirichlet_alpha=1e6,
                          **toyworld.world_options("toy")).resolved()
-    run = omniopd.setup(cfg)
-    batch = omniopd.omniopd_collect(run, omniopd.batch_rows(data.load_rows("toy", "train", 2), 0, cfg), cfg)
+    run = setup(cfg)
+    batch = omniopd.omniopd_collect(run, batch_rows(data.load_rows("toy", "train", 2), 0, cfg), cfg)
     assert batch.num_forks > 0
     with torch.no_grad():
         logprobs, lengths = omniopd.chunk_logprobs(run.student, batch.drafts, run.tokenizer.pad_token_id)
@@ -342,13 +346,13 @@ def test_a_draft_is_decoded_in_context_so_sentencepiece_keeps_its_leading_space(
     prefix = tokenizer("The answer", add_special_tokens=False)["input_ids"]
     chunk = tokenizer(" is 5.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert tokenizer.decode(chunk, skip_special_tokens=True) == "is 5."
-    assert omniopd.decode_after(tokenizer, prefix, chunk) == " is 5."
+    assert decode_after(tokenizer, prefix, chunk) == " is 5."
     bpe = toyworld.build_char_tokenizer()   # byte-level: the same either way
-    assert omniopd.decode_after(bpe, bpe("7+5")["input_ids"], bpe("=12.")["input_ids"]) == "=12."
+    assert decode_after(bpe, bpe("7+5")["input_ids"], bpe("=12.")["input_ids"]) == "=12."
 
 
 def test_full_vocabulary_kl_function_equals_autograd_through_the_formula():
-    """The lean anchor (omniopd.FullVocabularyKL, position chunks, recomputed softmax) against torch.distributions."""
+    """The lean anchor (FullVocabularyKL, position chunks, recomputed softmax) against torch.distributions."""
     torch.manual_seed(0)
     positions = fastpaths.POSITIONS_AT_ONCE + 37          # more than one chunk per row
     logits = (3 * torch.randn(2, positions + 1, 50)).requires_grad_()
@@ -358,7 +362,7 @@ def test_full_vocabulary_kl_function_equals_autograd_through_the_formula():
                                                  torch.distributions.Categorical(logits=reference))
     (expected * weights).sum().backward()
     expected_grad, logits.grad = logits.grad.clone(), None
-    kl = omniopd.FullVocabularyKL.apply(logits[:, :-1], reference)   # a slice, as response_logits gives
+    kl = FullVocabularyKL.apply(logits[:, :-1], reference)   # a slice, as response_logits gives
     (kl * weights).sum().backward()
     assert torch.allclose(kl, expected, atol=1e-5)
     assert torch.allclose(logits.grad, expected_grad, atol=1e-5)
@@ -372,7 +376,7 @@ def test_the_entropy_recorded_while_sampling_is_the_forward_pass_entropy(tiny_lm
     cfg = omniopd.Config(max_new_tokens=20, temperature=temperature)
     rollout = omniopd.sample_rollouts(model, tokenizer, ["Ann has 3 pens.", "Ben has 12 cats. How many?"], cfg)
     with torch.no_grad():
-        _, expected = omniopd.token_logprobs_and_entropy(omniopd.response_logits(model, rollout),
+        _, expected = token_logprobs_and_entropy(omniopd.response_logits(model, rollout),
                                                          rollout.response_ids_B_T)
     mask = rollout.response_mask_B_T.bool()
     assert rollout.entropy_B_T.shape == rollout.response_ids_B_T.shape

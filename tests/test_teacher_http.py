@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-import omniopd
 from omniopd_lib.teachers import HFTeacher
 from omniopd_lib import teachers
 from toyworld.serve import start_in_thread
+from omniopd_lib.common import OmniOPDError
 
 PREFIXES = ["Question: Ann has 3 pens.\nAnswer: 3+", "Question: Ben has 9 cats. He loses 2.\nAnswer: "]
 
@@ -58,5 +58,5 @@ def test_unreachable_teacher_is_counted_not_raised(monkeypatch):
 
 def test_missing_key_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
-    with pytest.raises(omniopd.OmniOPDError, match="NO_SUCH_KEY_VAR"):
+    with pytest.raises(OmniOPDError, match="NO_SUCH_KEY_VAR"):
         teachers.OpenAITeacher("toy", "http://127.0.0.1:9/v1", "NO_SUCH_KEY_VAR")

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-import omniopd
 from scale.teachers import AnswerCache, Endpoint, RateLimiter, TeacherPool
 from toyworld.serve import FaultPlan
+from omniopd_lib.common import OmniOPDError
 
 KEY = "sk-pool-test-0123456789"
 
@@ -122,7 +122,7 @@ def test_token_meter_and_dollars(serve):
 def test_wrong_key_stops_with_one_line_that_hides_the_key(serve, monkeypatch):
     _, url = serve(api_key="sk-the-right-one")
     pool = pool_for(url)
-    with pytest.raises(omniopd.OmniOPDError) as caught:
+    with pytest.raises(OmniOPDError) as caught:
         pool.continuations(PREFIXES[:3], n=2, max_tokens=8)
     message = str(caught.value)
     assert "rejected the API key" in message and "POOL_TEST_KEY" in message
@@ -131,14 +131,14 @@ def test_wrong_key_stops_with_one_line_that_hides_the_key(serve, monkeypatch):
 
 def test_unknown_model_is_one_line(serve):
     _, url = serve(served_models={"toy"})
-    with pytest.raises(omniopd.OmniOPDError, match="does not know model 'nope'"):
+    with pytest.raises(OmniOPDError, match="does not know model 'nope'"):
         pool_for(url, teachers=("openai:nope",)).continuations(PREFIXES[:1], n=1, max_tokens=8)
 
 
 def test_teacher_spec_parsing():
     assert Endpoint.parse("openai:m", "http://x/v1") == Endpoint("m", "http://x/v1", "OPENAI_API_KEY")
     assert Endpoint.parse("openai:m@http://y/v1@MY_KEY") == Endpoint("m", "http://y/v1", "MY_KEY")
-    with pytest.raises(omniopd.OmniOPDError, match="openai:MODEL"):
+    with pytest.raises(OmniOPDError, match="openai:MODEL"):
         Endpoint.parse("toy")
 
 

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 import omniopd
-from omniopd_lib.teachers import teacher_prefix_texts
+from omniopd import teacher_prefix_texts
 from omniopd_lib import models
 from omniopd_lib import generation, grading
+from omniopd_lib.common import OmniOPDError
+from omniopd_lib.generation import decode_after, encode_prompts, response_texts, stop_token_ids
 
 CPU = torch.device("cpu")
 TEMPLATE = omniopd.Config.prompt_template
@@ -27,7 +29,7 @@ def ids_of(tokenizer, text):
 def fixed_rollout(tokenizer, questions, responses, monkeypatch=None):
     """Prompts and the given responses padded as generate() pads them: a finished row (one that ends in a stop
     token) gets pad ids up to the longest row, which is never padded."""
-    prompts = omniopd.encode_prompts(tokenizer, questions, TEMPLATE, CPU)
+    prompts = encode_prompts(tokenizer, questions, TEMPLATE, CPU)
     width = max(len(r) for r in responses)
     padded = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in responses])
     if monkeypatch:
@@ -39,13 +41,13 @@ def fixed_rollout(tokenizer, questions, responses, monkeypatch=None):
 def test_both_stop_tokens_end_the_rollout_mask(qwen_like, monkeypatch):
     model, tokenizer = qwen_like
     end_of_text, im_end = tokenizer.pad_token_id, tokenizer.eos_token_id
-    assert omniopd.stop_token_ids(model, tokenizer) == sorted([end_of_text, im_end])
+    assert stop_token_ids(model, tokenizer) == sorted([end_of_text, im_end])
     responses = [ids_of(tokenizer, "7+5=12.") + [im_end], ids_of(tokenizer, "!!") + [end_of_text],
                  ids_of(tokenizer, "no stop at all")]
     fixed_rollout(tokenizer, ["a", "b", "c"], responses, monkeypatch)
     rollout = omniopd.sample_rollouts(model, tokenizer, ["a", "b", "c"], omniopd.Config(max_new_tokens=8))
     assert rollout.response_mask_B_T.sum(1).tolist() == [len(r) for r in responses[:2]] + [len(responses[2])]
-    assert omniopd.response_texts(tokenizer, rollout) == ["7+5=12.", "!!", "no stop at all"]   # id 0 is "!"
+    assert response_texts(tokenizer, rollout) == ["7+5=12.", "!!", "no stop at all"]   # id 0 is "!"
 
 
 def test_drafts_are_cut_after_either_stop_token(qwen_like, monkeypatch):
@@ -56,7 +58,7 @@ def test_drafts_are_cut_after_either_stop_token(qwen_like, monkeypatch):
                               (torch.arange(padded.shape[1]) < len(response)).long()[None])
     drafts = omniopd.draft_chunks(model, tokenizer, rollout, [(0, 2)], num_drafts=3, chunk_len=16, temperature=1.0)
     assert drafts.chunk_ids[0][0] == response[2:]
-    stops = set(omniopd.stop_token_ids(model, tokenizer))
+    stops = set(stop_token_ids(model, tokenizer))
     for chunk in drafts.chunk_ids[0]:
         assert not any(t in stops for t in chunk[:-1]) and 1 <= len(chunk) <= 16
 
@@ -71,7 +73,7 @@ def test_the_teachers_prefix_joins_its_continuation_without_lost_or_doubled_spac
     for t in range(1, len(response)):
         prefix = teacher_prefix_texts(tokenizer, rollout, [(0, t)], [question], omniopd.Config())[0]
         prompt_ids = prompts.input_ids[0].tolist()
-        rest = omniopd.decode_after(tokenizer, prompt_ids + response[:t], response[t:])
+        rest = decode_after(tokenizer, prompt_ids + response[:t], response[t:])
         assert prefix + rest == full, t
 
 
@@ -86,7 +88,7 @@ def test_evaluation_reads_the_answer_before_the_padding(qwen_like, monkeypatch):
 
 def test_chat_prompts_use_the_students_template_and_the_teacher_sees_plain_text(qwen_like):
     model, tokenizer = qwen_like
-    encoded = omniopd.encode_prompts(tokenizer, ["What is 2+3?"], "chat", CPU, system_prompt="Be brief.")
+    encoded = encode_prompts(tokenizer, ["What is 2+3?"], "chat", CPU, system_prompt="Be brief.")
     text = tokenizer.decode(encoded.input_ids[0])
     assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2+3?<|im_end|>\n"
                     "<|im_start|>assistant\n")
@@ -97,7 +99,7 @@ def test_chat_prompts_use_the_students_template_and_the_teacher_sees_plain_text(
     assert teacher_prefix_texts(tokenizer, rollout, [(0, 3)], ["What is 2+3?"], cfg) == [
         "Question: What is 2+3?\nAnswer: 2+3"]
     characters = __import__("toyworld").build_char_tokenizer()   # no chat template
-    with pytest.raises(omniopd.OmniOPDError, match="no chat template"):
+    with pytest.raises(OmniOPDError, match="no chat template"):
         generation.format_prompts(characters, ["x"], "chat")
 
 

@@ -57,7 +57,7 @@ def current_source(name: str) -> list[str]:
     import inspect
     import pkgutil
     import omniopd_lib
-    modules = ["omniopd", *[f"omniopd_lib.{m.name}" for m in pkgutil.iter_modules(omniopd_lib.__path__)]]
+    modules = ["omniopd", "omniopd_audit", "omniopd_baselines", *[f"omniopd_lib.{m.name}" for m in pkgutil.iter_modules(omniopd_lib.__path__)]]
     sources = []
     for module_name in modules:
         thing = getattr(importlib.import_module(module_name), name, None)

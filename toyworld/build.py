@@ -3,7 +3,7 @@
 dialect, its own tokenizer or the student's) and no student: the story world's student is the one it teaches.
 
 Both are Qwen2 models made from a config, with the character tokenizer, trained by
-next-token NLL on worked solutions (omniopd.completion_nll) and saved with
+next-token NLL on worked solutions (completion_nll) and saved with
 save_pretrained into toyworld/models/, where `--teacher toy` and `--student toy`
 find them. The teacher trains until it is strong (≥ 90 % on held-out problems);
 the student is smaller and stops early, as soon as its accuracy on a validation
@@ -26,6 +26,7 @@ from omniopd_lib.generation import CODE_TEMPLATE
 from omniopd_lib import models
 import toyworld
 from toyworld import code, stories
+from omniopd_lib.generation import completion_nll
 
 # each world's evaluation settings (the student's prompt and how answers are checked)
 SETTINGS = {"arithmetic": {"max_new_tokens": 48}, "stories": {"max_new_tokens": 96},
@@ -59,7 +60,7 @@ def train(model, tokenizer, train_rows, valid_rows, max_steps, lr, eval_every, s
         rows = random.Random(step).sample(train_rows, batch_size)
         template = SETTINGS[world].get("prompt_template", PLAIN_TEMPLATE)
         prompts = [template.format(question=r["question"]) + r.get("prefix", "") for r in rows]   # a reading lesson's prefix
-        loss = omniopd.completion_nll(model, tokenizer, prompts, [r["answer"] for r in rows], "{question}")
+        loss = completion_nll(model, tokenizer, prompts, [r["answer"] for r in rows], "{question}")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

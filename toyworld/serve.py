@@ -35,10 +35,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
 
-import omniopd
 from omniopd_lib import models
 from omniopd_lib.generation import tokens_generated
 from omniopd_lib import teachers
+from omniopd_lib.generation import generate, left_pad, stop_token_ids
 
 CHAT_HEAD = teachers.CHAT_CONTINUE_PROMPT.split("{prefix}")[0]
 FAULT_KINDS = ("429", "500", "timeout", "malformed", "empty", "refusal")
@@ -161,15 +161,15 @@ class ModelServer(ThreadingHTTPServer):
         max_tokens, temperature, templated = settings
         prompts = [prompt for _, prompt, n, _, _ in group for _ in range(n)]
         encoded = [self.tokenizer(p, add_special_tokens=not templated)["input_ids"] for p in prompts]
-        batch = omniopd.left_pad(encoded, self.tokenizer.pad_token_id, self.model.device)
+        batch = left_pad(encoded, self.tokenizer.pad_token_id, self.model.device)
         # sampled with the requests' own generators (GumbelSampler), never torch's global random state, which
         # the trainer in the same process draws from on its own thread
         sampler = GumbelSampler([seed for *_, seed in group], [n for _, _, n, _, _ in group], temperature) \
             if temperature > 0 else None
-        new_ids = omniopd.generate(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"],
+        new_ids = generate(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"],
                                    max_tokens, 0.0, watch=sampler)
         texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-        stops = torch.tensor(omniopd.stop_token_ids(self.model, self.tokenizer), device=new_ids.device)
+        stops = torch.tensor(stop_token_ids(self.model, self.tokenizer), device=new_ids.device)
         used = tokens_generated(new_ids, stops).tolist()
         stopped = torch.isin(new_ids, stops).any(1).tolist()   # else it ran out of max_tokens
         results, start = [], 0

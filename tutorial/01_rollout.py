@@ -27,11 +27,11 @@
 # %%
 from helpers import show
 import omniopd
-from omniopd_lib.fastpaths import EntropyRecorder
+from omniopd_lib.fastpaths import EntropyRecorder, token_logprobs_and_entropy
 
 show(omniopd.sample_rollouts)
 show(EntropyRecorder)
-show(omniopd.token_logprobs_and_entropy)
+show(token_logprobs_and_entropy)
 
 # %% [markdown]
 # ## Worked example
@@ -44,7 +44,7 @@ import math
 import torch
 
 probs = torch.tensor([[[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3], [0.98, 0.01, 0.01]]])
-logprobs, entropy = omniopd.token_logprobs_and_entropy(probs.log(), torch.tensor([[0, 1, 0]]))
+logprobs, entropy = token_logprobs_and_entropy(probs.log(), torch.tensor([[0, 1, 0]]))
 print("H_t          =", [round(h, 4) for h in entropy[0].tolist()])
 print("log π(y_t)   =", [round(l, 4) for l in logprobs[0].tolist()])
 assert abs(entropy[0, 0].item() - 1.5 * math.log(2)) < 1e-6

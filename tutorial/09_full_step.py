@@ -30,6 +30,9 @@ show(omniopd.omniopd_loss)
 # %%
 import torch
 import toyworld
+from omniopd_lib.fastpaths import token_logprobs_and_entropy
+from omniopd_lib.generation import decode_after
+from omniopd_lib.teachers import draw_name
 
 device = torch.device("cpu")
 cfg = omniopd.Config(batch_size=4, **toyworld.world_options("toy")).resolved()
@@ -42,7 +45,7 @@ rows = toyworld.make_problems(cfg.batch_size, "train", seed=11)
 torch.manual_seed(0)
 rollout = omniopd.sample_rollouts(student, tokenizer, [r["question"] for r in rows], cfg)       # step 1
 logits = omniopd.response_logits(student, rollout)
-_, entropy = omniopd.token_logprobs_and_entropy(logits, rollout.response_ids_B_T)
+_, entropy = token_logprobs_and_entropy(logits, rollout.response_ids_B_T)
 for b in range(cfg.batch_size):
     print(f"y[{b}] = {tokenizer.decode(rollout.response_ids_B_T[b], skip_special_tokens=True)!r}")
 
@@ -53,10 +56,10 @@ print("\nforks (rollout, position, H):", [(b, t, round(entropy[b, t].item(), 2))
 drafts = omniopd.draft_chunks(student, tokenizer, rollout, forks, cfg.num_drafts, cfg.chunk_len,  # step 3
                               cfg.temperature)
 prefixes = [tokenizer.decode(p, skip_special_tokens=True) for p in drafts.prefix_ids]
-candidates = [[omniopd.decode_after(tokenizer, prefix, c) for c in chunks]
+candidates = [[decode_after(tokenizer, prefix, c) for c in chunks]
               for prefix, chunks in zip(drafts.prefix_ids, drafts.chunk_ids)]
 continuations = omniopd.teacher_rollouts(teacher, prefixes, cfg.teacher_samples, cfg.chunk_len,  # step 4
-                                         tokenizer, draw=omniopd.draw_name(cfg, 0)).wait()
+                                         tokenizer, draw=draw_name(cfg, 0)).wait()
 matrices = similarity.matrices(candidates, continuations)                                         # step 5
 logprobs, lengths = omniopd.chunk_logprobs(student, drafts, tokenizer.pad_token_id)
 targets = torch.stack([omniopd.dirichlet_preference(S, cfg.dirichlet_alpha, cfg.vote_temperature)  # step 6

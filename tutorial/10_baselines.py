@@ -29,16 +29,16 @@
 
 # %%
 from helpers import show
-import omniopd
+import omniopd_baselines
 
-show(omniopd.policy_gradient_loss)
-show(omniopd.rollout_collect)
-show(omniopd.opd_loss)
-show(omniopd.sft_collect)
-show(omniopd.sft_loss)
-show(omniopd.group_advantages)
-show(omniopd.grpo_collect)
-show(omniopd.grpo_loss)
+show(omniopd_baselines.policy_gradient_loss)
+show(omniopd_baselines.rollout_collect)
+show(omniopd_baselines.opd_loss)
+show(omniopd_baselines.sft_collect)
+show(omniopd_baselines.sft_loss)
+show(omniopd_baselines.group_advantages)
+show(omniopd_baselines.grpo_collect)
+show(omniopd_baselines.grpo_loss)
 
 # %% [markdown]
 # ## Worked example: GRPO advantages
@@ -49,10 +49,10 @@ show(omniopd.grpo_loss)
 # %%
 import torch
 
-advantages = omniopd.group_advantages(torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0]))
+advantages = omniopd_baselines.group_advantages(torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0]))
 print("A =", [round(a, 3) for a in advantages.tolist()])
 assert torch.allclose(advantages, torch.tensor([1.2247, 1.2247, -0.8165, -0.8165, -0.8165]), atol=1e-4)
-print("all right:", omniopd.group_advantages(torch.ones(4)).tolist())
+print("all right:", omniopd_baselines.group_advantages(torch.ones(4)).tolist())
 
 # %% [markdown]
 # ## Worked example: token-level OPD on one token
@@ -68,7 +68,7 @@ import math
 for teacher_probability in (0.8, 0.1):
     student_logprob = torch.tensor([[math.log(0.5)]], requires_grad=True)
     advantage = torch.tensor([[math.log(teacher_probability)]]) - student_logprob.detach()
-    omniopd.policy_gradient_loss(student_logprob, advantage, torch.ones(1, 1)).backward()
+    omniopd_baselines.policy_gradient_loss(student_logprob, advantage, torch.ones(1, 1)).backward()
     print(f"π_T(y_t) = {teacher_probability}: A = {advantage.item():+.3f}, "
           f"descent moves log π_θ(y_t) by {-student_logprob.grad.item():+.3f} × lr")
     assert (advantage.item() > 0) == (student_logprob.grad.item() < 0)

@@ -35,24 +35,25 @@
 # %%
 from helpers import show
 import omniopd
+import omniopd_audit
 from omniopd_lib import similarity
 
-show(omniopd.audit_anchors)
+show(omniopd_audit.audit_anchors)
 
 # %% [markdown]
 # φ = ned, k_sem and π̂ (steps 4–5; `similarity_matrices` is page 5's function, with the `ned` backend):
 
 # %%
 show(similarity.ned)
-show(omniopd.audit_target)
+show(omniopd_audit.audit_target)
 
 # %% [markdown]
 # One collection, reusing page 1's rollout, page 3's `draft_chunks` (with K = 1: the own chunk is the only
 # "draft") and page 4's teacher; then the loss:
 
 # %%
-show(omniopd.audit_collect)
-show(omniopd.audit_loss)
+show(omniopd_audit.audit_collect)
+show(omniopd_audit.audit_loss)
 
 # %% [markdown]
 # ## Worked example 1: which chunks
@@ -66,7 +67,7 @@ import torch
 entropy = torch.tensor([[0.1, 0.9, 0.2, 0.9, 0.3, 0.1, 0.8, 0.1, 0.0, 0.0]])
 ids = torch.tensor([[5, 5, 5, 5, 5, 5, 5, 5, 5, 99]])     # 99: the stop token
 mask = torch.ones(1, 10, dtype=torch.long)
-anchors = omniopd.audit_anchors(entropy, ids, mask, {99}, num_chunks=3, chunk_len=2)
+anchors = omniopd_audit.audit_anchors(entropy, ids, mask, {99}, num_chunks=3, chunk_len=2)
 print("chunk starts:", anchors)
 assert anchors == [(0, 1), (0, 3), (0, 6)]
 
@@ -84,7 +85,7 @@ from omniopd_lib.similarity import Similarity
 
 continuations = ["Tom has 12", "Tom has 13", "Tom got 9", ""]
 phi = Similarity("ned").matrices([["Tom has 12"]], [continuations])[0]
-pi_hat, pi_bar = omniopd.audit_target(phi.sum(1), torch.tensor([-0.1, -0.5, -0.3]).mean().view(1), 4, 1.0)
+pi_hat, pi_bar = omniopd_audit.audit_target(phi.sum(1), torch.tensor([-0.1, -0.5, -0.3]).mean().view(1), 4, 1.0)
 print("φ =", [round(x, 3) for x in phi[0].tolist()], f" k_sem = {phi.sum().item():.3f}",
       f" π̄ = {pi_bar.item():.4f}  π̂ = {pi_hat.item():.4f}")
 assert abs(pi_hat.item() - (2.4 + math.exp(-0.3)) / 5) < 1e-6
@@ -95,7 +96,7 @@ assert abs(pi_hat.item() - (2.4 + math.exp(-0.3)) / 5) < 1e-6
 
 # %%
 for alpha in (0.0, 1.0, 10.0, 1000.0):
-    value = omniopd.audit_target(torch.tensor([2.4]), torch.tensor([-0.3]), 4, alpha)[0].item()
+    value = omniopd_audit.audit_target(torch.tensor([2.4]), torch.tensor([-0.3]), 4, alpha)[0].item()
     print(f"α = {alpha:>6}: π̂ = {value:.4f}")
 
 # %% [markdown]
@@ -107,13 +108,14 @@ for alpha in (0.0, 1.0, 10.0, 1000.0):
 # %%
 import toyworld
 from omniopd_lib.config import parse_args
+from omniopd_lib.runs import setup
 
 torch.manual_seed(0)
 cfg = parse_args([*toyworld.world_args("stories"), "--objective", "audit", "--batch-size", "2",
                   "--out", "/tmp/omniopd-tutorial-11"], omniopd.Config, "")
-run = omniopd.setup(cfg)
+run = setup(cfg)
 rows = toyworld.world_problems("stories", 2, "test", seed=11)
-batch = omniopd.audit_collect(run, rows, cfg)
+batch = omniopd_audit.audit_collect(run, rows, cfg)
 print(f"M = {cfg.audit_budget}, C = {cfg.chunk_len}, N = {cfg.teacher_samples}, α = {cfg.dirichlet_alpha}, "
       f"β = {cfg.kl_beta}, φ = {cfg.similarity}")
 print(f"chunks scored {batch.metrics['audit/chunks']}, dropped {batch.metrics['audit/dropped']}, "
@@ -131,7 +133,7 @@ assert abs(record["pi_hat"] - (record["k_sem"] + record["pi_bar"]) / 11) < 1e-6
 # so the anchor is exactly 0; it grows as training moves the unaudited tokens away from the base model.
 
 # %%
-loss, metrics = omniopd.audit_loss(run, batch, cfg)
+loss, metrics = omniopd_audit.audit_loss(run, batch, cfg)
 print(f"L = {loss.item():.4f} = chunk {metrics['loss/chunk']:.4f} + β · anchor {metrics['loss/anchor']:.4f}")
 assert abs(loss.item() - (metrics["loss/chunk"] + cfg.kl_beta * metrics["loss/anchor"])) < 1e-5
 

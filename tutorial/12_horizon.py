@@ -8,7 +8,7 @@
 # world), that breaks twice: the teacher's words cost the student's tokenizer about twice the tokens, so its cut
 # text ends before the decision the drafts differ in; and what is left differs from every draft in phrasing, which
 # is what the encoder weighs. The census (`bench/census.py`) measures it: at the forks where right and wrong drafts
-# compete, this p̂ puts 0.547 of its mass on the right drafts where a uniform target puts 0.543.
+# compete, this p̂ puts 0.526 of its mass on the right drafts where a uniform target puts 0.518.
 #
 # `--horizon end` lets both sides run to the end of the solution: the teacher writes its whole continuation, and
 # each draft is carried on by the student's own rollout (`--draft-rollouts` R of them) from prefix + draft, so that
@@ -93,26 +93,27 @@ assert all(" minus 5 " in text or " down 5" in text for text in teacher_new)   #
 assert new[0] > 0.7 and new[0] - old[0] > 0.1
 
 # %% [markdown]
-# Cut to 16 student tokens, every teacher text ends inside its opening sentence ("Initially Ben holds 7 t"),
-# before any operation: what S still tells apart is phrasing, and the old target's lean to the right draft comes
-# from the words "take away" against "add" sitting nearer the teacher's opening in the encoder's space, not from
-# the decision. Run to the end, the teacher's solution writes the totals of every step (7 minus 5 makes 2, …, 9);
-# the right draft's rollout shares its first totals, the wrong one's diverges from its first step. Note that the
-# student's rollout after the right draft errs later ("take away 1"): S is a noisy estimate, which R > 1 smooths.
+# Cut to 16 student tokens, every teacher text ends inside its opening sentence ("Ben owns 7 tickets at the ou"),
+# before any operation: what S still tells apart is phrasing (which opening each draft's words sit nearer in the
+# encoder's space), not the decision. Run to the end, the teacher's solution writes the totals of every step
+# (7 minus 5 gives 2, …, 9); the right draft's rollout shares its first totals, the wrong one's diverges from its
+# first step. Note that the student's rollout after the right draft errs later ("take away 1"): S is a noisy
+# estimate, which R > 1 smooths.
 #
-# One fork proves nothing, and this one was chosen to show the difference. Over the census's 47 informative forks
-# of the foreign world, p̂'s mass on the right drafts is 0.547 (chunk, embed) and 0.665 (end, numbers) against a
-# uniform 0.543; on the story world (the teacher writes the student's own dialect) 0.615 and 0.770 against 0.543
-# (`bench/results/census-stories-foreign.md`, `census-stories.md`). Where the new target goes wrong: a fork in
-# the middle of the student's solution hands the foreign teacher a prefix in a dialect it never read, and this
-# small teacher then writes nonsense ("owns 5 plus 7 plus 10. Afterwards the outset. …"); a real LLM teacher reads
-# both dialects, this toy one does not. And a student rollout that errs after a right draft loses numbers it
-# should have kept.
+# One fork proves nothing, and this one was chosen to show the difference. Over the census's 28 informative forks
+# of the foreign world, p̂'s mass on the right drafts is 0.526 (chunk, embed) and 0.760 (end, numbers) against a
+# uniform 0.518 (`bench/results/census-stories-foreign-reading.md`); on the story world (the teacher writes the
+# student's own dialect) 0.615 and 0.770 against 0.543 (`census-stories.md`). That needs a teacher that can read
+# the student: a fork in the middle of a solution hands it a prefix in the student's dialect. The first foreign
+# teacher had never read that dialect and wrote nonsense from there ("owns 5 plus 7 plus 10. Afterwards the
+# outset. …"; it reached the right answer from 4-27 % of such prefixes); the one shipped now learned to (99.5 %,
+# `bench/teacher_reads_student.py`), as a real LLM teacher reads both. Where the new target still goes wrong: a
+# student rollout that errs after a right draft loses numbers it should have kept.
 #
 # ## What it costs
-# The teacher writes whole solutions and the student carries every draft on: in the census, a step takes 23× an
-# OPD step on the foreign world (the teacher cut to 96 of its tokens: 18×) against 12× for the chunk horizon,
-# with the teacher writing 208 tokens per fork against 116.
+# The teacher writes whole solutions and the student carries every draft on: in the census with the reading
+# teacher, a step takes 14.8× an OPD step on the foreign world against 11.6× for the chunk horizon, with the
+# teacher writing 174 tokens per fork against 112 (the first census, at the old 96-token cap: 23× and 12×).
 #
 # ## What to log
 # `sim/mean`, `pref/entropy` and `pref/own_draft` as before; the step's `horizon_texts` (what each draft was

@@ -10,6 +10,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))   # before the project's own imports: a page runs as `python tutorial/NN.py`
 from omniopd_lib import models  # noqa: E402
+from omniopd_lib.fastpaths import token_logprobs_and_entropy
 FIGURES = HERE / "figures"
 
 
@@ -39,7 +40,7 @@ def page_one_rollout():
     rollout = omniopd.sample_rollouts(student, tokenizer, [problem["question"]], cfg)
     with torch.no_grad():
         logits = omniopd.response_logits(student, rollout)
-    _, entropy = omniopd.token_logprobs_and_entropy(logits, rollout.response_ids_B_T)
+    _, entropy = token_logprobs_and_entropy(logits, rollout.response_ids_B_T)
     forks = omniopd.select_forks(entropy, rollout.response_mask_B_T, cfg.audit_budget, cfg.fork_gap,
                                  cfg.entropy_threshold)
     return dict(cfg=cfg, student=student, tokenizer=tokenizer, problem=problem, rollout=rollout,
