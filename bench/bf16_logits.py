@@ -14,16 +14,13 @@ accumulation order differs).
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import omniopd  # noqa: E402
-from omniopd_lib import models  # noqa: E402
-import toyworld  # noqa: E402
+import omniopd
+from omniopd_lib import models
+import toyworld
 from omniopd_lib.generation import positions
 
 
@@ -85,7 +82,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(2)
     try:
-        from toyworld.real import smollm2_folder
+        from omniopd_tools.real_models import smollm2_folder
         reference, tokenizer = models.load_model(str(smollm2_folder()), "student", torch.device("cpu"))
         measure("SmolLM2-135M-Instruct (pretrained)", perturbed_copy(reference, args.perturbation), reference.eval(),
                 tokenizer, args.batch, args.length)

@@ -12,13 +12,11 @@ import os
 import platform
 import re
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from omniopd_lib import codetask  # noqa: E402
-from toyworld import code  # noqa: E402
+from omniopd_lib import codetask
+from toyworld import code
 
 
 def candidate_sets():

@@ -25,7 +25,7 @@ The table marks which rows each run measured, with its seeds, test-set size and 
 Runs go to `--runs`; each writes result.json, and a run whose result.json exists is not run again, so an
 interrupted comparison continues where it stopped. `--jobs 2` runs two trainings at a time, each on one
 thread (faster than one run on two threads for models this small). "OmniOPD (API teacher)" reaches the same
-teacher as a black box over a real OpenAI-compatible HTTP server on 127.0.0.1 (toyworld/serve.py), in chat
+teacher as a black box over a real OpenAI-compatible HTTP server on 127.0.0.1 (omniopd_tools/serve.py), in chat
 mode. Writes <world>.md (mean ± std and standard error over seeds, the binomial standard error of one
 evaluation, wall time, teacher calls and tokens, the degenerate patterns of the final answers, the sweep),
 <world>.json (every number) and <world>.png.
@@ -49,7 +49,6 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 import omniopd  # noqa: E402
 import toyworld  # noqa: E402
 
@@ -150,7 +149,7 @@ SERVER = {}
 def loopback_server(world):
     """The world's teacher behind a real OpenAI-compatible server on 127.0.0.1, one per worker process."""
     if world not in SERVER:
-        from toyworld.serve import start_in_thread
+        from omniopd_tools.serve import start_in_thread
         os.environ.setdefault("OPENAI_API_KEY", "loopback-no-key-needed")
         server = start_in_thread(world)
         SERVER[world] = f"http://127.0.0.1:{server.server_address[1]}/v1"

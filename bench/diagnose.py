@@ -36,14 +36,12 @@ import json
 import os
 import re
 import statistics
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import omniopd  # noqa: E402

@@ -30,16 +30,16 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
+import omniopd
+from omniopd_lib.common import RunState
+from omniopd_lib.similarity import Similarity
+from omniopd_lib.teachers import HFTeacher
+from omniopd_lib import models
+from omniopd_lib import teachers
+import toyworld
+from speed import PeakMemory  # (bench/ is on the path: this script's folder)
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import omniopd  # noqa: E402
-from omniopd_lib.common import RunState  # noqa: E402
-from omniopd_lib.similarity import Similarity  # noqa: E402
-from omniopd_lib.teachers import HFTeacher  # noqa: E402
-from omniopd_lib import models  # noqa: E402
-from omniopd_lib import teachers  # noqa: E402
-import toyworld  # noqa: E402
-from speed import PeakMemory  # noqa: E402  (bench/ is on the path: this script's folder)
 
 VOCAB = 151936
 SHAPES = ((8, 512), (16, 1024), (8, 2048))   # batch × new tokens, as issue #10 asks
@@ -99,7 +99,7 @@ def one_run(args) -> dict:
     models.fp32_output_head(student)                                                         # as runs.setup
     models.fp32_output_head(reference)
     if args.teacher == "served":
-        from toyworld.serve import start_in_thread
+        from omniopd_tools.serve import start_in_thread
         server = start_in_thread("echo")
         os.environ[KEY_ENV] = "not-a-secret"
         teacher = teachers.OpenAITeacher("echo", f"http://127.0.0.1:{server.server_address[1]}/v1", KEY_ENV,

@@ -15,7 +15,7 @@ conditioning and its own sampling; OPD, whose teacher must share the tokenizer, 
 of exactly 0 (advantage log π_T − log π_θ = 0) and is the control that nothing else moves the
 weights. Every method gets the same steps, rollouts per step and learning rate.
 
---teacher picks another API teacher from toyworld.real.REAL_TEACHERS (issue #26): SmolLM2 with privileged
+--teacher picks another API teacher from omniopd_tools.real_models.REAL_TEACHERS (issue #26): SmolLM2 with privileged
 information (the row's reference answer in its prompt), or Gemma-3-270M (base, another family and tokenizer, in
 completion mode); bench/teacher_strength.py measures which of them is stronger than the student. The OPD control
 (teacher = student, whatever --teacher says) runs only with the default teacher. The test
@@ -34,9 +34,8 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from bench.compare import run_row  # noqa: E402
-from toyworld.real import REAL_TEACHERS, LlamaServer, smollm2_folder  # noqa: E402
+from compare import run_row  # noqa: E402
+from omniopd_tools.real_models import REAL_TEACHERS, LlamaServer, smollm2_folder  # noqa: E402
 
 KEY = "sk-bench-real-lm"
 ROWS = [

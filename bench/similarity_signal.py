@@ -21,14 +21,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from omniopd_lib import codetask  # noqa: E402
-import omniopd  # noqa: E402
-from omniopd_lib.similarity import Similarity  # noqa: E402
-from omniopd_lib.teachers import HFTeacher  # noqa: E402
-from omniopd_lib import data  # noqa: E402
-from omniopd_lib import models  # noqa: E402
-import toyworld  # noqa: E402
+from omniopd_lib import codetask
+import omniopd
+from omniopd_lib.similarity import Similarity
+from omniopd_lib.teachers import HFTeacher
+from omniopd_lib import data
+from omniopd_lib import models
+import toyworld
 from omniopd_lib.fastpaths import token_logprobs_and_entropy
 from omniopd_lib.generation import decode_after, generate
 

@@ -34,7 +34,6 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import omniopd  # noqa: E402
@@ -326,7 +325,7 @@ def fork_prefixes(steps, batch_size, seed=0):
     """Per step: the decoded prefixes s_t of SmolLM2's forks on its own chain_sum rollouts, and their rows, as
     omniopd_collect builds them (forks per rollout in ascending order)."""
     from bench.real_lm import write_data
-    from toyworld.real import smollm2_folder
+    from omniopd_tools.real_models import smollm2_folder
     train, _ = write_data(Path("/tmp/omniopd-speed-teacher"), 200, 10)
     cfg = omniopd.Config(student=str(smollm2_folder()), teacher="", data=train, batch_size=batch_size,
                          max_new_tokens=64, prompt_template="plain", device="cpu", seed=seed, eval_size=0,
@@ -360,11 +359,11 @@ def teacher_section(args, device):
     say()
     try:
         import llama_cpp.server  # noqa: F401
-        from toyworld.real import LlamaServer, smollm2_gguf
+        from omniopd_tools.real_models import LlamaServer, smollm2_gguf
     except ImportError as error:
         say(f"llama-cpp-python not installed ({error}): pip install -r requirements-real.txt")
         return
-    from toyworld.serve import start_in_thread
+    from omniopd_tools.serve import start_in_thread
     steps, cfg = fork_prefixes(args.teacher_steps, 8)
     forks = statistics.mean(len(prefixes) for prefixes, _ in steps)
     os.environ["OMNIOPD_SPEED_KEY"] = "sk-speed-loopback"
@@ -376,11 +375,11 @@ def teacher_section(args, device):
     say("| server | client | requests | prompt tokens billed | ratio | cached prompt tokens | teacher wall time (s) "
         "| ratio |")
     say("|---|---|---|---|---|---|---|---|")
-    from toyworld.real import smollm2_folder
+    from omniopd_tools.real_models import smollm2_folder
     with LlamaServer(smollm2_gguf(), "sk-speed-loopback", threads=max(1, (os.cpu_count() or 2) // 2)) as llama:
         batching = start_in_thread(str(smollm2_folder()))
         servers = (("llama.cpp (llama-cpp-python), SmolLM2 GGUF", llama.url, "smollm2", "chat"),
-                   ("transformers (toyworld/serve.py), SmolLM2: honours n, batches requests",
+                   ("transformers (omniopd_tools/serve.py), SmolLM2: honours n, batches requests",
                     f"http://127.0.0.1:{batching.server_address[1]}/v1", "smollm2", "chat"))
         for server, url, model, mode in servers:
             figures = {}
@@ -400,7 +399,7 @@ def teacher_section(args, device):
     say("llama.cpp's Python server drops `n` (it answers one choice), so the client falls back to one request per "
         "continuation, said once, and the prompt tokens billed stay as they were; it reports no cached tokens, and "
         "its time is decoding, one request at a time. A server that honours `n` (OpenAI, vLLM, SGLang; here "
-        "toyworld/serve.py with the same model in transformers, which counts a prompt's tokens shared with an "
+        "omniopd_tools/serve.py with the same model in transformers, which counts a prompt's tokens shared with an "
         "earlier prompt as cached, as providers report them) bills each prefix once.")
 
     say("\n## 5b. The toy step again, with the teacher behind an API (its requests in flight while the student "

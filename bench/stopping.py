@@ -24,14 +24,13 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import omniopd  # noqa: E402
-from bench.real_lm import KEY, api_teacher, write_data  # noqa: E402
+from real_lm import KEY, api_teacher, write_data  # noqa: E402
 from omniopd_lib import data  # noqa: E402
 from omniopd_lib.generation import stop_token_ids  # noqa: E402
-from toyworld.real import REAL_TEACHERS, LlamaServer, smollm2_folder  # noqa: E402
+from omniopd_tools.real_models import REAL_TEACHERS, LlamaServer, smollm2_folder  # noqa: E402
 from omniopd_lib.data import batch_rows
 from omniopd_lib.runs import setup
 

@@ -13,12 +13,10 @@ the entropy of its next-token distribution there, and the share of decisions whe
 import argparse
 import os
 import statistics
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from omniopd_lib.generation import PLAIN_TEMPLATE  # noqa: E402

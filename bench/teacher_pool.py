@@ -3,7 +3,7 @@
     python bench/teacher_pool.py                  # 160 requests, 100 ms each, concurrency 16
     python bench/teacher_pool.py --latency 0.25 --requests 320 --concurrency 32
 
-Both talk to the same OpenAI-compatible server on 127.0.0.1 (toyworld/serve.py with
+Both talk to the same OpenAI-compatible server on 127.0.0.1 (omniopd_tools/serve.py with
 --model echo), which waits a fixed time per request and answers: the measurement is the
 client's alone. "sequential" is the plain openai client called in a loop, the code a
 first version would have; "pool" is scale/teachers.py's TeacherPool (no cache, so every
@@ -12,14 +12,13 @@ request goes over HTTP). Prints requests per second for both and their ratio.
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
+from scale.teachers import TeacherPool
+from omniopd_tools.serve import start_in_thread
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from scale.teachers import TeacherPool  # noqa: E402
-from toyworld.serve import start_in_thread  # noqa: E402
 
 
 def main():

@@ -13,22 +13,20 @@ Tasks: reasoning-gym chain_sum at bench/real_lm.py's difficulty (2-3 terms of 1-
   to make a model a stronger teacher of itself);
 - the student itself, SmolLM2-135M-Instruct as the student sees the task (completion mode, the plain prompt),
   the bar a teacher must clear.
-The three teachers are toyworld.real.REAL_TEACHERS (`bench/real_lm.py --teacher smollm2|smollm2-privileged|gemma`).
+The three teachers are omniopd_tools.real_models.REAL_TEACHERS (`bench/real_lm.py --teacher smollm2|smollm2-privileged|gemma`).
 Accuracy is greedy pass@1 by the run's grader (the final answer: \\boxed, '####' or the last number); ± is one
 binomial standard error.
 """
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 from omniopd_lib import grading, teachers  # noqa: E402
 from omniopd_lib.generation import PLAIN_TEMPLATE  # noqa: E402
-from toyworld.real import REAL_TEACHERS, LlamaServer, smollm2_gguf  # noqa: E402
+from omniopd_tools.real_models import REAL_TEACHERS, LlamaServer, smollm2_gguf  # noqa: E402
 
 KEY = "sk-teacher-strength"
 TASKS = {"bench (2-3 terms, 1-2 digits)": dict(min_terms=2, max_terms=3, min_digits=1, max_digits=2),

@@ -28,7 +28,7 @@ def load_model(name: str, role: str, device: torch.device, dtype=torch.float32):
     if (name in toyworld.OFFLINE_WORLDS or name in toyworld.FOREIGN_TEACHERS) and not Path(path).exists():
         world = name if name in toyworld.FOREIGN_TEACHERS else {"toy": "arithmetic"}.get(name, name)
         raise OmniOPDError(f"the offline {role} model '{name}' is not built here ({path}): "
-                           f"python -m toyworld.build --world {world}")
+                           f"python -m omniopd_tools.build_world --world {world}")
     try:
         if path.endswith(".gguf"):
             model, tokenizer = load_gguf(Path(path), dtype)

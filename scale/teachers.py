@@ -37,9 +37,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from omniopd_lib import common  # noqa: E402
-from omniopd_lib import teachers  # noqa: E402
+from omniopd_lib import common
+from omniopd_lib import teachers
 from omniopd_lib.common import OmniOPDError
 
 

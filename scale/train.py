@@ -38,20 +38,19 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_state_dict)
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import omniopd  # noqa: E402
-from omniopd_lib.common import seed_everything  # noqa: E402
-from omniopd_lib import grading  # noqa: E402
-import toyworld  # noqa: E402
-from omniopd_lib import checkpoint, common, config  # noqa: E402
-from omniopd_lib.config import option  # noqa: E402
-from omniopd_lib import runs  # noqa: E402
-from omniopd_lib.common import OmniOPDError  # noqa: E402
-from omniopd_lib.data import batch_rows, load_data  # noqa: E402
-from omniopd_lib.runs import StopRules, evaluation_result, step_figures, write_records  # noqa: E402
-from omniopd_lib.tracking import MetricsLog, keep_metrics_until  # noqa: E402
-from omniopd_lib.teachers import Teacher, parse_price, read_teacher_prompt  # noqa: E402
-from scale.teachers import TeacherPool  # noqa: E402
+import omniopd
+from omniopd_lib.common import seed_everything
+from omniopd_lib import grading
+import toyworld
+from omniopd_lib import checkpoint, common, config
+from omniopd_lib.config import option
+from omniopd_lib import runs
+from omniopd_lib.common import OmniOPDError
+from omniopd_lib.data import batch_rows, load_data
+from omniopd_lib.runs import StopRules, evaluation_result, step_figures, write_records
+from omniopd_lib.tracking import MetricsLog, keep_metrics_until
+from omniopd_lib.teachers import Teacher, parse_price, read_teacher_prompt
+from scale.teachers import TeacherPool
 
 
 @dataclass

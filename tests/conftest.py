@@ -1,21 +1,18 @@
 """Shared fixtures: tiny real models built locally and loaded through from_pretrained."""
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
 
-import omniopd  # noqa: E402
 from omniopd_lib import models  # noqa: E402
 import toyworld  # noqa: E402
-from toyworld.build import new_model  # noqa: E402
+from omniopd_tools.build_world import new_model  # noqa: E402
 
 
 def pytest_configure(config):
@@ -42,9 +39,9 @@ def tiny_lm(tiny_model_path):
 
 @pytest.fixture
 def serve():
-    """start(model="echo", **options) -> (server, base URL): toyworld/serve.py on a free loopback port,
+    """start(model="echo", **options) -> (server, base URL): omniopd_tools/serve.py on a free loopback port,
     shut down after the test."""
-    from toyworld.serve import start_in_thread
+    from omniopd_tools.serve import start_in_thread
     servers = []
 
     def start(model="echo", **options):

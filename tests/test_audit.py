@@ -20,7 +20,7 @@ from omniopd_lib.config import parse_args
 from omniopd_lib.similarity import Similarity, ned, rouge1
 from omniopd_lib.tracking import fork_table
 import toyworld
-from toyworld.serve import FaultPlan
+from omniopd_tools.serve import FaultPlan
 from omniopd_audit import audit_anchors, audit_loss, audit_target
 from omniopd_lib.common import OmniOPDError
 

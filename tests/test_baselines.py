@@ -15,7 +15,7 @@ from omniopd_lib import data
 from omniopd_lib import grading
 import toyworld
 from conftest import ROOT
-from toyworld.build import new_model
+from omniopd_tools.build_world import new_model
 from omniopd_baselines import group_advantages, policy_gradient_loss
 from omniopd_lib.data import batch_rows
 from omniopd_lib.fastpaths import token_logprobs_and_entropy

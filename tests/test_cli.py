@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 import omniopd
 from conftest import ROOT
-from toyworld.serve import start_in_thread
+from omniopd_tools.serve import start_in_thread
 
 
 def run_cli(*args, env=None, timeout=300):

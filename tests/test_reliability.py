@@ -1,6 +1,6 @@
 """Reliability: exact resume after SIGKILL, a flaky teacher, bad inputs, secrets, non-finite losses.
 
-Every teacher here is a real OpenAI-compatible HTTP server on 127.0.0.1 (toyworld/serve.py)
+Every teacher here is a real OpenAI-compatible HTTP server on 127.0.0.1 (omniopd_tools/serve.py)
 serving the toy teacher, misbehaving on purpose where a test says so."""
 
 import dataclasses
@@ -19,7 +19,7 @@ import omniopd
 from omniopd_lib import models
 from omniopd_lib import data
 from conftest import ROOT
-from toyworld.serve import FaultPlan, start_in_thread
+from omniopd_tools.serve import FaultPlan, start_in_thread
 
 # the toy world; each test names its teacher (scale/ pools repeated --teacher values)
 SMALL = ["--student", "toy", "--data", "toy", "--eval-data", "toy", "--batch-size", "8", "--eval-size", "16"]

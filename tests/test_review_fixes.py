@@ -25,7 +25,7 @@ import toyworld
 from conftest import ROOT
 from scale import train as scale_train
 from scale.teachers import TeacherPool
-from toyworld.serve import FaultPlan
+from omniopd_tools.serve import FaultPlan
 from omniopd_baselines import grpo_collect
 from omniopd_lib.common import OmniOPDError
 from omniopd_lib.data import batch_rows

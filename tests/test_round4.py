@@ -292,7 +292,7 @@ def test_item18_requests_on_the_meter_equal_the_servers_count_with_retries(serve
     """Every HTTP request that leaves is on the meter as teacher/requests, the client's own retries included, for
     the single API teacher and scale/'s pool alike (before: 8 on the meter where the server got 17; the pool had
     no `requests`)."""
-    from toyworld.serve import FaultPlan
+    from omniopd_tools.serve import FaultPlan
     monkeypatch.setenv("POOL_TEST_KEY", "k")
     # 500s (retried by the client) and malformed replies (a per-choice parse that raises: counted once, not twice)
     server, url = serve("echo", faults=FaultPlan(rate=0.5, kinds=("500", "malformed"), seed=3))

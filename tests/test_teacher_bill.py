@@ -1,7 +1,7 @@
 """The teacher's bill (#25): M continuations in one request where the server honours `n`, single requests where it
 refuses or ignores it, a rollout's nested prefixes sent in ascending order, and a meter that equals the server's
 own usage figures, and requests in flight while the student drafts, all against the loopback OpenAI-compatible
-server (toyworld/serve.py) on 127.0.0.1."""
+server (omniopd_tools/serve.py) on 127.0.0.1."""
 
 import json
 import time

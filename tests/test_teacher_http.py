@@ -5,7 +5,7 @@ import torch
 
 from omniopd_lib.teachers import HFTeacher
 from omniopd_lib import teachers
-from toyworld.serve import start_in_thread
+from omniopd_tools.serve import start_in_thread
 from omniopd_lib.common import OmniOPDError
 
 PREFIXES = ["Question: Ann has 3 pens.\nAnswer: 3+", "Question: Ben has 9 cats. He loses 2.\nAnswer: "]

@@ -1,4 +1,4 @@
-"""scale/teachers.py against real HTTP servers on 127.0.0.1 that misbehave on purpose (toyworld/serve.py)."""
+"""scale/teachers.py against real HTTP servers on 127.0.0.1 that misbehave on purpose (omniopd_tools/serve.py)."""
 
 import asyncio
 import time
@@ -6,7 +6,7 @@ import time
 import pytest
 
 from scale.teachers import AnswerCache, Endpoint, RateLimiter, TeacherPool
-from toyworld.serve import FaultPlan
+from omniopd_tools.serve import FaultPlan
 from omniopd_lib.common import OmniOPDError
 
 KEY = "sk-pool-test-0123456789"

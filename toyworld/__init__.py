@@ -11,7 +11,7 @@ solution ending in a GSM8K-style `#### n` line, e.g.
 Train and test sets are disjoint by construction: a problem belongs to the test
 split exactly when a hash of its text says so, so no seed can leak one into the
 other. The teacher and student checkpoints in `toyworld/models/` were made by
-`python -m toyworld.build` (see that file); they are ordinary Hugging Face
+`python -m omniopd_tools.build_world` (see that file); they are ordinary Hugging Face
 folders loaded through the same `from_pretrained` path as hub models.
 """
 

@@ -55,7 +55,7 @@ show(teachers.OpenAITeacher.one_request)
 # %%
 import os
 import torch
-from toyworld.serve import start_in_thread
+from omniopd_tools.serve import start_in_thread
 
 prefix = "Question: Gus has 4 toys. He finds 3 more, then loses 7. How many toys now?\nAnswer: 4+3=7. 7-7="
 local = HFTeacher("toy", torch.device("cpu"), mode="completion", temperature=0.0)

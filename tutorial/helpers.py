@@ -2,13 +2,11 @@
 
 import inspect
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))   # before the project's own imports: a page runs as `python tutorial/NN.py`
 from omniopd_lib import models  # noqa: E402
 from omniopd_lib.fastpaths import token_logprobs_and_entropy
 FIGURES = HERE / "figures"

@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
 
 CELL = re.compile(r"^# %%(.*)$", re.MULTILINE)
 

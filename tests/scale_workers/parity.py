@@ -2,14 +2,12 @@
 of a fixed, saved batch; rank 0 writes the global loss and the full updated weights."""
 
 import sys
-from pathlib import Path
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import omniopd  # noqa: E402
-from scale import train as scale  # noqa: E402
+import omniopd
+from scale import train as scale
 
 
 def share_of(batch, rank, world):

@@ -3,12 +3,10 @@ a uniform target over the K drafts (the teacher's text ignored). `python tests/s
 ARGS` runs scale/train.py with it registered (under torchrun); tests/test_objectives.py registers it in-process."""
 
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import omniopd  # noqa: E402
+import omniopd
 
 
 def uniform_collect(run, rows, cfg):

@@ -1,4 +1,4 @@
-"""Build a toy world's teacher and student: `python -m toyworld.build [--world stories|code]` (about 25 minutes on 2 CPU cores).
+"""Build a toy world's teacher and student: `python -m omniopd_tools.build_world [--world stories|code]` (about 25 minutes on 2 CPU cores).
 `--world stories-foreign` and `--world stories-foreign-shared` build the story world's foreign teacher (another
 dialect, its own tokenizer or the student's) and no student: the story world's student is the one it teaches.
 

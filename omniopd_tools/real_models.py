@@ -59,7 +59,6 @@ def smollm2_folder() -> Path:
     """SmolLM2-135M-Instruct as a save_pretrained folder, built from the GGUF on first use."""
     import torch
 
-    import omniopd
     folder = cache_dir() / "smollm2-135m-instruct"
     if not (folder / "config.json").exists():
         model, tokenizer = models.load_model(str(smollm2_gguf()), "student", torch.device("cpu"))

@@ -1,6 +1,6 @@
 """A small OpenAI-compatible HTTP server for a local Hugging Face model.
 
-    python -m toyworld.serve --model toy --port 8000
+    python -m omniopd_tools.serve --model toy --port 8000
     python omniopd.py --teacher openai:toy --teacher-base-url http://127.0.0.1:8000/v1
 
 It answers POST /v1/completions and POST /v1/chat/completions in the OpenAI wire
