@@ -509,6 +509,9 @@ class StepBatch:
     num_rollouts: int = 0
     metrics: dict = field(default_factory=dict)
     objective: str = ""   # omniopd: the reading that made it (tracking shows its forks by it)
+    entropy_B_T: torch.Tensor | None = None      # H_t of the rollouts, for the run's page (view.jsonl)
+    q_F_K: torch.Tensor | None = None            # q, the student's own distribution over each fork's drafts (set by
+                                                 # the loss, which computes it), for the run's page
 
 
 def rollouts_with_entropy(run, rows, cfg) -> tuple[Rollout, torch.Tensor]:
@@ -582,7 +585,8 @@ def omniopd_collect(run, rows, cfg) -> StepBatch:
                       torch.stack([targets[f] for f in voted]) if voted else torch.zeros(0, cfg.num_drafts),
                       num_tokens=int(mask_B_T.sum()), num_forks=len(voted),
                       fork_texts=[(candidate_texts[f], teacher_texts[answered[f]], similarities[f]) for f in voted],
-                      horizon_texts=[compared_texts[answered[f]] for f in voted], objective="drafts")
+                      horizon_texts=[compared_texts[answered[f]] for f in voted], objective="drafts",
+                      entropy_B_T=entropy_B_T)
     batch.metrics = {**fork_metrics(forks, answered=len(answered), entropy_B_T=entropy_B_T, mask_B_T=mask_B_T,
                                     similarities=similarities, target_F_K=batch.target_F_K),
                      **rollout_metrics(rollout, entropy_B_T)}
@@ -598,8 +602,12 @@ def omniopd_loss(run, batch, cfg):
     if batch.drafts.chunk_ids:
         loss_chunk = chunk_loss(batch.target_F_K.to(logprobs_F_K.device), logprobs_F_K, lengths_F_K,  # step 7
                                 length_norm=cfg.length_norm, form=cfg.chunk_loss, num_forks=batch.num_forks)
+        batch.q_F_K = torch.softmax(logprobs_F_K.detach().float() / lengths_F_K.float() ** cfg.length_norm, 1).cpu()
     loss = loss_chunk + cfg.kl_beta * loss_anchor                                         # step 9
-    return loss, {**batch.metrics, "loss/chunk": loss_chunk.item(), "loss/anchor": loss_anchor.item()}
+    metrics = {**batch.metrics, "loss/chunk": loss_chunk.item(), "loss/anchor": loss_anchor.item()}
+    if batch.q_F_K is not None:   # how far the target moves the student's own draft distribution: ½ Σ_k |p̂_k - q_k|
+        metrics["pref/distance_to_q"] = (batch.target_F_K - batch.q_F_K).abs().sum(1).mean().item() / 2
+    return loss, metrics
 
 
 def anchor_term(run, rollout, logits_B_T_V, cfg, num_tokens=None, mask_B_T=None, form="") -> torch.Tensor:
@@ -658,9 +666,9 @@ def train(cfg: Config) -> dict:
         with contextlib.closing(MetricsLog(cfg)) as log:
             log.write({"step": run.step, **summary["before"]}, to_file=False)   # the learning curve's first point
             for _ in tqdm(range(run.step, cfg.steps), initial=run.step, total=cfg.steps, desc=cfg.method):
-                started = time.time()
+                started, rows = time.time(), batch_rows(train_rows, run.step, cfg)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.student.device.type == "cuda"):
-                    batch = collect(run, batch_rows(train_rows, run.step, cfg), cfg)              # steps 1-6
+                    batch = collect(run, rows, cfg)                                                # steps 1-6
                     with run.clock("loss"):
                         loss, metrics = loss_fn(run, batch, cfg)                                   # steps 7-8
                 metrics["loss/total"] = loss.item()
@@ -672,7 +680,7 @@ def train(cfg: Config) -> dict:
                 metrics.update({**run.clock.take(), **step_figures(run.step, started, run.teacher)})
                 if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
                     metrics.update(run_eval(run, eval_rows, cfg, f"step-{run.step:06d}"))
-                    log.forks(batch, run.step)
+                log.forks(batch, run.step, rows, run.tokenizer)   # at the steps the run's page shows (view.jsonl)
                 if cfg.save_every and run.step % cfg.save_every == 0 and stops.may_save():
                     save_checkpoint(run, cfg)
                 log.write(metrics)
@@ -680,7 +688,6 @@ def train(cfg: Config) -> dict:
             summary.update(checkpoint=str(save_checkpoint(run, cfg)), bill=teacher_bill(run.teacher))
             summary["after"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")
             log.write({"step": run.step, **summary["after"]})
-            log.forks(batch, run.step)
         if cfg.merge_lora and run.lora is not None:
             summary["merged"] = str(save_merged(run, out / "merged"))
     return summary

@@ -74,7 +74,8 @@ def audit_collect(run, rows, cfg) -> StepBatch:
                                       alpha=cfg.dirichlet_alpha)
     fork_texts = [([text], answers[c], phi_F_N[f:f + 1]) for f, (text, c) in enumerate(zip(own_texts, kept))]
     batch = StepBatch(rollout, own, target_F[:, None], fork_texts=fork_texts, num_forks=len(kept),
-                      num_rollouts=len(rows), horizon_texts=[compared_texts[c] for c in kept], objective="audit")
+                      num_rollouts=len(rows), horizon_texts=[compared_texts[c] for c in kept], objective="audit",
+                      entropy_B_T=entropy_B_T)
     batch.metrics = {**audit_metrics(batch, anchors=len(anchors), phi_F_N=phi_F_N, pi_bar_F=pi_bar_F,
                                      chunk_len=cfg.chunk_len),
                      **rollout_metrics(rollout, entropy_B_T)}

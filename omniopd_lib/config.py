@@ -142,6 +142,9 @@ class RunOptions:
                                     "forks (drafts, p̂, teacher continuations) to tensorboard (<out>/tensorboard) or "
                                     "wandb (project $WANDB_PROJECT, default omniopd; WANDB_MODE=offline works offline)",
                             ["none", "tensorboard", "wandb"])
+    view_every: int = option(0, "record the forks of every Nth step for the run's page (<out>/view.jsonl; python -m "
+                                "omniopd_tools.view OUT draws it); 0 = every ⌈steps/8⌉th, and always the first, each "
+                                "evaluation's and the last")
 
     @property
     def world(self):

@@ -155,6 +155,7 @@ def print_summary(cfg, summary: dict, seconds: float) -> None:
               f"({bill['cached_tokens']:,} cached), {bill['tokens']:,} completion tokens"
               + (f", ${bill['dollars']:.4f}" if "dollars" in bill else ""))
     print(f"run folder {cfg.out}, checkpoint {summary['checkpoint']}, {seconds:.0f} s")
+    print(f"what its forks looked like, as a page: python -m omniopd_tools.view {cfg.out}")
 
 
 def main_with_errors(argv, config_class, train, description: str) -> int:

@@ -21,6 +21,8 @@ class MetricsLog:
     def __init__(self, cfg):
         out = Path(cfg.out)
         self.file = open(out / "metrics.jsonl", "a")
+        self.view_file = open(out / VIEW_RECORDS, "a")
+        self.cfg, self.recorded = cfg, None
         self.tensorboard = self.wandb = None
         if cfg.report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
@@ -46,8 +48,20 @@ class MetricsLog:
         if self.wandb:
             self.wandb.log(numbers, step=metrics["step"])
 
-    def forks(self, batch, step: int, limit: int = 3) -> None:
-        """The first `limit` forks of an OmniOPD batch: each draft with its p̂, then the teacher's continuations."""
+    def forks(self, batch, step: int, rows=None, tokenizer=None, limit: int = 3) -> None:
+        """After step `step` (batch: what it collected from rows): at the steps the run's page shows (the first, the
+        last, each evaluation's and every --view-every'th, by default every ⌈steps/8⌉th), its whole record to
+        view.jsonl (view_record; python -m omniopd_tools.view OUT draws it), and with --report-to the first `limit`
+        forks as a table, each draft with its p̂, then the teacher's continuations."""
+        every = self.cfg.view_every or max(1, -(-self.cfg.steps // 8))   # by default about eight between
+        evaluates = self.cfg.eval_every and step % self.cfg.eval_every == 0
+        if batch is None or step == self.recorded or not (step == 1 or step >= self.cfg.steps or evaluates
+                                                           or (every and step % every == 0)):
+            return
+        self.recorded = step
+        if tokenizer is not None:
+            self.view_file.write(json.dumps(view_record(batch, step, tokenizer, rows, self.cfg)) + "\n")
+            self.view_file.flush()
         rows = fork_table(batch, limit)
         if not rows or not (self.tensorboard or self.wandb):
             return
@@ -66,6 +80,7 @@ class MetricsLog:
 
     def close(self) -> None:
         self.file.close()
+        self.view_file.close()
         if self.tensorboard:
             self.tensorboard.close()
         if self.wandb:
@@ -87,16 +102,75 @@ def fork_table(batch, limit: int) -> list[tuple]:
     return rows
 
 
+# view.jsonl: one record per recorded step (the first, each evaluation's, the last), what omniopd_tools/view.py draws.
+# Every text is cut to TEXT_LIMIT characters with a visible mark, and a record keeps at most RECORD_ROLLOUTS rollouts
+# of RECORD_TOKENS tokens and RECORD_FORKS forks, so a long run's records stay a few hundred kilobytes a step.
+VIEW_RECORDS = "view.jsonl"
+TEXT_LIMIT, RECORD_ROLLOUTS, RECORD_TOKENS, RECORD_FORKS = 2000, 16, 512, 48
+
+
+def cut_text(text, limit: int = TEXT_LIMIT) -> str:
+    """text, or its first `limit` characters and a mark saying how many more there were."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + f" … [cut: {len(text) - limit:,} more characters]"
+
+
+def view_record(batch, step: int, tokenizer, rows=None, cfg=None) -> dict:
+    """One step as the run's page shows it: each rollout's tokens with H_t (where the batch kept it), whether its
+    answer is right (where rows and cfg can grade it), and each fork (or audited chunk) with its position, the
+    drafts' texts, q (the student's own draft distribution), p̂ (audit: π̂ and π̄), what each draft was compared by,
+    the teacher's continuations and S (audit: φ)."""
+    record = {"step": step, "objective": batch.objective or "baseline", "rollouts": [], "forks": []}
+    rollout = batch.rollout
+    if rollout is not None:
+        from omniopd_lib.generation import response_texts
+        texts = response_texts(tokenizer, rollout)
+        graded = [None] * len(texts)
+        if rows is not None and cfg is not None and len(rows) == len(texts):
+            from omniopd_lib.grading import grade
+            graded = [g["correct"] for g in grade(rows, texts, cfg)]
+        lengths = rollout.response_mask_B_T.sum(1).tolist()
+        entropy = batch.entropy_B_T
+        for b in range(min(len(texts), RECORD_ROLLOUTS)):
+            ids = rollout.response_ids_B_T[b, :min(int(lengths[b]), RECORD_TOKENS)].tolist()
+            record["rollouts"].append({
+                "question": cut_text(rows[b]["question"]) if rows else "",
+                "reference": cut_text(rows[b].get("answer", "")) if rows else "",
+                "tokens": [cut_text(tokenizer.decode([i]), 200) for i in ids],
+                "entropy": [] if entropy is None else [round(float(h), 4) for h in entropy[b, :len(ids)].tolist()],
+                "correct": graded[b], "length": int(lengths[b])})
+    if batch.drafts is None or batch.target_F_K is None:
+        return record
+    audit = batch.objective == "audit"
+    audit_records = batch.metrics.get("audit/records", []) if audit else []
+    for f, ((b, t), (drafts, teacher_texts, similarity_K_M)) in enumerate(zip(batch.drafts.forks, batch.fork_texts)):
+        if f == RECORD_FORKS:
+            break
+        fork = {"rollout": b, "position": t, "drafts": [cut_text(d) for d in drafts],
+                "target": [round(float(p), 4) for p in batch.target_F_K[f].tolist()],
+                "teacher": [cut_text(text) for text in teacher_texts],
+                "S": [[round(float(x), 4) for x in row] for row in torch.as_tensor(similarity_K_M).tolist()]}
+        if batch.q_F_K is not None:
+            fork["q"] = [round(float(x), 4) for x in batch.q_F_K[f].tolist()]
+        if f < len(batch.horizon_texts) and not audit:
+            fork["compared"] = [cut_text(text) for text in batch.horizon_texts[f]]
+        if audit and f < len(audit_records):
+            fork["pi_bar"] = round(float(audit_records[f]["pi_bar"]), 4)
+        record["forks"].append(fork)
+    return record
+
+
 def keep_metrics_until(path: Path, step: int) -> None:
     """On resume: drop the lines of steps after the checkpoint (a killed run did them and they will be
-    redone), and a last line cut short by the kill."""
+    redone), and a last line cut short by the kill; from metrics.jsonl at path and the view records beside it."""
     def wanted(line):
         try:
             return json.loads(line)["step"] <= step
         except (json.JSONDecodeError, KeyError, TypeError):
             return False
-    if path.exists():
-        path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if wanted(line)))
+    for log in (Path(path), Path(path).parent / VIEW_RECORDS):
+        if log.exists():
+            log.write_text("".join(line + "\n" for line in log.read_text().splitlines() if wanted(line)))
 
 
 def rollout_metrics(rollout, entropy_B_T) -> dict:

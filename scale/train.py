@@ -452,8 +452,8 @@ def train_in(cfg: ScaleConfig, out: Path, rank: int, world: int) -> dict:
         metrics.update(global_figures(step_figures(run.step, started, run.teacher), run.teacher))
         if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
             metrics.update(run_eval(run, eval_rows, cfg, f"step-{run.step:06d}", rank, world))
-            if log:
-                log.forks(batch, run.step)
+        if log:   # the run's page (view.jsonl) shows rank 0's share of the steps it records
+            log.forks(batch, run.step, rows, run.tokenizer)
         if cfg.save_every and run.step % cfg.save_every == 0 and stops.may_save():
             save_checkpoint(run, cfg, rank, world)
         if log:
@@ -466,7 +466,6 @@ def train_in(cfg: ScaleConfig, out: Path, rank: int, world: int) -> dict:
     summary["after"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}", rank, world)
     if log:
         log.write({"step": run.step, **summary["after"]})
-        log.forks(batch, run.step)
         log.close()
     return summary
 

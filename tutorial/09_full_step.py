@@ -95,6 +95,34 @@ norm = omniopd.update(run, same_loss, cfg.grad_clip)
 print(f"gradient norm before clipping: {norm:.4f}")
 
 # %% [markdown]
+# ## See it as a page
+# A run records a step like this one in `view.jsonl` (the first, the last and some between) and
+# `python -m omniopd_tools.view RUN_FOLDER` draws it: each rollout with H_t as shading and its forks
+# marked, each fork's drafts with q and p̂ as bars, the teacher's continuations and S as a heat map.
+# This step's page: [figures/09_full_step_view.html](figures/09_full_step_view.html) (open it in a
+# browser; it needs no server).
+
+# %%
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+import helpers
+from omniopd_lib.tracking import view_record
+from omniopd_tools import view
+
+with tempfile.TemporaryDirectory() as folder:
+    record = view_record(batch, 1, tokenizer, rows, cfg)
+    (Path(folder) / "view.jsonl").write_text(json.dumps(record) + "\n")
+    (Path(folder) / "metrics.jsonl").write_text(json.dumps({"step": 1, **metrics}) + "\n")
+    (Path(folder) / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    html = view.page(Path(folder), title="tutorial/09_full_step.py, one step of the toy world")
+helpers.FIGURES.mkdir(exist_ok=True)
+(helpers.FIGURES / "09_full_step_view.html").write_text(html)
+print(f"{len(record['forks'])} forks on the page, {len(html) / 1024:.0f} KB")
+assert html.count('class="forkbox"') == len(record["forks"]) == metrics["forks/count"] - metrics["forks/skipped"]
+
+# %% [markdown]
 # ## What to log
 # Everything above is one line of `metrics.jsonl`: `loss/chunk`, `loss/anchor`,
 # `forks/count`, `forks/entropy`, `sim/mean`, `pref/entropy`, `pref/own_draft`,
