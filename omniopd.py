@@ -681,9 +681,9 @@ def train(cfg: Config) -> dict:
                 if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
                     metrics.update(run_eval(run, eval_rows, cfg, f"step-{run.step:06d}"))
                 log.forks(batch, run.step, rows, run.tokenizer)   # at the steps the run's page shows (view.jsonl)
+                log.write(metrics)   # before the checkpoint: a step a checkpoint holds is always in metrics.jsonl
                 if cfg.save_every and run.step % cfg.save_every == 0 and stops.may_save():
                     save_checkpoint(run, cfg)
-                log.write(metrics)
                 stops.check(run.step, metrics, out, lambda: save_checkpoint(run, cfg))
             summary.update(checkpoint=str(save_checkpoint(run, cfg)), bill=teacher_bill(run.teacher))
             summary["after"] = run_eval(run, eval_rows, cfg, f"step-{run.step:06d}")

@@ -454,12 +454,12 @@ def train_in(cfg: ScaleConfig, out: Path, rank: int, world: int) -> dict:
             metrics.update(run_eval(run, eval_rows, cfg, f"step-{run.step:06d}", rank, world))
         if log:   # the run's page (view.jsonl) shows rank 0's share of the steps it records
             log.forks(batch, run.step, rows, run.tokenizer)
-        if cfg.save_every and run.step % cfg.save_every == 0 and stops.may_save():
-            save_checkpoint(run, cfg, rank, world)
-        if log:
+        if log:   # before the checkpoint: a step a checkpoint holds is always in metrics.jsonl
             log.write(metrics)
             print(f"step {run.step}/{cfg.steps} loss {metrics['loss/total']:.4f} "
                   f"({metrics['time/step']:.1f} s)", flush=True)
+        if cfg.save_every and run.step % cfg.save_every == 0 and stops.may_save():
+            save_checkpoint(run, cfg, rank, world)
         stops.check(run.step, metrics, out, lambda: save_checkpoint(run, cfg, rank, world))
     summary["checkpoint"] = str(save_checkpoint(run, cfg, rank, world))
     summary["export"] = str(export(run, cfg, rank))

@@ -96,16 +96,21 @@ def test_a_model_that_is_not_a_causal_lm_is_one_line(tmp_path, what, path):
 
 @pytest.mark.parametrize("method", [["omniopd"], ["opd", "--opd-kl", "sampled"], ["sft"], ["grpo", "--group-size", "2"]])
 def test_every_method_trains_smollm2_checkpoints_and_resumes(smollm2, smollm2_variant, tmp_path, method):
+    """Every method trains the real model two steps and saves it; omniopd's run also saves every step and resumes
+    (a SmolLM2 checkpoint with AdamW's moments is 1.6 GB: resuming is method-independent, so one method pays for
+    the writes; the resume itself is tested on every method with the toy models)."""
     out = tmp_path / "run"
     teacher = smollm2_variant if method[0] == "opd" else smollm2
-    done = cli("--student", smollm2, "--teacher", teacher, "--method", *method, *SHORT, "--save-every", "1",
-               "--keep-checkpoints", "1", "--out", str(out))
+    saves = ["--save-every", "1", "--keep-checkpoints", "1"] if method[0] == "omniopd" else []
+    done = cli("--student", smollm2, "--teacher", teacher, "--method", *method, *SHORT, *saves, "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     steps = steps_of(out)
     assert [m["step"] for m in steps] == [1, 2]
     assert all(torch.isfinite(torch.tensor(m["loss/total"])) and m["grad/norm"] > 0 for m in steps)
-    if method[0] == "omniopd":
-        assert all(m["forks/count"] > 0 and m["forks/skipped"] == 0 for m in steps)
+    assert (out / "checkpoints/step-000002/model.safetensors").exists()
+    if method[0] != "omniopd":
+        return
+    assert all(m["forks/count"] > 0 and m["forks/skipped"] == 0 for m in steps)
     resumed = cli("--student", smollm2, "--teacher", teacher, "--method", *method, *SHORT, "--steps", "3",
                   "--resume", str(out / "checkpoints/step-000002"), "--out", str(out))
     assert resumed.returncode == 0, resumed.stderr[-3000:]

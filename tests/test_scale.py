@@ -70,6 +70,15 @@ def test_world_size_one_behaves_exactly_like_omniopd(tmp_path):
             assert (key in plain) == (key in scaled)
             if key in plain:
                 assert scaled[key] == pytest.approx(plain[key], abs=1e-5), key
+    # the run's page (#35): scale/ records the same steps' forks as omniopd.py, and the page draws them
+    views = [[json.loads(line) for line in (tmp_path / run / "view.jsonl").read_text().splitlines()]
+             for run in ("one", "scale")]
+    assert [[(r["step"], len(r["forks"])) for r in v] for v in views] == [[(1, len(views[0][0]["forks"])), (2, len(
+        views[0][1]["forks"]))]] * 2
+    assert torch.allclose(torch.tensor(views[1][0]["forks"][0]["S"]), torch.tensor(views[0][0]["forks"][0]["S"]),
+                          atol=1e-4)
+    from omniopd_tools import view
+    assert view.page(tmp_path / "scale").count('class="forkbox"') == sum(len(r["forks"]) for r in views[1])
 
 
 def test_checkpoint_saved_on_two_ranks_loads_on_one_and_continues(tmp_path):
