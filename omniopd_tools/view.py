@@ -307,7 +307,7 @@ def page(run: Path, show_all: bool = False, title: str = "") -> str:
     panel = run_panel(run, metrics, notes)
     shown = chosen(records, show_all)
     index = " · ".join(f'<a href="#step-{step_of(r)}">step {step_of(r)}</a>' for r in shown)
-    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>OmniOPD run: " + escape(run.name, 200)
+    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>OmniOPD run: " + escape(title or run.name, 200)
             + "</title><style>" + STYLE + "</style></head><body>"
             + f"<h1>OmniOPD run <code>{escape(title or str(run), 500)}</code></h1><p>{settings}</p>"
             + "".join(f'<p class="missing">{escape(note)}</p>' for note in notes)
