@@ -127,7 +127,7 @@ def run_panel(run: Path, metrics: list[dict], notes: list) -> str:
               curve_svg(series("pref/own_draft") or series("audit/pi_hat"), "p̂ on the student's own draft (audit: π̂)"),
               curve_svg(series("bill/requests"), "teacher requests per step", "{:.0f}"),
               curve_svg(series("bill/tokens"), "teacher tokens per step", "{:.0f}"),
-              curve_svg(series("teacher/dollars"), "teacher dollars (total)", "${:.4f}")]
+              curve_svg(series("bill/dollars"), "teacher dollars per step (--teacher-price)", "${:.4f}")]
     charts = [c for c in charts if c]
     if not charts:
         return '<p class="missing">metrics.jsonl has no curves to draw.</p>'
