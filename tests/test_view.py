@@ -140,7 +140,8 @@ def test_a_huge_run_stays_a_page_a_browser_opens_and_shows_the_cut(tmp_path):
     few megabytes at most."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss/total": 1 / s, "forks/count": s % 7})
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss/total": 1 / s, "forks/count": s % 7,
+                                                           "bill/requests": 12, "bill/dollars": 0.002})
                                                + "\n" for s in range(1, 10_001)))
     long_text = "word " * 500   # 2,500 characters: past the cut
     many = 20                   # drafts, continuations and rollouts: past each cap
@@ -160,6 +161,8 @@ def test_a_huge_run_stays_a_page_a_browser_opens_and_shows_the_cut(tmp_path):
     assert first.count('class="rollout"') == view.MOST_ROLLOUTS and first.count('class="forkbox"') == view.MOST_FORKS
     assert first.count('<tr class="draft">') == view.MOST_FORKS * view.MOST_TEXTS
     assert len(text.encode()) < 10_000_000
+    assert "teacher requests per step: 12 → 12" in text and "teacher dollars per step (--teacher-price): $0.0020" in text
+    assert text.count("<polyline") == 4 and max(len(line) for line in text.split("<polyline")[1:]) < 20_000
 
 
 def test_the_audit_reading_and_a_run_missing_pieces_still_render(tmp_path):
