@@ -86,6 +86,12 @@ def test_every_method_runs_on_the_code_world(tmp_path, capsys, method):
     assert (config["task"], config["prompt_template"], config["max_new_tokens"]) == ("code", "{question}", 64)
     records = [json.loads(line) for line in (out / "eval-step-000002.jsonl").read_text().splitlines()]
     assert len(records) == 8 and all("def solve(xs)" in r["program"] for r in records)
+    # the run's page (#35): each recorded step's programs were graded by the sandbox, and the page draws them
+    from omniopd_tools import view
+    recorded = [json.loads(line) for line in (out / "view.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recorded] == [1, 2]
+    assert all(r["correct"] in (True, False) for step in recorded for r in step["rollouts"])
+    assert view.page(out).count('class="forkbox"') == sum(len(step["forks"]) for step in recorded)
 
 
 def test_mean_at_n_checks_every_sampled_program():

@@ -111,6 +111,11 @@ def test_every_method_trains_smollm2_checkpoints_and_resumes(smollm2, smollm2_va
     if method[0] != "omniopd":
         return
     assert all(m["forks/count"] > 0 and m["forks/skipped"] == 0 for m in steps)
+    from omniopd_tools import view   # the run's page (#35) of a real model: its byte-level tokens and its forks
+    recorded = [json.loads(line) for line in (out / "view.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recorded] == [1, 2] and all(r["forks"] for r in recorded)
+    assert "".join(recorded[0]["rollouts"][0]["tokens"]).strip() and view.page(out).count('class="forkbox"') == sum(
+        len(r["forks"]) for r in recorded)
     resumed = cli("--student", smollm2, "--teacher", teacher, "--method", *method, *SHORT, "--steps", "3",
                   "--resume", str(out / "checkpoints/step-000002"), "--out", str(out))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
