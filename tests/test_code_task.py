@@ -138,7 +138,7 @@ def test_smollm2_evaluates_and_trains_on_human_eval(tmp_path, method):
     out = tmp_path / "run"
     command = [sys.executable, str(ROOT / "omniopd.py"), "--task", "code", "--data", "human-eval", "--student", model,
                "--teacher", model, "--method", *method, "--steps", "1", "--batch-size", "2", "--eval-size", "2",
-               "--max-new-tokens", "48", "--chunk-len", "8", "--num-drafts", "2", "--teacher-samples", "2",
+               "--max-new-tokens", "32", "--chunk-len", "8", "--num-drafts", "2", "--teacher-samples", "2",
                "--no-eval-teacher", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
