@@ -8,6 +8,9 @@ from pathlib import Path
 
 import torch
 
+from omniopd_lib.generation import response_texts
+from omniopd_lib.grading import grade
+
 
 # what every teacher counts (omniopd_lib.teachers.Teacher), logged as teacher/* and kept in checkpoints
 TEACHER_COUNTERS = ("calls", "failures", "tokens", "requests", "prompt_tokens", "cached_tokens")
@@ -102,7 +105,7 @@ def fork_table(batch, limit: int) -> list[tuple]:
     return rows
 
 
-# view.jsonl: one record per recorded step (the first, each evaluation's, the last), what omniopd_tools/view.py draws.
+# view.jsonl: one record per recorded step (MetricsLog.forks says which), what omniopd_tools/view.py draws.
 # Every text is cut to TEXT_LIMIT characters with a visible mark, and a record keeps at most RECORD_ROLLOUTS rollouts
 # of RECORD_TOKENS tokens and RECORD_FORKS forks, so a long run's records stay a few hundred kilobytes a step.
 VIEW_RECORDS = "view.jsonl"
@@ -123,11 +126,9 @@ def view_record(batch, step: int, tokenizer, rows=None, cfg=None) -> dict:
     record = {"step": step, "objective": batch.objective or "baseline", "rollouts": [], "forks": []}
     rollout = batch.rollout
     if rollout is not None:
-        from omniopd_lib.generation import response_texts
         texts = response_texts(tokenizer, rollout)
         graded = [None] * len(texts)
         if rows is not None and cfg is not None and len(rows) == len(texts):
-            from omniopd_lib.grading import grade
             graded = [g["correct"] for g in grade(rows, texts, cfg)]
         lengths = rollout.response_mask_B_T.sum(1).tolist()
         entropy = batch.entropy_B_T

@@ -20,18 +20,20 @@ import argparse
 import html
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
+# what a run records is re-capped on reading (the folder is untrusted) at the limits the run wrote it with
+from omniopd_lib.tracking import RECORD_FORKS as MOST_FORKS, RECORD_ROLLOUTS as MOST_ROLLOUTS
+from omniopd_lib.tracking import RECORD_TOKENS as MOST_TOKENS, TEXT_LIMIT, VIEW_RECORDS
+
 SHOWN_STEPS = 6            # the first, the last and evenly between, unless --all
 MOST_STEPS = 200           # even --all shows at most this many steps
-MOST_ROLLOUTS = 16         # per step
-MOST_TOKENS = 512          # per rollout
-MOST_FORKS = 48            # per step
 MOST_TEXTS = 16            # drafts or continuations per fork
-TEXT_LIMIT = 2000          # characters per text
 CURVE_POINTS = 400         # points per curve (a long run's steps are sampled evenly)
-RECORD_BYTES = 4_000_000   # a view.jsonl line longer than this is skipped, not parsed
+RECORD_BYTES = 4_000_000   # a line longer than this is skipped, not parsed
+FILE_BYTES = 200_000_000   # and no file is read past this
 
 
 def escape(text, limit: int = TEXT_LIMIT) -> str:
@@ -52,14 +54,26 @@ def number(value, default=None):
 
 
 def read_jsonl(path: Path, notes: list) -> list[dict]:
-    """The JSON objects of a .jsonl file; bad or oversized lines are skipped and counted in notes."""
+    """The JSON objects of a .jsonl file; bad or oversized lines are skipped and counted in notes. Only a regular
+    file is read (a device or a pipe planted in a run folder would never end), a line at most RECORD_BYTES at a
+    time, and the file at most FILE_BYTES."""
     if not path.exists():
         return []
-    records, bad = [], 0
+    if not path.is_file():
+        notes.append(f"{path.name} is not a regular file: not read")
+        return []
+    records, bad, read = [], 0, 0
     with open(path, "rb") as file:
-        for line in file:
+        while read < FILE_BYTES:
+            line = file.readline(RECORD_BYTES + 1)
+            if not line:
+                break
+            read += len(line)
             if len(line) > RECORD_BYTES:
                 bad += 1
+                while line and not line.endswith(b"\n") and read < FILE_BYTES:   # the rest of that line
+                    line = file.readline(RECORD_BYTES + 1)
+                    read += len(line)
                 continue
             try:
                 record = json.loads(line)
@@ -291,7 +305,7 @@ def page(run: Path, show_all: bool = False, title: str = "") -> str:
         config = {}
         notes.append("config.json is missing or unreadable: the run's settings are not shown")
     metrics = read_jsonl(run / "metrics.jsonl", notes)
-    records = sorted((r for r in read_jsonl(run / "view.jsonl", notes) if step_of(r) is not None), key=step_of)
+    records = sorted((r for r in read_jsonl(run / VIEW_RECORDS, notes) if step_of(r) is not None), key=step_of)
     if not metrics:
         notes.append("metrics.jsonl is missing or empty: no curves")
     if not records:
@@ -329,7 +343,12 @@ def main(argv=None) -> int:
         return 2
     target = Path(args.out) if args.out else run / "view.html"
     try:
-        target.write_text(page(run, args.all), encoding="utf-8")
+        # a view.html planted as a link in an untrusted run folder must not redirect the write elsewhere
+        if target.is_symlink():
+            target.unlink()
+        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(page(run, args.all))
     except OSError as error:
         print(f"error: cannot write {target}: {error.strerror}", file=sys.stderr)
         return 2

@@ -179,3 +179,27 @@ def test_the_audit_reading_and_a_run_missing_pieces_still_render(tmp_path):
     text = view.page(empty)
     assert "view.jsonl is missing or empty" in text and "metrics.jsonl is missing or empty" in text
     assert view.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_planted_run_folder_cannot_redirect_the_page_or_hang_the_reader(tmp_path):
+    """An attacker's run folder: view.html a link to a file of the user's, view.jsonl a link to /dev/zero (no line
+    ever ends), metrics.jsonl a pipe (never ends). The page is written in the folder itself, the user's file is
+    untouched, and the reader skips what is not a regular file with a note instead of hanging."""
+    import os
+    run = tmp_path / "run"
+    run.mkdir()
+    users_file = tmp_path / "bashrc"
+    users_file.write_text("the user's own file\n")
+    (run / "view.html").symlink_to(users_file)
+    (run / "view.jsonl").symlink_to("/dev/zero")
+    os.mkfifo(run / "metrics.jsonl")
+    assert view.main([str(run)]) == 0
+    assert users_file.read_text() == "the user's own file\n"
+    assert not (run / "view.html").is_symlink()
+    text = (run / "view.html").read_text()
+    assert "view.jsonl is not a regular file" in text and "metrics.jsonl is not a regular file" in text
+    # a line far longer than a record may be is skipped without being held whole
+    (run / "view.jsonl").unlink()
+    (run / "view.jsonl").write_text("x" * (view.RECORD_BYTES * 2) + "\n" + json.dumps({"step": 1}) + "\n")
+    text = view.page(run)
+    assert "1 line(s) that are not a JSON object were skipped" in text and 'id="step-1"' in text
