@@ -117,8 +117,9 @@ class Config(RunOptions):
     # step 5: semantic verification
     similarity: str | None = option(None, "sim (audit: φ): embed (cosine of sentence embeddings), lexical (character "
                                           "n-gram F1), ned (1 - normalised edit distance), rouge1 (word F1), numbers "
-                                          "(F1 of the numbers written), answer (do the final answers agree; needs "
-                                          "--horizon end) (default: embed; audit ned)",
+                                          "(F1 of the numbers written), answer (do the final answers agree; on code, "
+                                          "do the programs pass the same share of the tests; needs --horizon end) "
+                                          "(default: embed; audit ned)",
                                     ["embed", "lexical", "ned", "rouge1", "numbers", "answer"])
     similarity_model: str = option("all-MiniLM-L6-v2", "sentence-transformers model for --similarity embed")
     # step 6: Dirichlet-Multinomial preference
@@ -418,13 +419,15 @@ def horizon_text(text: str, horizon: str, tokenizer=None, chunk_len=0) -> str:
 # ── Step 5: semantic verification ─────────────────────────────────────────────────────────────────────────────────
 
 def similarity_matrices(similarity, candidates_F_K: list[list[str]], references_F_M: list[list[str]],
-                        contexts_F=None, finished_F_K=None, num_rollouts=1) -> list:
+                        contexts_F=None, finished_F_K=None, num_rollouts=1, rows_F=None) -> list:
     """Step 5: S_km = sim(c^k, r^m), one K × M matrix per fork: cosine of all-MiniLM-L6-v2 embeddings (embed, each
     distinct text encoded once), a text metric (lexical, ned, rouge1, numbers), the agreement of final answers
-    (answer: the answers of context + text, compared mathematically; an unfinished draft has none) or any
-    callable (omniopd_lib.similarity). A text that ends at once ("") agrees with one that does and with no other.
+    (answer: the answers of context + text, compared mathematically; an unfinished draft has none; on code, the
+    shares of the fork's row's tests their programs pass) or any callable (omniopd_lib.similarity). A text that
+    ends at once ("") agrees with one that does and with no other.
     With R rollouts per draft (candidates F × K·R), S_km = (1/R) Σ_r sim(c^k ⊕ e^kr, r^m)."""
-    matrices = similarity.matrices(candidates_F_K, references_F_M, contexts=contexts_F, finished=finished_F_K)
+    matrices = similarity.matrices(candidates_F_K, references_F_M, contexts=contexts_F, finished=finished_F_K,
+                                   rows=rows_F)
     return [S.view(-1, num_rollouts, S.shape[1]).mean(1) for S in matrices]
 
 
@@ -571,7 +574,8 @@ def omniopd_collect(run, rows, cfg) -> StepBatch:
                                            [teacher_texts[f] for f in answered],
                                            contexts_F=[context_text(tokenizer, rollout, forks[f]) for f in answered],
                                            finished_F_K=[finished[f] for f in answered],
-                                           num_rollouts=cfg.draft_rollouts)
+                                           num_rollouts=cfg.draft_rollouts,
+                                           rows_F=[rows[forks[f][0]] for f in answered])
     answered_drafts = drafts.subset(answered)
     priors = [None] * len(answered)
     if cfg.prior == "student" and answered:  # u_k ∝ the student's own length-normalised draft probabilities

@@ -67,7 +67,8 @@ def audit_collect(run, rows, cfg) -> StepBatch:
         own_texts = [decode_after(tokenizer, prefix, chunk) for prefix, (chunk,) in zip(own.prefix_ids, own.chunk_ids)]
         phi = similarity_matrices(run.similarity, [compared_texts[c] for c in kept], [answers[c] for c in kept],  # 5
                                   contexts_F=[context_text(tokenizer, rollout, anchors[c]) for c in kept],
-                                  finished_F_K=[finished[c] for c in kept], num_rollouts=cfg.draft_rollouts)
+                                  finished_F_K=[finished[c] for c in kept], num_rollouts=cfg.draft_rollouts,
+                                  rows_F=[rows[anchors[c][0]] for c in kept])
     phi_F_N = torch.stack(phi).view(len(kept), num_samples).clamp(0, 1) if kept else torch.zeros(0, num_samples)
     mean_logprob_F = torch.tensor([logprobs_B_T[b, t:t + cfg.chunk_len].mean().item() for b, t in own.forks])
     target_F, pi_bar_F = audit_target(phi_F_N.sum(1), mean_logprob_F, num_samples=num_samples,   # step 6

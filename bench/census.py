@@ -3,6 +3,7 @@ training run (issue #32).
 
     python bench/census.py --world stories-foreign   # -> bench/results/census-stories-foreign.md, .json
     python bench/census.py --world stories
+    python bench/census.py --world code   # a draft right when the code world's teacher completes it to a passing program
     python bench/census.py --world stories --candidates chunk:embed end:answer:2 --batches 2   # some, quickly
 
 A candidate is HORIZON:SIMILARITY[:R][:FIELD=VALUE...] (omniopd.py's --horizon, --similarity, --draft-rollouts
@@ -12,7 +13,8 @@ from the same seed for each one, so only what the drafts are compared with, and 
 sample of M per fork, as one run would draw), billed to each as if drawn for it.
 
 Each draft is labelled as bench/diagnose.py --census labels it: right when the world's own teacher, which writes
-the student's dialect and scores 100 %, continues prefix + draft greedily to the right answer. At the informative
+the student's dialect and scores 100 %, continues prefix + draft greedily to the right answer (on the code world:
+to a program that passes the problem's tests in the sandbox). At the informative
 forks (right and wrong drafts both present) the table gives p̂'s mass on the right drafts against the uniform share
 and against q (the student's own distribution over the same drafts), how often the highest-S draft is right, the
 mean S of right and of wrong drafts, the teacher's completion tokens per fork, and the step's time (collect, loss
@@ -39,14 +41,15 @@ import torch  # noqa: E402
 import omniopd  # noqa: E402
 import omniopd_baselines  # noqa: E402
 import toyworld  # noqa: E402
-from omniopd_lib import data, grading, runs  # noqa: E402
+from omniopd_lib import codetask, data, grading, runs  # noqa: E402
 from omniopd_lib.similarity import Similarity  # noqa: E402
 from omniopd_lib.teachers import HFTeacher  # noqa: E402
-from diagnose import drafts_reach_answer  # noqa: E402  (bench/ is on the path: this script's folder)
+from diagnose import drafts_reach_answer, greedy_completions, per_fork  # noqa: E402  (bench/ is on the path)
 
 CANDIDATES = ["chunk:embed", "chunk:numbers", "step:embed", "step:numbers", "end:embed", "end:answer"]
+CODE_CANDIDATES = ["chunk:embed", "chunk:lexical", "step:embed", "end:embed", "end:lexical", "end:answer"]
 # token-level OPD reads the teacher's logits: a world's teacher in the student's tokenizer
-OPD_TEACHER = {"stories": "stories", "stories-foreign": "stories-foreign-shared", "toy": "toy"}
+OPD_TEACHER = {"stories": "stories", "stories-foreign": "stories-foreign-shared", "toy": "toy", "code": "code"}
 
 
 class SharedDraw:
@@ -97,6 +100,31 @@ def step_seconds(run, rows, cfg, collect, loss_fn, seed) -> tuple:
     return batch, seconds
 
 
+def checker_of(cfg):
+    """The sandbox's limits and workers, as the run's grader and its answer similarity use them."""
+    return codetask.Limits(seconds=cfg.checker_timeout, memory_mb=cfg.checker_memory_mb), cfg.checker_workers
+
+
+def drafts_pass_tests(labeller, rows, prefixes, contexts, drafts_F_K, max_new_tokens, cfg) -> list[list[bool]]:
+    """The code world's labels: a draft is right when the labelling teacher, continuing prefix + draft greedily,
+    completes the student's solution so far to a program that passes the row's tests."""
+    completions = greedy_completions(labeller, [p + d for p, drafts in zip(prefixes, drafts_F_K) for d in drafts],
+                                     max_new_tokens)
+    solutions = [(row, context + draft) for row, context, drafts in zip(rows, contexts, drafts_F_K) for draft in drafts]
+    return per_fork(solutions_pass([(row, text + completion) for (row, text), completion
+                                    in zip(solutions, completions)], cfg), drafts_F_K)
+
+
+def solutions_pass(solutions, cfg) -> list[bool]:
+    """Whether each (row, solution text) passes: the final answer checks, or on code the program its tests."""
+    if cfg.task == "code":
+        verdicts = codetask.check_many([codetask.program_of(row, text) for row, text in solutions],
+                                       [row["tests"] for row, _ in solutions], *checker_of(cfg))
+        return [verdict.passed for verdict in verdicts]
+    return [grading.answers_match(grading.extract_answer(text), grading.gold_answer(row["answer"]))
+            for row, text in solutions]
+
+
 def census(world, candidates, batches, seed=0):
     """Per candidate, per fork of `batches` batches: the labels, p̂, q, S's row means; per batch the seconds of the
     candidate's step and of OPD's, and the teacher tokens billed."""
@@ -107,7 +135,7 @@ def census(world, candidates, batches, seed=0):
     opd_teacher = HFTeacher(OPD_TEACHER[world], "cpu")
     opd_cfg = dataclasses.replace(cfg, method="opd", teacher=OPD_TEACHER[world])
     labeller = HFTeacher(toyworld.VARIANT_WORLDS.get(world, world), "cpu")
-    rows = data.load_rows(cfg.data, "train", cfg.seed)
+    rows = data.load_rows(cfg.data, "train", cfg.seed, task=cfg.task)
     similarities = {}
     out = {name: {"forks": [], "seconds": [], "tokens": 0, "opd_seconds": []} for name in candidates}
     for step in range(batches):
@@ -121,7 +149,8 @@ def census(world, candidates, batches, seed=0):
             candidate_cfg = dataclasses.replace(cfg, **options)
             omniopd.check_config(candidate_cfg)
             if options["similarity"] not in similarities:
-                similarities[options["similarity"]] = Similarity(options["similarity"], cfg.similarity_model)
+                similarities[options["similarity"]] = Similarity(options["similarity"], cfg.similarity_model,
+                                                                 checker=checker_of(cfg) if cfg.task == "code" else None)
             run.similarity = similarities[options["similarity"]]
             tokens, teacher_seconds = shared.tokens, shared.seconds
             batch, seconds = step_seconds(run, batch_rows, candidate_cfg, omniopd.omniopd_collect,
@@ -141,19 +170,25 @@ def census(world, candidates, batches, seed=0):
             if unlabelled:
                 prefixes = [run.tokenizer.decode(batch.drafts.prefix_ids[f], skip_special_tokens=True)
                             for f in unlabelled]
-                found = drafts_reach_answer(labeller, [batch_rows[batch.drafts.forks[f][0]] for f in unlabelled],
-                                            prefixes, [batch.fork_texts[f][0] for f in unlabelled], cfg.max_new_tokens)
+                fork_rows = [batch_rows[batch.drafts.forks[f][0]] for f in unlabelled]
+                fork_drafts = [batch.fork_texts[f][0] for f in unlabelled]
+                if cfg.task == "code":
+                    contexts = [omniopd.context_text(run.tokenizer, batch.rollout, batch.drafts.forks[f])
+                                for f in unlabelled]
+                    found = drafts_pass_tests(labeller, fork_rows, prefixes, contexts, fork_drafts,
+                                              cfg.max_new_tokens, cfg)
+                else:
+                    found = drafts_reach_answer(labeller, fork_rows, prefixes, fork_drafts, cfg.max_new_tokens)
                 labels.update({keys[f]: verdicts for f, verdicts in zip(unlabelled, found)})
             for f, (draft_texts, teacher_texts, similarity_K_M) in enumerate(batch.fork_texts):
                 right = labels[keys[f]]
                 row = batch_rows[batch.drafts.forks[f][0]]
-                solution_so_far = run.tokenizer.decode(batch.drafts.prefix_ids[f], skip_special_tokens=True
-                                                       ).split("Answer:", 1)[-1]
-                gold = grading.gold_answer(row["answer"])
+                solution_so_far = omniopd.context_text(run.tokenizer, batch.rollout, batch.drafts.forks[f])
                 out[name]["forks"].append({
-                    "teacher_right": [grading.answers_match(grading.extract_answer(solution_so_far + text), gold)
-                                      for text in teacher_texts],
-                    "past_opening": "." in solution_so_far,
+                    "teacher_right": solutions_pass([(row, solution_so_far + text) for text in teacher_texts], cfg),
+                    # past the solution's opening: its first sentence (math), its first line of code (code)
+                    "past_opening": ("\n" in solution_so_far.strip("\n")) if cfg.task == "code"
+                                    else "." in solution_so_far,
                     "right": right, "target": batch.target_F_K[f].tolist(), "q": q_F_K[f].tolist(),
                     "similarity": similarity_K_M.mean(1).tolist(), "drafts": draft_texts, "teacher": teacher_texts,
                     "compared": batch.horizon_texts[f], "ends": [not text.strip() for text in draft_texts]})
@@ -249,13 +284,15 @@ def report(results, cfg, args) -> list[str]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", choices=list(OPD_TEACHER), default="stories-foreign")
-    parser.add_argument("--candidates", nargs="+", default=CANDIDATES, metavar="HORIZON:SIMILARITY[:R]")
+    parser.add_argument("--candidates", nargs="+", default=[], metavar="HORIZON:SIMILARITY[:R]",
+                        help=f"default: {' '.join(CANDIDATES)}; on code {' '.join(CODE_CANDIDATES)}")
     parser.add_argument("--batches", type=int, default=8, help="batches of 16 rollouts")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--name", default="", help="file name of the results (default: census-<world>)")
     parser.add_argument("--load", default="alone on 2 CPU cores", help="what else ran, for the time column")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 2)))
+    args.candidates = args.candidates or (CODE_CANDIDATES if args.world == "code" else CANDIDATES)
     results, cfg = census(args.world, args.candidates, args.batches)
     lines = report(results, cfg, args)
     folder = Path(args.results)

@@ -96,20 +96,33 @@ def drafts_reach_answer(labeller, rows, prefixes, drafts_F_K, max_new_tokens) ->
     own) continues prefix + draft greedily, and the draft is right when that completion's final answer checks.
     Unlike numbers_agree, this reads the draft's words ("7 coins more" against "7 fewer") and not where a chunk
     happens to end."""
-    texts, golds = [], []
-    for row, prefix, drafts in zip(rows, prefixes, drafts_F_K):
-        texts += [prefix + draft for draft in drafts]
-        golds += [grading.gold_answer(row["answer"])] * len(drafts)
-    verdicts = []
-    for start in range(0, len(texts), 64):
-        batch = labeller.tokenizer(texts[start:start + 64], return_tensors="pt", padding=True, add_special_tokens=False)
+    texts = [prefix + draft for prefix, drafts in zip(prefixes, drafts_F_K) for draft in drafts]
+    golds = [grading.gold_answer(row["answer"]) for row, drafts in zip(rows, drafts_F_K) for _ in drafts]
+    completions = greedy_completions(labeller, texts, max_new_tokens)
+    verdicts = [grading.answers_match(grading.extract_answer(text + completion), gold)
+                for text, completion, gold in zip(texts, completions, golds)]
+    return per_fork(verdicts, drafts_F_K)
+
+
+def greedy_completions(labeller, texts, max_new_tokens, batch_size=64) -> list[str]:
+    """The labelling teacher's greedy continuation of each text, 64 at a time."""
+    completions = []
+    for start in range(0, len(texts), batch_size):
+        batch = labeller.tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                                   add_special_tokens=False)
         new_ids = generate(labeller.model, labeller.tokenizer, batch.input_ids, batch.attention_mask,
-                                   max_new_tokens, 0.0)
-        completions = labeller.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-        verdicts += [grading.answers_match(grading.extract_answer(text + completion), gold)
-                     for text, completion, gold in zip(texts[start:start + 64], completions, golds[start:])]
-    sizes = [len(drafts) for drafts in drafts_F_K]
-    return [verdicts[sum(sizes[:f]):sum(sizes[:f + 1])] for f in range(len(sizes))]
+                           max_new_tokens, 0.0)
+        completions += labeller.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+    return completions
+
+
+def per_fork(flat: list, drafts_F_K) -> list[list]:
+    """A flat list, one entry per draft, cut back into one list per fork."""
+    out, start = [], 0
+    for drafts in drafts_F_K:
+        out.append(flat[start:start + len(drafts)])
+        start += len(drafts)
+    return out
 
 
 def census(run, rows, cfg, batches, labeller=None):

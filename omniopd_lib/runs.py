@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from omniopd_lib.checkpoint import restore, resume_state
+from omniopd_lib.codetask import Limits
 from omniopd_lib.common import (OmniOPDError, RunState, device_of, lock_folder, rng_state, seed_everything,
                                 set_rng_state)
 from omniopd_lib.config import offline_if_the_world_is, parse_args
@@ -38,7 +39,9 @@ def setup(cfg, teacher=None) -> RunState:
         raise OmniOPDError("--method opd needs the teacher's logits: give a local model, not openai:")
     if cfg.method == "opd" and not teacher.shares_tokenizer:
         raise OmniOPDError("--method opd needs a teacher with the student's tokenizer; this teacher's differs")
-    similarity = Similarity(cfg.similarity, cfg.similarity_model, device) if cfg.method == "omniopd" else None
+    checker = ((Limits(seconds=cfg.checker_timeout, memory_mb=cfg.checker_memory_mb), cfg.checker_workers)
+               if cfg.task == "code" else None)   # --similarity answer on code runs the tests
+    similarity = Similarity(cfg.similarity, cfg.similarity_model, device, checker) if cfg.method == "omniopd" else None
     trainable = [p for p in student.parameters() if p.requires_grad]   # with LoRA, the adapter's alone
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     run = RunState(student, tokenizer, reference, teacher, similarity, optimizer, lora=lora)

@@ -13,12 +13,14 @@ class Similarity:
     """Step 5: S_km = sim(c^k, r^m). embed: cosine of L2-normalised sentence embeddings;
     lexical: character n-gram F1; ned: 1 - normalised character edit distance; rouge1: word unigram F1;
     numbers: F1 of the numbers the texts write; answer: 1 when the final answers of context + c^k and
-    context + r^m agree (an unfinished c^k has none), else 0; or any callable (texts, texts) -> K × M matrix.
+    context + r^m agree (an unfinished c^k has none), else 0, or on code (a checker given) 1 − the difference of
+    the shares of the row's tests their programs pass; or any callable (texts, texts) -> K × M matrix.
     Every text kind follows one rule for the decision to stop: a text that ends at once ("") agrees with
     another that does (1) and with no text that goes on (0)."""
 
-    def __init__(self, kind="embed", model_name="all-MiniLM-L6-v2", device="cpu"):
+    def __init__(self, kind="embed", model_name="all-MiniLM-L6-v2", device="cpu", checker=None):
         self.kind, self.encoder = kind, None
+        self.checker = checker   # code: (sandbox Limits, workers), with which answer runs the programs' tests
         if callable(kind):
             self.kind = "callable"
         elif kind == "embed":
@@ -28,13 +30,18 @@ class Similarity:
         self.custom = kind if callable(kind) else None
 
     def matrices(self, candidates_F_K: list[list[str]], references_F_M: list[list[str]], contexts=None,
-                 finished=None) -> list[torch.Tensor]:
+                 finished=None, rows=None) -> list[torch.Tensor]:
         """One K × M similarity matrix per fork; all texts of the step go through the encoder as one batch.
         contexts: per fork, the text before it (answer reads a final answer the student may have written already);
         finished: per fork and draft, whether it reached a stop (answer: an unfinished draft has no final answer;
-        None = all finished)."""
+        None = all finished); rows: per fork, its problem (answer on code: the tests the programs run)."""
         if self.kind == "callable":
             return [torch.as_tensor(self.custom(c, r), dtype=torch.float32) for c, r in zip(candidates_F_K, references_F_M)]
+        if self.kind == "answer" and self.checker is not None:
+            if rows is None:
+                raise OmniOPDError("--similarity answer on code runs each row's tests: the forks' rows are needed")
+            return tests_agreement(candidates_F_K, references_F_M, contexts or [""] * len(candidates_F_K), rows,
+                                   *self.checker)
         if self.kind == "answer":
             contexts = contexts or [""] * len(candidates_F_K)
             finished = finished or [[True] * len(c) for c in candidates_F_K]
@@ -86,6 +93,29 @@ def answer_agreement(candidates: list[str], references: list[str], context: str,
         return known[a, b]
     return torch.tensor([[agree(a, b) for b in reference_answers] for a in candidate_answers],
                         dtype=torch.float32).view(len(candidates), len(references))
+
+
+def tests_agreement(candidates_F_K, references_F_M, contexts_F, rows_F, limits, workers) -> list[torch.Tensor]:
+    """answer on code: S_km = 1 − |f(context + c^k) − f(context + r^m)|, f the share of the row's tests that the
+    program cut out of the text passes, run in the sandbox as evaluation runs it (codetask.program_of, check_many).
+    Two programs that pass the same share of the tests agree, whatever their text; with one test unit (the code
+    world, HumanEval), two that pass agree and so do two that fail. A draft that stops adds nothing to the
+    student's program, a teacher that stops neither: both are checked as they stand. Every distinct program of the
+    step runs once, `workers` at a time."""
+    from omniopd_lib import codetask
+    keys = [[(codetask.program_of(row, context + text), id(row)) for text in cands + refs]
+            for cands, refs, context, row in zip(candidates_F_K, references_F_M, contexts_F, rows_F)]
+    tests_of = {id(row): row["tests"] for row in rows_F}
+    distinct = list(dict.fromkeys(key for fork in keys for key in fork))
+    verdicts = codetask.check_many([program for program, _ in distinct], [tests_of[r] for _, r in distinct],
+                                   limits, workers)
+    passed = {key: verdict.fraction for key, verdict in zip(distinct, verdicts)}
+    out = []
+    for fork, cands in zip(keys, candidates_F_K):
+        f = torch.tensor([passed[key] for key in fork], dtype=torch.float32)
+        f_K, f_M = f[:len(cands)], f[len(cands):]
+        out.append(1.0 - (f_K[:, None] - f_M[None, :]).abs())
+    return out
 
 
 def load_encoder(model_name: str, device):

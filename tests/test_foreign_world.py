@@ -128,6 +128,25 @@ def test_the_census_labels_a_draft_by_the_answer_the_students_dialect_reaches_fr
     assert drafts_reach_answer(HFTeacher("stories", "cpu"), [row], [prefix], [drafts], 96) == [[True, False, False]]
 
 
+def test_the_census_labels_a_code_draft_by_whether_the_worlds_teacher_completes_it_to_a_passing_program(bench):
+    """bench/census.py --world code: a draft is right when the code world's teacher, continuing prefix + draft
+    greedily, writes a program that passes the row's tests in the sandbox; a draft that keeps the wrong items
+    leads it to one that fails. The teacher's own continuations are judged the same way."""
+    from census import drafts_pass_tests, solutions_pass
+    from omniopd_lib import data
+    from omniopd_lib.teachers import HFTeacher
+    cfg = omniopd.Config(**toyworld.world_options("code")).resolved()
+    row = data.load_rows(cfg.data, "test", 0, task="code")[0]
+    assert "Keep the items of at most 3, take each modulo 4, then return them sorted." in row["question"]
+    prompt = cfg.prompt_template.format(question=row["question"])
+    written = "    ys = [x for x in xs if x"
+    drafts = [" <= 3]\n", " > 3]\n"]
+    labels = drafts_pass_tests(HFTeacher("code", "cpu"), [row], [prompt + written], [written], [drafts],
+                               cfg.max_new_tokens, cfg)
+    assert labels == [[True, False]]
+    assert solutions_pass([(row, row["answer"]), (row, "    return xs\n")], cfg) == [True, False]
+
+
 def test_the_sweep_tries_past_an_edge_where_a_methods_best_rate_lands(monkeypatch, tmp_path, bench):
     """bench/compare.py: a method whose best validation score is at the grid's lowest rate is tried at half of it,
     again while the new rate is best (so the best has a worse rate on each side); a method best inside the grid is not extended (issue #32: on the foreign

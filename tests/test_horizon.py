@@ -3,13 +3,14 @@
 says [END]). Hand-computed values on tiny inputs, then the real story-world models."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
 import omniopd
 import toyworld
-from omniopd_lib import models
+from omniopd_lib import codetask, models
 from omniopd_lib.similarity import Similarity, answer_agreement, numbers_f1
 from omniopd_lib.teachers import CHAT_CONTINUE_PROMPT, END_MARK, HFTeacher, OpenAITeacher, teacher_answer
 from toyworld import stories
@@ -113,6 +114,24 @@ def test_answer_agreement_by_hand():
     assert S.tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 0], [0, 0, 1]]
 
 
+ADD_ROW = {"text": "Write a function add(a, b) that returns their sum.",
+           "test_list": ["assert add(0, 0) == 0", "assert add(1, 2) == 3"]}
+
+
+def test_answer_on_code_compares_the_shares_of_tests_the_programs_pass_by_hand():
+    """answer on code: S_km = 1 − |f_k − f_m|, f the share of the row's two tests a program passes, each run in the
+    sandbox: a right draft (f = 1), a product (f = ½: add(0, 0) passes), a draft that ends at once (no function,
+    f = 0); the teacher writes a right program in other words (f = 1) and a constant 0 (f = ½)."""
+    row = codetask.code_row(ADD_ROW, "row 1")
+    drafts = ["def add(a, b):\n    return a + b\n```", "def add(a, b):\n    return a * b\n```", ""]
+    teacher = ["def add(x, y):\n    total = y + x\n    return total\n```", "def add(a, b):\n    return 0\n```"]
+    similarity = Similarity("answer", checker=(codetask.Limits(), 2))
+    S = omniopd.similarity_matrices(similarity, [drafts], [teacher], [""], [[True] * 3], rows_F=[row])[0]
+    assert S.tolist() == [[1.0, 0.5], [0.5, 1.0], [0.0, 0.5]]
+    with pytest.raises(OmniOPDError, match="rows are needed"):
+        similarity.matrices([drafts], [teacher])
+
+
 def test_answer_similarity_needs_the_end_horizon_and_rollouts_must_be_positive():
     with pytest.raises(OmniOPDError, match="needs --horizon end"):
         omniopd.check_config(omniopd.Config(similarity="answer", horizon="step").resolved())
@@ -176,6 +195,19 @@ def test_a_run_with_each_horizon_trains_and_logs(tmp_path, objective, horizon, s
     assert len(metrics) == 1 and summary["after"]["eval/accuracy"] >= 0
     saved = (tmp_path / "run" / "config.json").read_text()
     assert f'"horizon": "{horizon}"' in saved and '"draft_rollouts": 2' in saved
+
+
+def test_a_code_world_run_compares_drafts_by_their_tests(tmp_path):
+    """--similarity answer on the code world: each draft, carried on to the end, and each teacher continuation
+    become programs that run the row's tests in the sandbox; p̂ follows the shares they pass."""
+    out = tmp_path / "run"
+    omniopd.train(omniopd.Config(**toyworld.world_options("code"), horizon="end", similarity="answer", steps=1,
+                                 batch_size=4, eval_size=4, eval_teacher=False, out=str(out)).resolved())
+    records = [json.loads(line) for line in (out / "view.jsonl").read_text().splitlines()]
+    forks = [fork for record in records for fork in record.get("forks", [])]
+    assert forks, "no fork was recorded"
+    for fork in forks:   # S of a draft and a continuation is 1 − the difference of two shares of tests: 0, ½ or 1
+        assert all(s in (0.0, 1.0) for row in fork["S"] for s in row), fork["S"]
 
 
 def test_the_chunk_horizon_draws_nothing_more_so_todays_runs_are_unchanged():
