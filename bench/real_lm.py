@@ -48,6 +48,10 @@ ROWS = [
     # offline worlds' scaling (C = 8, M = 4; N, α, β and φ the public defaults)
     ("OmniOPD, audit reading (API teacher)", {"teacher": "openai:TEACHER", "objective": "audit", "chunk_len": 8,
                                               "audit_budget": 4}),
+    # issue #32: each draft carried on to the end by the student and compared by its final answer; a rollout that
+    # loops to the cap has none and agrees with nothing, and a teacher's [END] votes for the drafts that stop
+    ("OmniOPD, end horizon, answer (API teacher)", {"teacher": "openai:TEACHER", "horizon": "end",
+                                                    "similarity": "answer"}),
 ]
 
 
