@@ -249,7 +249,7 @@ def report(results, cfg, args) -> list[str]:
              f"M = {cfg.teacher_samples} teacher continuations, κ = {cfg.vote_temperature}, α = {cfg.dirichlet_alpha}, "
              f"rollouts of {cfg.max_new_tokens} tokens. Every candidate sees the same forks and drafts. A draft is "
              "right when the student's-dialect teacher, continuing prefix + draft greedily, reaches the right "
-             "answer. Mass columns are means over the informative forks (right and wrong drafts both present). "
+             f"answer{' (code: a program that passes the tests)' if cfg.task == 'code' else ''}. Mass columns are means over the informative forks (right and wrong drafts both present). "
              "Teacher's answer right: the share of the teacher's continuations whose final answer (read from the "
              "student's solution so far + the continuation) is right; a horizon that stops short of the answer "
              "scores low by construction; past the opening: forks after the solution's first sentence. "
