@@ -188,3 +188,19 @@ def test_the_foreign_teacher_reads_a_solution_the_student_began(bench):
     cfg = omniopd.Config(**toyworld.world_options("stories-foreign")).resolved()
     _, records = grading.evaluate(model, tokenizer, rows[:16], cfg)
     assert not any("####" in r["output"] or " we add " in r["output"] for r in records)
+
+
+def test_clean_end_counts_answers_that_stop_at_their_final_line(bench, tmp_path, capsys, monkeypatch):
+    """bench/clean_end.py: an answer that writes on after "#### N" (a student that learned not to stop) is not a
+    clean end; a sweep's validation run (seed 100) is left out."""
+    import clean_end
+    outputs = ["A. First we add 2: 1 + 2 = 3.\n#### 3", "A. First we add 2: 1 + 2 = 3.\n#### 3900 989: 1 - 2",
+               "A. First we add 2: 1 + 2 = 3.\n#### 3\n#### 3", "A. First we add 2: 1 + 2 = 3.\n#### 3\n"]
+    for name in ("OmniOPD-seed0-lr0.0001", "OmniOPD-seed100-lr0.0001"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval-step-000060.jsonl").write_text(
+            "".join(json.dumps({"output": o, "correct": i == 0}) + "\n" for i, o in enumerate(outputs)))
+    monkeypatch.setattr("sys.argv", ["clean_end.py", str(tmp_path)])
+    clean_end.main()
+    table = capsys.readouterr().out
+    assert "| OmniOPD | 0.0001 | 60 | 0 | 25.0% | 50.0% |" in table and "seed100" not in table and table.count("| OmniOPD") == 1
