@@ -1,7 +1,7 @@
 """Where does a run's target come from? Step by step from a run folder (finished or stopped): the rollouts' mean
 length and the forks' entropy (metrics.jsonl), and at each step the run's page recorded (view.jsonl) the share of
 forks where no draft agrees with any teacher continuation (every S_km = 0, so p̂ is the prior's: uniform over the
-drafts) and the share of teacher continuations that end at once (a vote to stop).
+drafts; with --vote-threshold such forks abstain and are not in the loss, so the recorded forks are fewer) and the share of teacher continuations that end at once (a vote to stop).
 
     python bench/fork_votes.py RUN_FOLDER > bench/results/fork-votes-NAME.md
 
@@ -37,19 +37,20 @@ def main():
     print(f"Made by `python bench/fork_votes.py {' '.join(sys.argv[1:])}`: horizon {config.get('horizon')}, "
           f"similarity {config.get('similarity')}, vote threshold {config.get('vote_threshold')}, "
           f"{config.get('max_new_tokens')}-token cap, {len(steps)} steps logged.\n")
-    print("| step | rollout length (mean tokens) | forks | H_t at forks | forks with every S = 0 | teacher "
-          "continuations that end at once |")
-    print("|---|---|---|---|---|---|")
+    print("| step | rollout length (mean tokens) | forks | H_t at forks | forks in the loss (recorded) | forks with "
+          "every S = 0 | teacher continuations that end at once |")
+    print("|---|---|---|---|---|---|---|")
     for step, m in sorted(steps.items()):
         view = views.get(step)
-        silent = teacher_ends = ""
+        silent = teacher_ends = kept = ""
         if view:
+            kept = str(len(view["forks"]))
             forks = view["forks"]
             silent = f"{sum(all(s == 0 for row in f['S'] for s in row) for f in forks) / len(forks):.0%}"
             texts = [t for f in forks for t in f["teacher"]]
             teacher_ends = f"{sum(not t.strip() for t in texts) / max(len(texts), 1):.0%}"
         print(f"| {step} | {m.get('rollout/length', float('nan')):.1f} | {m.get('forks/count', 0):.0f} | "
-              f"{m.get('forks/entropy', float('nan')):.2f} | {silent} | {teacher_ends} |")
+              f"{m.get('forks/entropy', float('nan')):.2f} | {kept} | {silent} | {teacher_ends} |")
 
 
 if __name__ == "__main__":
